@@ -34,46 +34,101 @@ def set_level(str name) -> None:
         raise ValueError(f"SIMD level {name!r} is not available on this CPU/build")
 
 
-def distances(const float[::1] q, const float[:, ::1] base, int metric):
+cdef inline const float* _f32(cnp.ndarray a, int ndim, str name) except NULL:
+    """Pointer to a C-contiguous float32 array of ``ndim`` dims (cheap C-level checks only)."""
+    if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(a) \
+            or cnp.PyArray_NDIM(a) != ndim:
+        raise TypeError(f"{name}: expected a C-contiguous float32 array with {ndim} dims")
+    return <const float*>cnp.PyArray_DATA(a)
+
+
+cdef inline cnp.ndarray _empty_f32(Py_ssize_t n):
+    cdef cnp.npy_intp dims[1]
+    dims[0] = n
+    return cnp.PyArray_EMPTY(1, dims, cnp.NPY_FLOAT32, 0)
+
+
+def distances(cnp.ndarray q, cnp.ndarray base, int metric):
+    """out[i] = dist(q, base[i]) for every row (float32 [n])."""
+    cdef const float* qp = _f32(q, 1, "q")
+    cdef const float* bp = _f32(base, 2, "base")
     cdef Py_ssize_t n = base.shape[0], d = base.shape[1]
-    out = np.empty(n, dtype=np.float32)
-    cdef float[::1] o = out
+    if q.shape[0] != d:
+        raise ValueError("dimension mismatch")
+    cdef cnp.ndarray out = _empty_f32(n)
+    cdef float* op = <float*>cnp.PyArray_DATA(out)
     if n:
         with nogil:
-            vd_dist_block(&q[0], &base[0, 0], n, d, metric, &o[0])
+            vd_dist_block(qp, bp, n, d, metric, op)
     return out
 
 
-def distances_gather(const float[::1] q, const float[:, ::1] base, const int64_t[::1] rows,
-                     int metric):
+def distances_gather(cnp.ndarray q, cnp.ndarray base, cnp.ndarray rows, int metric):
+    """out[i] = dist(q, base[rows[i]]); rows int64, assumed in range (checked by vecdb.kernels)."""
+    cdef const float* qp = _f32(q, 1, "q")
+    cdef const float* bp = _f32(base, 2, "base")
+    if cnp.PyArray_TYPE(rows) != cnp.NPY_INT64 or not cnp.PyArray_IS_C_CONTIGUOUS(rows):
+        raise TypeError("rows: expected C-contiguous int64")
     cdef Py_ssize_t n = rows.shape[0], d = base.shape[1]
-    out = np.empty(n, dtype=np.float32)
-    cdef float[::1] o = out
+    if q.shape[0] != d:
+        raise ValueError("dimension mismatch")
+    cdef const int64_t* rp = <const int64_t*>cnp.PyArray_DATA(rows)
+    cdef cnp.ndarray out = _empty_f32(n)
+    cdef float* op = <float*>cnp.PyArray_DATA(out)
     if n:
         with nogil:
-            vd_dist_gather(&q[0], &base[0, 0], &rows[0], n, d, metric, &o[0])
+            vd_dist_gather(qp, bp, rp, n, d, metric, op)
     return out
 
 
-def pairwise(const float[:, ::1] Q, const float[:, ::1] X, int metric):
+def pairwise(cnp.ndarray Q, cnp.ndarray X, int metric):
+    """out[i, j] = dist(Q[i], X[j]) (float32 [nq, n])."""
+    cdef const float* qp = _f32(Q, 2, "Q")
+    cdef const float* xp = _f32(X, 2, "X")
     cdef Py_ssize_t nq = Q.shape[0], n = X.shape[0], d = X.shape[1]
+    if Q.shape[1] != d:
+        raise ValueError("dimension mismatch")
     out = np.empty((nq, n), dtype=np.float32)
-    cdef float[:, ::1] o = out
+    cdef float* op = <float*>cnp.PyArray_DATA(out)
     if nq and n:
         with nogil:
-            vd_pairwise(&Q[0, 0], nq, &X[0, 0], n, d, metric, &o[0, 0])
+            vd_pairwise(qp, nq, xp, n, d, metric, op)
     return out
 
 
-def topk(const float[:, ::1] dist, Py_ssize_t k):
-    """Row-wise k smallest, ascending; pads with (-1, inf)."""
+def topk(cnp.ndarray dist, Py_ssize_t k):
+    """Row-wise k smallest of a float32 [nq, n] array, ascending; pads with (-1, inf)."""
+    cdef const float* dp = _f32(dist, 2, "dist")
     cdef Py_ssize_t nq = dist.shape[0], n = dist.shape[1], i
     idx = np.empty((nq, k), dtype=np.int64)
     out = np.empty((nq, k), dtype=np.float32)
-    cdef int64_t[:, ::1] iv = idx
-    cdef float[:, ::1] ov = out
+    cdef int64_t* ip = <int64_t*>cnp.PyArray_DATA(idx)
+    cdef float* op = <float*>cnp.PyArray_DATA(out)
     if k and nq:
         with nogil:
             for i in range(nq):
-                vd_topk(&dist[i, 0] if n else NULL, n, k, &iv[i, 0], &ov[i, 0])
+                vd_topk(dp + i * n, n, k, ip + i * k, op + i * k)
     return idx, out
+
+
+def distances_gather_many(cnp.ndarray q, cnp.ndarray base, cnp.ndarray rows, int metric):
+    """out[j, i] = dist(q, base[rows[j, i]]) for a [m, r] int64 matrix of row sets.
+
+    The graph-walk pattern as an index runs it: many small gathers back to back inside C, so the
+    per-gather cost is measured without Python call overhead (used by bench.kernels).
+    """
+    cdef const float* qp = _f32(q, 1, "q")
+    cdef const float* bp = _f32(base, 2, "base")
+    if cnp.PyArray_TYPE(rows) != cnp.NPY_INT64 or not cnp.PyArray_IS_C_CONTIGUOUS(rows) \
+            or cnp.PyArray_NDIM(rows) != 2:
+        raise TypeError("rows: expected a C-contiguous int64 [m, r] array")
+    cdef Py_ssize_t m = rows.shape[0], r = rows.shape[1], d = base.shape[1], j
+    if q.shape[0] != d:
+        raise ValueError("dimension mismatch")
+    cdef const int64_t* rp = <const int64_t*>cnp.PyArray_DATA(rows)
+    out = np.empty((m, r), dtype=np.float32)
+    cdef float* op = <float*>cnp.PyArray_DATA(out)
+    with nogil:
+        for j in range(m):
+            vd_dist_gather(qp, bp, rp + j * r, r, d, metric, op + j * r)
+    return out

@@ -130,6 +130,61 @@ __attribute__((target("avx512f"))) static float ip_avx512(const float *a, const 
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
+
+/* Four rows at once: the query is loaded once per step and four accumulator chains run in
+ * parallel, which hides FMA latency and amortises the horizontal sums (one-to-many and gather). */
+#define VD_DEF4_AVX512(NAME, STEP)                                                              \
+    __attribute__((target("avx512f"))) static void NAME(const float *q, const float *x0,      \
+                                                        const float *x1, const float *x2,      \
+                                                        const float *x3, size_t d, float *o) { \
+        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();                             \
+        __m512 s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();                             \
+        size_t i = 0;                                                                          \
+        for (; i + 16 <= d; i += 16) {                                                         \
+            __m512 a = _mm512_loadu_ps(q + i);                                                 \
+            STEP(s0, a, _mm512_loadu_ps(x0 + i)); STEP(s1, a, _mm512_loadu_ps(x1 + i));        \
+            STEP(s2, a, _mm512_loadu_ps(x2 + i)); STEP(s3, a, _mm512_loadu_ps(x3 + i));        \
+        }                                                                                      \
+        if (i < d) {                                                                           \
+            __mmask16 m = (__mmask16)((1u << (d - i)) - 1u);                                   \
+            __m512 a = _mm512_maskz_loadu_ps(m, q + i);                                        \
+            STEP(s0, a, _mm512_maskz_loadu_ps(m, x0 + i));                                     \
+            STEP(s1, a, _mm512_maskz_loadu_ps(m, x1 + i));                                     \
+            STEP(s2, a, _mm512_maskz_loadu_ps(m, x2 + i));                                     \
+            STEP(s3, a, _mm512_maskz_loadu_ps(m, x3 + i));                                     \
+        }                                                                                      \
+        o[0] = _mm512_reduce_add_ps(s0); o[1] = _mm512_reduce_add_ps(s1);                      \
+        o[2] = _mm512_reduce_add_ps(s2); o[3] = _mm512_reduce_add_ps(s3);                      \
+    }
+#define VD_L2STEP512(s, a, b) do { __m512 t_ = _mm512_sub_ps(a, b); s = _mm512_fmadd_ps(t_, t_, s); } while (0)
+#define VD_IPSTEP512(s, a, b) do { s = _mm512_fmadd_ps(a, b, s); } while (0)
+VD_DEF4_AVX512(l2sq4_avx512, VD_L2STEP512)
+VD_DEF4_AVX512(ip4_avx512, VD_IPSTEP512)
+
+#define VD_DEF4_AVX2(NAME, STEP, SCALAR)                                                       \
+    __attribute__((target("avx2,fma"))) static void NAME(const float *q, const float *x0,     \
+                                                         const float *x1, const float *x2,     \
+                                                         const float *x3, size_t d, float *o) {\
+        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();                             \
+        __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();                             \
+        size_t i = 0;                                                                          \
+        for (; i + 8 <= d; i += 8) {                                                           \
+            __m256 a = _mm256_loadu_ps(q + i);                                                 \
+            STEP(s0, a, _mm256_loadu_ps(x0 + i)); STEP(s1, a, _mm256_loadu_ps(x1 + i));        \
+            STEP(s2, a, _mm256_loadu_ps(x2 + i)); STEP(s3, a, _mm256_loadu_ps(x3 + i));        \
+        }                                                                                      \
+        o[0] = hsum256(s0); o[1] = hsum256(s1); o[2] = hsum256(s2); o[3] = hsum256(s3);        \
+        for (; i < d; i++) {                                                                   \
+            o[0] += SCALAR(q[i], x0[i]); o[1] += SCALAR(q[i], x1[i]);                          \
+            o[2] += SCALAR(q[i], x2[i]); o[3] += SCALAR(q[i], x3[i]);                          \
+        }                                                                                      \
+    }
+#define VD_L2STEP256(s, a, b) do { __m256 t_ = _mm256_sub_ps(a, b); s = _mm256_fmadd_ps(t_, t_, s); } while (0)
+#define VD_IPSTEP256(s, a, b) do { s = _mm256_fmadd_ps(a, b, s); } while (0)
+#define VD_L2S(a, b) (((a) - (b)) * ((a) - (b)))
+#define VD_IPS(a, b) ((a) * (b))
+VD_DEF4_AVX2(l2sq4_avx2, VD_L2STEP256, VD_L2S)
+VD_DEF4_AVX2(ip4_avx2, VD_IPSTEP256, VD_IPS)
 #endif
 
 /* ---------------------------------------------------------------- arm64 */
@@ -168,8 +223,24 @@ static float ip_neon(const float *a, const float *b, size_t d) {
 
 /* ---------------------------------------------------------------- dispatch */
 
+typedef void (*vd_dist4_fn)(const float *q, const float *x0, const float *x1, const float *x2,
+                            const float *x3, size_t d, float *o);
+
+static void l2sq4_generic(const float *q, const float *x0, const float *x1, const float *x2,
+                          const float *x3, size_t d, float *o) {
+    o[0] = vd_l2sq_fn(q, x0, d); o[1] = vd_l2sq_fn(q, x1, d);
+    o[2] = vd_l2sq_fn(q, x2, d); o[3] = vd_l2sq_fn(q, x3, d);
+}
+static void ip4_generic(const float *q, const float *x0, const float *x1, const float *x2,
+                        const float *x3, size_t d, float *o) {
+    o[0] = vd_ip_fn(q, x0, d); o[1] = vd_ip_fn(q, x1, d);
+    o[2] = vd_ip_fn(q, x2, d); o[3] = vd_ip_fn(q, x3, d);
+}
+
 vd_dist_fn vd_l2sq_fn = l2sq_scalar;
 vd_dist_fn vd_ip_fn = ip_scalar;
+static vd_dist4_fn vd_l2sq4_fn = l2sq4_generic;
+static vd_dist4_fn vd_ip4_fn = ip4_generic;
 static int vd_cur_level = VD_SCALAR;
 static const char *vd_names[VD_NLEVELS] = {"scalar", "neon", "avx2", "avx512"};
 
@@ -214,13 +285,26 @@ int vd_set_level(int level) {
     if (!vd_supported(level)) return -1;
     switch (level) {
 #ifdef VD_X86
-    case VD_AVX512: vd_l2sq_fn = l2sq_avx512; vd_ip_fn = ip_avx512; break;
-    case VD_AVX2: vd_l2sq_fn = l2sq_avx2; vd_ip_fn = ip_avx2; break;
+    case VD_AVX512:
+        vd_l2sq_fn = l2sq_avx512; vd_ip_fn = ip_avx512;
+        vd_l2sq4_fn = l2sq4_avx512; vd_ip4_fn = ip4_avx512;
+        break;
+    case VD_AVX2:
+        vd_l2sq_fn = l2sq_avx2; vd_ip_fn = ip_avx2;
+        vd_l2sq4_fn = l2sq4_avx2; vd_ip4_fn = ip4_avx2;
+        break;
 #endif
 #ifdef VD_ARM
-    case VD_NEON: vd_l2sq_fn = l2sq_neon; vd_ip_fn = ip_neon; break;
+    case VD_NEON:
+        vd_l2sq_fn = l2sq_neon; vd_ip_fn = ip_neon;
+        vd_l2sq4_fn = l2sq4_generic; vd_ip4_fn = ip4_generic;
+        break;
 #endif
-    default: vd_l2sq_fn = l2sq_scalar; vd_ip_fn = ip_scalar; level = VD_SCALAR; break;
+    default:
+        vd_l2sq_fn = l2sq_scalar; vd_ip_fn = ip_scalar;
+        vd_l2sq4_fn = l2sq4_generic; vd_ip4_fn = ip4_generic;
+        level = VD_SCALAR;
+        break;
     }
     vd_cur_level = level;
     return 0;
@@ -244,32 +328,47 @@ int vd_init(void) {
 /* ---------------------------------------------------------------- block kernels */
 
 void vd_dist_block(const float *q, const float *base, size_t n, size_t d, int metric, float *out) {
-    vd_dist_fn f = metric == VD_L2 ? vd_l2sq_fn : vd_ip_fn;
-    if (metric == VD_L2) {
-        for (size_t i = 0; i < n; i++) out[i] = f(q, base + i * d, d);
-    } else {
-        for (size_t i = 0; i < n; i++) out[i] = -f(q, base + i * d, d);
+    vd_dist4_fn f4 = metric == VD_L2 ? vd_l2sq4_fn : vd_ip4_fn;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const float *x = base + i * d;
+        f4(q, x, x + d, x + 2 * d, x + 3 * d, d, out + i);
     }
+    for (; i < n; i++) out[i] = metric == VD_L2 ? vd_l2sq_fn(q, base + i * d, d) : vd_ip_fn(q, base + i * d, d);
+    if (metric != VD_L2)
+        for (i = 0; i < n; i++) out[i] = -out[i];
 }
+
+/* Prefetch every cache line of a row (a 128-d row spans 8 lines; one prefetch is not enough). */
+static inline void vd_prefetch_row(const float *p, size_t d) {
+    const char *c = (const char *)p;
+    for (size_t off = 0; off < d * sizeof(float); off += 64) __builtin_prefetch(c + off);
+}
+
+#define VD_GATHER_BODY(ROWT)                                                                    \
+    vd_dist4_fn f4 = metric == VD_L2 ? vd_l2sq4_fn : vd_ip4_fn;                                 \
+    size_t i = 0;                                                                              \
+    for (size_t j = 0; j < 4 && j < nrows; j++) vd_prefetch_row(base + (size_t)rows[j] * d, d); \
+    for (; i + 4 <= nrows; i += 4) {                                                           \
+        for (size_t j = i + 4; j < i + 8 && j < nrows; j++)                                    \
+            vd_prefetch_row(base + (size_t)rows[j] * d, d);                                    \
+        f4(q, base + (size_t)rows[i] * d, base + (size_t)rows[i + 1] * d,                       \
+           base + (size_t)rows[i + 2] * d, base + (size_t)rows[i + 3] * d, d, out + i);         \
+    }                                                                                          \
+    for (; i < nrows; i++)                                                                     \
+        out[i] = metric == VD_L2 ? vd_l2sq_fn(q, base + (size_t)rows[i] * d, d)                 \
+                                 : vd_ip_fn(q, base + (size_t)rows[i] * d, d);                  \
+    if (metric != VD_L2)                                                                       \
+        for (i = 0; i < nrows; i++) out[i] = -out[i];
 
 void vd_dist_gather(const float *q, const float *base, const int64_t *rows, size_t nrows, size_t d,
                     int metric, float *out) {
-    vd_dist_fn f = metric == VD_L2 ? vd_l2sq_fn : vd_ip_fn;
-    float sign = metric == VD_L2 ? 1.f : -1.f;
-    for (size_t i = 0; i < nrows; i++) {
-        if (i + 2 < nrows) __builtin_prefetch(base + (size_t)rows[i + 2] * d);
-        out[i] = sign * f(q, base + (size_t)rows[i] * d, d);
-    }
+    VD_GATHER_BODY(int64_t)
 }
 
 void vd_dist_gather32(const float *q, const float *base, const int32_t *rows, size_t nrows,
                       size_t d, int metric, float *out) {
-    vd_dist_fn f = metric == VD_L2 ? vd_l2sq_fn : vd_ip_fn;
-    float sign = metric == VD_L2 ? 1.f : -1.f;
-    for (size_t i = 0; i < nrows; i++) {
-        if (i + 2 < nrows) __builtin_prefetch(base + (size_t)rows[i + 2] * d);
-        out[i] = sign * f(q, base + (size_t)rows[i] * d, d);
-    }
+    VD_GATHER_BODY(int32_t)
 }
 
 void vd_pairwise(const float *Q, size_t nq, const float *X, size_t n, size_t d, int metric,

@@ -121,7 +121,7 @@ def topk(dist, k: int, backend: str | None = None) -> tuple[np.ndarray, np.ndarr
     """
     k = check_k(k)
     d = np.asarray(dist)
-    if d.ndim not in (1, 2) or not np.issubdtype(d.dtype, np.floating | np.integer):
+    if d.ndim not in (1, 2) or not (np.issubdtype(d.dtype, np.floating) or np.issubdtype(d.dtype, np.integer)):
         raise InvalidArgument("dist must be a 1-D or 2-D numeric array")
     one = d.ndim == 1
     d2 = np.ascontiguousarray(d.reshape(1, -1) if one else d, dtype=np.float32)
