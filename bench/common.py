@@ -73,7 +73,9 @@ def write_results(name: str, rows: list[dict], extra: dict | None = None) -> Pat
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    doc = {"command": "python -m " + " ".join([Path(sys.argv[0]).stem if sys.argv[0] else "?"] + sys.argv[1:]),
+    main = sys.modules.get("__main__")
+    mod = getattr(getattr(main, "__spec__", None), "name", None) or Path(sys.argv[0]).stem
+    doc = {"command": " ".join(["python -m", mod, *sys.argv[1:]]),
            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
            "rows": rows, **(extra or {})}
     path.write_text(json.dumps(doc, indent=1, default=_json_default))
