@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# VECDB_BENCH_RESULTS redirects output (the CI smoke runs write to a temporary folder).
+RESULTS = Path(os.environ.get("VECDB_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 
 
 def recall_at_k(found: np.ndarray, gt: np.ndarray, k: int) -> float:
