@@ -9,6 +9,7 @@ unit tests and index-only use; ``vecdb.storage.rocks.RocksKVStore`` is the durab
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
@@ -21,6 +22,8 @@ class WriteBatch:
 
     def __init__(self) -> None:
         self.ops: list[tuple[str, bytes, bytes | None]] = []
+        # [begin, end) range deletions; applied before ``ops`` in the same atomic write
+        self.ranges: list[tuple[str, bytes, bytes]] = []
 
     def put(self, cf: str, key: bytes, value: bytes) -> None:
         self.ops.append((cf, bytes(key), bytes(value)))
@@ -28,8 +31,23 @@ class WriteBatch:
     def delete(self, cf: str, key: bytes) -> None:
         self.ops.append((cf, bytes(key), None))
 
+    def put_many(self, cf: str, keys: list[bytes], values: list[bytes]) -> None:
+        """Bulk ``put`` (the engine's hot path: keys/values sliced from numpy buffers)."""
+        if len(keys) != len(values):
+            raise ValueError("put_many: keys and values differ in length")
+        self.ops.extend(zip(itertools.repeat(cf, len(keys)), keys, values, strict=True))
+
+    def delete_many(self, cf: str, keys: list[bytes]) -> None:
+        """Bulk ``delete``."""
+        n = len(keys)
+        self.ops.extend(zip(itertools.repeat(cf, n), keys, itertools.repeat(None, n), strict=True))
+
+    def delete_range(self, cf: str, begin: bytes, end: bytes) -> None:
+        """Delete every key in ``[begin, end)`` of ``cf`` (applied before the point ops)."""
+        self.ranges.append((cf, bytes(begin), bytes(end)))
+
     def __len__(self) -> int:
-        return len(self.ops)
+        return len(self.ops) + len(self.ranges)
 
 
 @runtime_checkable
@@ -81,6 +99,10 @@ class MemoryKVStore:
 
     def write(self, batch: WriteBatch) -> None:
         with self._lock:
+            for cf, b, e in getattr(batch, "ranges", ()):
+                t = self._t(cf)
+                for k in [k for k in t if b <= k < e]:
+                    del t[k]
             for cf, k, v in batch.ops:
                 if v is None:
                     self._t(cf).pop(k, None)
