@@ -1,0 +1,394 @@
+"""Curator: a multi-tenant index with one shared clustering tree and per-tenant sub-trees.
+
+After "Curator: Efficient Indexing for Multi-Tenant Vector Databases" (Jin et al., 2024). The
+point: per-tenant search speed with the memory of one shared index. Vectors are stored once (a
+vector on 8 tenants' lists costs 8 slot entries, not 8 copies)::
+
+    shared tree (hierarchical k-means)        per node: centroid, Bloom filter of the tenants
+            root ── shortlist(t=7)            present below, and for each tenant whose sub-tree
+           /  |  \\                             ends here a shortlist of its slots (<= max_sl_size)
+        n1   n2   n3 ── shortlist(t=3)
+       / \\
+     leaf leaf ── shortlist(t=3? no: antichain) ... every (slot, tenant) pair sits in exactly one
+                                                   shortlist of the tenant, on the slot's path
+
+- **Insert** routes the vector to its nearest-centroid leaf (kept per slot) and grants it to every
+  tenant on its access list.
+- **Grant** walks the slot's path from the root: append to the tenant's shortlist if the node has
+  one (splitting it to the children when it overflows); else, if the node's Bloom filter lacks the
+  tenant, start a one-element shortlist there; else descend. So a small tenant lives in one
+  shortlist near the root (an exact scan), a big one is spread over shortlists deeper down.
+- **Revoke / delete** remove the entry, then merge the tenant's shortlists up to the highest
+  ancestor whose sub-tree holds <= ``max_sl_size`` of its entries. Bloom filters keep stale bits
+  (false positives only) until a lazy full rebuild.
+- **Search** is best-first over the tenant's sub-tree by centroid distance, skipping nodes whose
+  Bloom filter lacks the tenant; shortlists met become candidate buckets until they hold
+  ``gamma1 * gamma2 * k`` vectors; the buckets nearest by centroid are scanned exactly (shared SIMD
+  kernels) until ``gamma2 * k`` vectors were scanned. ``tenant=None`` does the same over leaves.
+
+All of that runs in C without the GIL (``native/_curator_impl.c`` through ``vecdb._curator``).
+
+**Training.** Until ``train_size`` vectors are present the tree is a single root leaf, so every
+search is an exact scan of the tenant's shortlist. The first add that reaches ``train_size`` live
+vectors trains the tree (faiss ``Kmeans``, hierarchical: ``nlist`` children at the root,
+``fanout`` below, until a node's share of the data is <= ``leaf_size`` or ``max_depth``) on a sample
+of up to ``train_sample`` live vectors and rebuilds the structure. **Re-training** happens
+automatically, inside the add that triggers it, when the live count grows past ``retrain_factor``
+times the count the tree was trained at, or when data drift piles more than ``drift_factor *
+leaf_size`` vectors into one leaf; ``retrain()`` does it on demand. A rebuild re-routes every live
+vector and re-grants every pair, then swaps the new structure in under the index lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import numpy as np
+
+from vecdb.errors import InvalidArgument
+from vecdb.index.acl import normalize_acl
+from vecdb.index.base import Index, SearchParams, check_build_params, pad_results
+from vecdb.kernels import metric_code
+
+_INT32_MAX = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CuratorSearchParams(SearchParams):
+    """Per-call search knobs (names as in the Curator paper).
+
+    ``gamma1``: the walk collects candidate buckets until they hold ``gamma1 * gamma2 * k`` vectors
+    (more exploration, better choice of buckets). ``gamma2``: the nearest buckets are scanned
+    exactly until ``gamma2 * k`` vectors were scanned (the main recall/speed knob).
+    """
+
+    gamma1: float = 2.0
+    gamma2: float = 16.0
+
+    def __post_init__(self):
+        for name in ("gamma1", "gamma2"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+                raise InvalidArgument(f"{name} must be a number, got {v!r}")
+            if not np.isfinite(v) or v < 1:
+                raise InvalidArgument(f"{name} must be a finite number >= 1, got {v!r}")
+
+
+_BUILD_DEFAULTS: dict[str, Any] = {
+    "nlist": 32,  # root fan-out
+    "fanout": 8,  # fan-out below the root
+    "leaf_size": 128,  # target vectors per leaf (of the data the tree is trained for)
+    "max_sl_size": 128,  # shortlist capacity at internal nodes
+    "max_depth": 6,
+    "train_size": 4096,  # live vectors needed before the first training
+    "train_sample": 100_000,  # k-means sample size
+    "niter": 12,  # k-means iterations
+    "bloom_bits": 2048,  # bits per node filter
+    "bloom_hashes": 3,
+    "retrain_factor": 8.0,  # retrain when live count > factor x trained count
+    "drift_factor": 32.0,  # ... or when a leaf holds > factor x leaf_size vectors
+    "seed": 0,
+}
+
+
+class CuratorIndex(Index):
+    """Shared clustering tree + per-tenant shortlists (see the module docstring)."""
+
+    kind = "curator"
+    params_class = CuratorSearchParams
+
+    def __init__(self, dim: int, metric: str = "l2", **params: Any):
+        super().__init__(dim, metric)
+        p = check_build_params("CuratorIndex", params, _BUILD_DEFAULTS)
+        ints = ("nlist", "fanout", "leaf_size", "max_sl_size", "max_depth", "train_size",
+                "train_sample", "niter", "bloom_bits", "bloom_hashes", "seed")
+        for name in ints:
+            v = p[name]
+            low = 0 if name == "seed" else 1
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
+                raise InvalidArgument(f"{name} must be a positive integer, got {v!r}")
+            p[name] = int(v)
+        for name in ("retrain_factor", "drift_factor"):
+            v = p[name]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not v > 1:
+                raise InvalidArgument(f"{name} must be a number > 1, got {v!r}")
+            p[name] = float(v)
+        if p["nlist"] < 2 or p["fanout"] < 2:
+            raise InvalidArgument("nlist and fanout must be >= 2")
+        if p["max_depth"] > 30:
+            raise InvalidArgument("max_depth must be <= 30")
+        self.params = p
+        self._code = metric_code(metric)
+        self._lock = threading.RLock()
+        self._vecs = np.zeros((1024, self.dim), dtype=np.float32)
+        self._high = 0
+        self._trained_on = 0  # live count the tree was trained at (0: untrained single leaf)
+        self._tree = self._single_leaf()
+        self._core = self._new_core(self._tree)
+
+    # -- tree -------------------------------------------------------------------------------
+    def _single_leaf(self) -> dict[str, np.ndarray]:
+        return {"centroids": np.zeros((1, self.dim), dtype=np.float32),
+                "parent": np.full(1, -1, dtype=np.int32),
+                "child_ptr": np.zeros(2, dtype=np.int32),
+                "children": np.zeros(0, dtype=np.int32)}
+
+    def _new_core(self, tree: dict[str, np.ndarray]):
+        from vecdb._curator import CuratorCore
+
+        children = tree["children"] if len(tree["children"]) else np.zeros(1, dtype=np.int32)
+        return CuratorCore(self.dim, self._code, np.ascontiguousarray(tree["centroids"]),
+                           np.ascontiguousarray(tree["parent"]),
+                           np.ascontiguousarray(tree["child_ptr"]),
+                           np.ascontiguousarray(children, dtype=np.int32),
+                           self.params["bloom_bits"], self.params["bloom_hashes"],
+                           self.params["max_sl_size"])
+
+    def _train_tree(self, X: np.ndarray, n_total: int) -> dict[str, np.ndarray]:
+        """Hierarchical k-means over the sample ``X`` standing for ``n_total`` vectors.
+
+        For ip/cosine the k-means is spherical (unit centroids), so routing by inner product picks
+        the centroid of the right direction; for l2 it is plain Lloyd.
+        """
+        import faiss
+
+        p = self.params
+        spherical = self.metric != "l2"
+        leaf_cap = max(1.0, p["leaf_size"] * len(X) / max(1, n_total))  # in sample points
+        root = X.mean(axis=0)
+        if spherical:
+            root = root / max(float(np.linalg.norm(root)), 1e-12)
+        cents, parent, kids = [root.astype(np.float32)], [-1], [[]]
+        queue = [(0, np.arange(len(X)), 0)]
+        head = 0
+        while head < len(queue):
+            node, idx, depth = queue[head]
+            head += 1
+            if len(idx) <= leaf_cap or depth >= p["max_depth"]:
+                continue
+            k = min(p["nlist"] if depth == 0 else p["fanout"], len(idx))
+            if k < 2:
+                continue
+            sub = np.ascontiguousarray(X[idx])
+            km = faiss.Kmeans(self.dim, k, niter=p["niter"], seed=p["seed"] + node,
+                              spherical=spherical, min_points_per_centroid=1,
+                              max_points_per_centroid=1 << 30, verbose=False)
+            km.train(sub)
+            C = km.centroids.astype(np.float32)
+            if spherical:
+                C /= np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
+            _, assign = km.index.search(sub, 1)
+            assign = assign.ravel()
+            if len(np.unique(assign)) < 2:  # cannot split (duplicates): stays a leaf
+                continue
+            for j in range(k):
+                cid = len(cents)
+                cents.append(C[j])
+                parent.append(node)
+                kids.append([])
+                kids[node].append(cid)
+                queue.append((cid, idx[assign == j], depth + 1))
+        child_ptr = np.zeros(len(cents) + 1, dtype=np.int32)
+        child_ptr[1:] = np.cumsum([len(c) for c in kids])
+        children = np.array([c for cs in kids for c in cs], dtype=np.int32)
+        return {"centroids": np.ascontiguousarray(np.stack(cents), dtype=np.float32),
+                "parent": np.array(parent, dtype=np.int32), "child_ptr": child_ptr,
+                "children": children}
+
+    def retrain(self) -> None:
+        """Retrain the tree on the live vectors and rebuild the structure (results stay exact
+        about access: the same pairs are re-granted)."""
+        with self._lock:
+            live = self._core.live_slots()
+            n = len(live)
+            if n == 0:
+                tree, trained = self._single_leaf(), 0
+            else:
+                rng = np.random.default_rng(self.params["seed"])
+                sample = live if n <= self.params["train_sample"] else np.sort(
+                    rng.choice(live, self.params["train_sample"], replace=False))
+                tree, trained = self._train_tree(self._vecs[sample], n), n
+            core = self._new_core(tree)
+            if n:
+                core.place(live, core.route(self._vecs[live]))
+                ps, pt = self._core.pairs()
+                core.grant_many(ps, pt)
+            self._tree, self._core, self._trained_on = tree, core, trained
+
+    def _maybe_retrain(self) -> None:
+        n = len(self._core)
+        p = self.params
+        if self._trained_on == 0:
+            if n >= p["train_size"]:
+                self.retrain()
+            return
+        if n > p["retrain_factor"] * self._trained_on:
+            self.retrain()
+        elif self._core.leaf_sizes().max(initial=0) > p["drift_factor"] * p["leaf_size"]:
+            self.retrain()
+
+    # -- writes -----------------------------------------------------------------------------
+    def _grow(self, max_slot: int) -> None:
+        cap = len(self._vecs)
+        if max_slot < cap:
+            return
+        while cap <= max_slot:
+            cap *= 2
+        v = np.zeros((cap, self.dim), dtype=np.float32)
+        v[: len(self._vecs)] = self._vecs
+        self._vecs = v
+
+    @staticmethod
+    def _tenant(tenant) -> int:
+        if isinstance(tenant, bool) or not isinstance(tenant, int | np.integer):
+            raise InvalidArgument(f"tenant must be an integer, got {tenant!r}")
+        if not 0 <= int(tenant) <= _INT32_MAX:
+            raise InvalidArgument(f"tenant ids must be in [0, 2^31), got {tenant}")
+        return int(tenant)
+
+    def add(self, vectors, slots=None, acl=None) -> np.ndarray:
+        """Insert (or replace) vectors with their access lists (owner first; order is kept only
+        as a set). Validates everything before changing anything."""
+        X = self._prepare(vectors)
+        n = X.shape[0]
+        with self._lock:
+            if slots is None:
+                s = np.arange(self._high, self._high + n, dtype=np.int64)
+            else:
+                s = self._slots(slots, n)
+            indptr, indices = normalize_acl(acl, n)
+            if indices.size and int(indices.max()) > _INT32_MAX:
+                raise InvalidArgument("acl: tenant ids must be < 2^31")
+            if n == 0:
+                return s
+            self._grow(int(s.max()))
+            replaced = np.array([x for x in s.tolist() if self._core.slot_leaf(x) >= 0],
+                                dtype=np.int64)
+            if len(replaced):
+                self._core.unplace(replaced)
+            self._vecs[s] = X
+            self._high = max(self._high, int(s.max()) + 1)
+            self._core.place(s, self._core.route(X))
+            if indices.size:
+                self._core.grant_many(np.repeat(s, np.diff(indptr)),
+                                      np.ascontiguousarray(indices, dtype=np.int32))
+            self._maybe_retrain()
+        return s
+
+    def remove(self, slots) -> None:
+        """Delete slots (unknown or already deleted ones are ignored)."""
+        s = self._slots(slots)
+        with self._lock:
+            self._core.unplace(np.ascontiguousarray(s))
+
+    def _check_live(self, slot) -> int:
+        if isinstance(slot, bool) or not isinstance(slot, int | np.integer):
+            raise InvalidArgument(f"slot must be an integer, got {slot!r}")
+        if self._core.slot_leaf(int(slot)) < 0:
+            raise InvalidArgument(f"slot {slot} is not in the index")
+        return int(slot)
+
+    def grant(self, slot: int, tenant: int) -> None:
+        t = self._tenant(tenant)
+        with self._lock:
+            s = self._check_live(slot)
+            self._core.grant_many(np.array([s], dtype=np.int64), np.array([t], dtype=np.int32))
+
+    def revoke(self, slot: int, tenant: int) -> None:
+        t = self._tenant(tenant)
+        with self._lock:
+            s = self._check_live(slot)
+            self._core.revoke_many(np.array([s], dtype=np.int64), np.array([t], dtype=np.int32))
+
+    # -- reads ------------------------------------------------------------------------------
+    def search(self, queries, k: int, tenant: int | None = None, params=None):
+        """k nearest per query among ``tenant``'s slots (every live slot if ``tenant`` is None)."""
+        p = self._params(params)
+        k = self._k(k)
+        Q = self._prepare(queries, "queries")
+        t = -1 if tenant is None else self._tenant(tenant)
+        with self._lock:
+            if len(self._core) == 0:
+                return pad_results(Q.shape[0], k)
+            ids, dist, _ = self._core.search(self._vecs, Q, t, k, float(p.gamma1), float(p.gamma2))
+        return ids, dist
+
+    def search_stats(self, queries, k: int, tenant: int | None = None, params=None):
+        """Like ``search`` plus totals ``{"scanned": vectors, "visited": nodes}``."""
+        p = self._params(params)
+        k = self._k(k)
+        Q = self._prepare(queries, "queries")
+        t = -1 if tenant is None else self._tenant(tenant)
+        with self._lock:
+            ids, dist, st = self._core.search(self._vecs, Q, t, k, float(p.gamma1), float(p.gamma2))
+        return ids, dist, {"scanned": int(st[0]), "visited": int(st[1])}
+
+    def tenants_of(self, slot: int) -> np.ndarray:
+        """Sorted tenants that may see ``slot`` (empty if the slot is not live)."""
+        return self._core.slot_tenants(int(slot))
+
+    def vectors(self, slots) -> np.ndarray:
+        """Stored (normalised, for cosine) vectors of live slots."""
+        s = self._slots(slots)
+        for x in s.tolist():
+            self._check_live(x)
+        return self._vecs[s].copy()
+
+    @property
+    def trained(self) -> bool:
+        return self._trained_on > 0
+
+    @property
+    def core(self):
+        """The native structure (tests check its invariants)."""
+        return self._core
+
+    @property
+    def tree(self) -> dict[str, np.ndarray]:
+        return self._tree
+
+    def memory_bytes(self) -> int:
+        """Vectors (allocated capacity) + the native structure."""
+        return self._vecs.nbytes + self.structure_bytes()
+
+    def structure_bytes(self) -> int:
+        """Bytes beyond the raw vectors: tree, Bloom filters, shortlists, per-slot lists."""
+        return int(self._core.memory_bytes())
+
+    def __len__(self) -> int:
+        return len(self._core)
+
+    # -- persistence ------------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        with self._lock:
+            live = self._core.live_slots()
+            leaves = np.array([self._core.slot_leaf(int(x)) for x in live], dtype=np.int32)
+            sl_node, sl_tenant, sl_indptr, sl_ids = self._core.lists()
+            arrays = {f"tree_{k}": v for k, v in self._tree.items()}
+            arrays.update(slots=live, leaves=leaves, vectors=self._vecs[live], sl_node=sl_node,
+                          sl_tenant=sl_tenant, sl_indptr=sl_indptr, sl_ids=sl_ids)
+            meta = {"params": self.params, "high": self._high, "trained_on": self._trained_on}
+        return meta, arrays
+
+    @classmethod
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> CuratorIndex:
+        idx = cls(meta["dim"], meta["metric"], **meta["params"])
+        tree = {k: arrays[f"tree_{k}"] for k in ("centroids", "parent", "child_ptr", "children")}
+        tree["centroids"] = np.ascontiguousarray(tree["centroids"], dtype=np.float32)
+        tree["children"] = np.ascontiguousarray(tree["children"], dtype=np.int32)
+        idx._tree = tree
+        idx._core = idx._new_core(tree)
+        slots = np.ascontiguousarray(arrays["slots"], dtype=np.int64)
+        if len(slots):
+            idx._grow(int(slots.max()))
+            idx._vecs[slots] = arrays["vectors"]
+            idx._core.place(slots, np.ascontiguousarray(arrays["leaves"], dtype=np.int32))
+        ip, ids = arrays["sl_indptr"], np.ascontiguousarray(arrays["sl_ids"], dtype=np.int64)
+        for i, (node, tenant) in enumerate(zip(arrays["sl_node"].tolist(),
+                                               arrays["sl_tenant"].tolist(), strict=True)):
+            idx._core.restore_list(node, tenant, ids[ip[i] : ip[i + 1]])
+        idx._high = int(meta["high"])
+        idx._trained_on = int(meta["trained_on"])
+        return idx
