@@ -341,6 +341,24 @@ def test_reopen_and_checkpoint(tmp_path):
     d.close()
 
 
+def test_reopen_large_from_checkpoint(tmp_path):
+    d = vecdb.open(tmp_path / "d", background_checkpoints=False)
+    c = d.create_collection("c", dim=4)
+    c.create_tenant("a")
+    c.upsert(range(5000), rand(5000, 4), tenant="a")
+    c.delete(range(0, 5000, 3), tenant="a")
+    before = c.search(rand(3, 4), k=7, tenant="a").ids.tolist()
+    d.close()
+    d = vecdb.open(tmp_path / "d", background_checkpoints=False)
+    c = d.collection("c")
+    assert c.recovery["source"] == "checkpoint"
+    assert len(c) == 5000 - 1667
+    assert c.search(rand(3, 4), k=7, tenant="a").ids.tolist() == before
+    c.upsert([7000, 7001], rand(2, 4), tenant="a")  # freed slots are reused
+    assert c._state.high == 5000
+    d.close()
+
+
 def test_rebuild_from_store_when_checkpoint_is_lost(tmp_path):
     import shutil
 
@@ -361,7 +379,8 @@ def test_rebuild_from_store_when_checkpoint_is_lost(tmp_path):
         if p.startswith("ckpt-"):
             shutil.rmtree(f"{path}/{p}")
     d = vecdb.open(tmp_path / "d", background_checkpoints=False)
-    c = d.collection("c")
+    with pytest.warns(RuntimeWarning, match="rebuilding from the store"):
+        c = d.collection("c")
     assert c.recovery["source"] == "store"
     assert snapshot(c, ("a", "b")) == before
     d.close()

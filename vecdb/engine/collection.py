@@ -33,6 +33,7 @@ import os
 import shutil
 import threading
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -653,8 +654,11 @@ class Collection:
                     self._state = CollectionState.from_arrays({k: z[k] for k in z.files})
                 self._seq = int(ck["seq"])
                 source = "checkpoint"
-            except (OSError, ValueError, KeyError):
-                self._index = None  # unusable checkpoint: fall back to the column families
+            except (OSError, ValueError, KeyError) as e:
+                # unusable checkpoint: fall back to the column families (the source of truth)
+                warnings.warn(f"collection {self.name!r}: checkpoint {ck['dir']} unusable "
+                              f"({e!r}); rebuilding from the store", RuntimeWarning, stacklevel=2)
+                self._index = None
         if self._index is None and raw is not None:
             self._rebuild_from_store()
             source = "store"

@@ -151,8 +151,8 @@ class CollectionState:
     def from_arrays(cls, a: dict[str, np.ndarray]) -> CollectionState:
         st = cls()
         sid, own = a["slot_id"].astype(np.int64), a["slot_owner"].astype(np.int32)
+        st._grow(max(len(sid), 1))
         st.high = len(sid)
-        st._grow(max(st.high, 1))
         st.slot_id[: st.high] = sid
         st.slot_owner[: st.high] = own
         live = np.flatnonzero(own >= 0)
