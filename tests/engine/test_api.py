@@ -172,6 +172,17 @@ def test_grant_revoke_and_isolation(col):
     assert col.grant([5], tenant="beta", owner="acme") == 1
 
 
+def test_ids_enumeration(col):
+    col.upsert([5, 1, 9], rand(3), tenant="acme")
+    col.upsert([7, 3], rand(2), tenant="beta")
+    col.grant([9], tenant="beta")
+    assert col.ids("acme").tolist() == [1, 5, 9]
+    assert col.ids("beta").tolist() == [3, 7, 9]
+    assert col.ids("beta", start=4, limit=1).tolist() == [7]
+    with pytest.raises(NotFound):
+        col.ids("nobody")
+
+
 def test_delete_only_by_owner(col):
     col.upsert(range(10), rand(10), tenant="acme")
     col.grant([1], tenant="beta")

@@ -551,6 +551,24 @@ class Collection:
         dist = np.where(valid, dist, np.float32(np.inf)).astype(np.float32)
         return SearchResult(ids=ids, distances=dist)
 
+    def ids(self, tenant: str, start: int = 0, limit: int | None = None) -> np.ndarray:
+        """Sorted uint64 ids ``tenant`` may see (owned or granted), those >= ``start``, at most
+        ``limit`` of them: enumeration/pagination (the server's Scroll)."""
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise InvalidArgument(f"limit must be a non-negative integer, got {limit!r}")
+        if not isinstance(start, int | np.integer) or start < 0:
+            raise InvalidArgument(f"start must be a non-negative integer, got {start!r}")
+        with self._rw.read():
+            self._check_open()
+            t = self._tid(tenant)
+            st = self._state
+            owned = st.owned_by(t)
+            granted = np.fromiter(st.granted.get(t, ()), dtype=np.int64)
+            out = st.slot_id[np.concatenate([owned, granted])].astype(np.uint64)
+        out.sort()
+        out = out[np.searchsorted(out, np.uint64(start)):]
+        return out if limit is None else out[:limit]
+
     def get(self, ids, tenant: str) -> GetResult:
         """Vectors and payloads of those ``ids`` the tenant may see (others silently omitted, as
         if they did not exist), in request order. Cosine vectors come back normalised."""
