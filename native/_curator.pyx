@@ -17,7 +17,7 @@ vd_init()
 cdef extern from *:
     """
     typedef struct cur_t cur_t;
-    cur_t *cur_new(int32_t dim, int32_t metric, int32_t nnodes, const float *cent,
+    cur_t *cur_new(int32_t dim, int32_t metric, int32_t tmetric, int32_t nnodes, const float *cent,
                    const int32_t *parent, const int32_t *cptr, const int32_t *child,
                    int32_t bloom_bits, int32_t bloom_k, int32_t max_sl);
     void cur_free(cur_t *c);
@@ -44,7 +44,7 @@ cdef extern from *:
     """
     ctypedef struct cur_t:
         pass
-    cur_t *cur_new(int32_t dim, int32_t metric, int32_t nnodes, const float *cent,
+    cur_t *cur_new(int32_t dim, int32_t metric, int32_t tmetric, int32_t nnodes, const float *cent,
                    const int32_t *parent, const int32_t *cptr, const int32_t *child,
                    int32_t bloom_bits, int32_t bloom_k, int32_t max_sl) nogil
     void cur_free(cur_t *c) nogil
@@ -77,15 +77,15 @@ cdef class CuratorCore:
     cdef cur_t *c
     cdef readonly int dim, metric, nnodes
 
-    def __cinit__(self, int dim, int metric, float[:, ::1] centroids, int32_t[::1] parent,
-                  int32_t[::1] child_ptr, int32_t[::1] children, int bloom_bits, int bloom_k,
+    def __cinit__(self, int dim, int metric, int tree_metric, float[:, ::1] centroids,
+                  int32_t[::1] parent, int32_t[::1] child_ptr, int32_t[::1] children, int bloom_bits, int bloom_k,
                   int max_sl):
         cdef int nn = centroids.shape[0]
         if nn < 1 or centroids.shape[1] != dim or parent.shape[0] != nn \
                 or child_ptr.shape[0] != nn + 1 or children.shape[0] < 1:
             raise ValueError("CuratorCore: inconsistent tree arrays")
         self.dim, self.metric, self.nnodes = dim, metric, nn
-        self.c = cur_new(dim, metric, nn, &centroids[0, 0], &parent[0], &child_ptr[0],
+        self.c = cur_new(dim, metric, tree_metric, nn, &centroids[0, 0], &parent[0], &child_ptr[0],
                          &children[0], bloom_bits, bloom_k, max_sl)
         if self.c == NULL:
             raise MemoryError("CuratorCore: allocation failed")
@@ -293,6 +293,13 @@ cdef class CuratorCore:
                 tv[w] = t[j]
                 w += 1
         return slots, tenants
+
+    def leaf_size(self, int node) -> int:
+        """Live slots routed to ``node`` (0 for an internal node)."""
+        cdef const int64_t *ids
+        if node < 0 or node >= self.nnodes:
+            raise IndexError(node)
+        return cur_leaf_members(self.c, node, &ids)
 
     def leaf_sizes(self):
         """Live slots per node (0 for internal nodes): int64 [nnodes]."""

@@ -43,7 +43,7 @@ typedef struct {
 
 typedef struct {
     /* tree (immutable after creation) */
-    int32_t dim, metric, nnodes, maxdepth;
+    int32_t dim, metric, tmetric, nnodes, maxdepth; /* tmetric: tree routing metric */
     float *cent;
     int32_t *parent, *cptr, *child, *depth;
     /* bloom filters: nnodes x bwords 64-bit words */
@@ -169,10 +169,10 @@ static void h_del(cur_t *c, int32_t node, int32_t tenant) {
 static inline void bloom_add(cur_t *c, int32_t node, int32_t tenant) {
     uint64_t h = mix64((uint64_t)(uint32_t)tenant ^ 0x5bd1e995ull);
     uint64_t h1 = h & 0xffffffffull, h2 = (h >> 32) | 1;
-    uint64_t nbits = (uint64_t)c->bwords * 64;
+    uint64_t mask = (uint64_t)c->bwords * 64 - 1; /* bwords is a power of two */
     uint64_t *b = c->bloom + (size_t)node * c->bwords;
     for (int i = 0; i < c->bk; i++) {
-        uint64_t bit = (h1 + (uint64_t)i * h2) % nbits;
+        uint64_t bit = (h1 + (uint64_t)i * h2) & mask;
         b[bit >> 6] |= 1ull << (bit & 63);
     }
 }
@@ -180,10 +180,10 @@ static inline void bloom_add(cur_t *c, int32_t node, int32_t tenant) {
 int cur_bloom_has(const cur_t *c, int32_t node, int32_t tenant) {
     uint64_t h = mix64((uint64_t)(uint32_t)tenant ^ 0x5bd1e995ull);
     uint64_t h1 = h & 0xffffffffull, h2 = (h >> 32) | 1;
-    uint64_t nbits = (uint64_t)c->bwords * 64;
+    uint64_t mask = (uint64_t)c->bwords * 64 - 1;
     const uint64_t *b = c->bloom + (size_t)node * c->bwords;
     for (int i = 0; i < c->bk; i++) {
-        uint64_t bit = (h1 + (uint64_t)i * h2) % nbits;
+        uint64_t bit = (h1 + (uint64_t)i * h2) & mask;
         if (!(b[bit >> 6] & (1ull << (bit & 63)))) return 0;
     }
     return 1;
@@ -209,16 +209,18 @@ static void note_dropped(cur_t *c) {
 /* ------------------------------------------------------------------ lifecycle */
 static inline int is_leaf(const cur_t *c, int32_t n) { return c->cptr[n + 1] == c->cptr[n]; }
 
-cur_t *cur_new(int32_t dim, int32_t metric, int32_t nnodes, const float *cent,
+cur_t *cur_new(int32_t dim, int32_t metric, int32_t tmetric, int32_t nnodes, const float *cent,
                const int32_t *parent, const int32_t *cptr, const int32_t *child,
                int32_t bloom_bits, int32_t bloom_k, int32_t max_sl) {
     cur_t *c = calloc(1, sizeof(cur_t));
     if (!c) return NULL;
     c->dim = dim;
     c->metric = metric;
+    c->tmetric = tmetric;
     c->nnodes = nnodes;
     c->max_sl = max_sl;
-    c->bwords = bloom_bits < 64 ? 1 : (bloom_bits + 63) / 64;
+    c->bwords = 1; /* round the filter up to a power of two of 64-bit words */
+    while ((int64_t)c->bwords * 64 < bloom_bits) c->bwords *= 2;
     c->bk = bloom_k < 1 ? 1 : bloom_k;
     int32_t nch = cptr[nnodes];
     c->cent = malloc(sizeof(float) * (size_t)nnodes * dim);
@@ -505,7 +507,7 @@ int32_t cur_route(const cur_t *c, const float *v) {
         int32_t bc = c->child[c->cptr[n]];
         for (int32_t j = c->cptr[n]; j < c->cptr[n + 1]; j++) {
             int32_t ch = c->child[j];
-            float d = vd_dist(v, c->cent + (size_t)ch * c->dim, (size_t)c->dim, c->metric);
+            float d = vd_dist(v, c->cent + (size_t)ch * c->dim, (size_t)c->dim, c->tmetric);
             if (d < best) { best = d; bc = ch; }
         }
         n = bc;
@@ -630,7 +632,7 @@ int cur_search(const cur_t *c, const float *base, const float *Q, int64_t nq, in
         int32_t psz = 0, nb = 0;
         int64_t total = 0;
         if (tenant < 0 || cur_bloom_has(c, 0, tenant))
-            pq_push(pq, &psz, vd_dist(q, c->cent, d, c->metric), 0);
+            pq_push(pq, &psz, vd_dist(q, c->cent, d, c->tmetric), 0);
         while (psz && (double)total < collect) {
             cur_pqe e = pq_pop(pq, &psz);
             int32_t n = e.node;
@@ -654,7 +656,7 @@ int cur_search(const cur_t *c, const float *base, const float *Q, int64_t nq, in
             for (int32_t j = c->cptr[n]; j < c->cptr[n + 1]; j++) {
                 int32_t ch = c->child[j];
                 if (tenant >= 0 && !cur_bloom_has(c, ch, tenant)) continue;
-                pq_push(pq, &psz, vd_dist(q, c->cent + (size_t)ch * d, d, c->metric), ch);
+                pq_push(pq, &psz, vd_dist(q, c->cent + (size_t)ch * d, d, c->tmetric), ch);
             }
         }
         qsort(bk, (size_t)nb, sizeof(cur_bucket), bucket_cmp);
