@@ -73,6 +73,12 @@ def _as_ids(ids) -> np.ndarray:
     return a.astype(np.uint64)
 
 
+def _search_result(r: points_pb2.SearchResponse) -> SearchResult:
+    ids = np.frombuffer(r.ids, dtype="<i8").reshape(r.nq, r.k).astype(np.int64)
+    dist = np.frombuffer(r.distances, dtype="<f4").reshape(r.nq, r.k).astype(np.float32)
+    return SearchResult(ids=ids, distances=dist)
+
+
 class Client:
     """A connection to a vecdb server (thread-safe; share one per process).
 
@@ -186,6 +192,21 @@ class Client:
     def drop_collection(self, name: str) -> None:
         self._call(self._collections.DropCollection,
                    collections_pb2.DropCollectionRequest(name=name))
+
+    def search_batch(self, searches: Iterable[dict[str, Any]]) -> list[SearchResult]:
+        """Several searches in one round trip; each dict has ``collection``, ``tenant``,
+        ``queries``, ``k`` and optionally ``params`` (tenants and collections may differ)."""
+        import json
+
+        reqs = []
+        for s in searches:
+            Q = _as_matrix(s["queries"], "queries")
+            reqs.append(points_pb2.SearchRequest(
+                collection=s["collection"], tenant=s.get("tenant") or "",
+                queries=wire.pack_vectors(Q), k=int(s.get("k", 10)),
+                params_json=json.dumps(s["params"]) if s.get("params") else ""))
+        r = self._call(self._points.SearchBatch, points_pb2.SearchBatchRequest(searches=reqs))
+        return [_search_result(x) for x in r.results]
 
     # -- admin ----------------------------------------------------------------------------
     def create_api_key(self, tenants: Iterable[str] = (), role: str = "read_write",
@@ -417,9 +438,7 @@ class RemoteCollection:
         r = self._c._call(self._c._points.Search, points_pb2.SearchRequest(
             collection=self.name, tenant=tenant or "", queries=wire.pack_vectors(Q), k=int(k),
             params_json=json.dumps(params) if params else ""), timeout)
-        ids = np.frombuffer(r.ids, dtype="<i8").reshape(r.nq, r.k).astype(np.int64)
-        dist = np.frombuffer(r.distances, dtype="<f4").reshape(r.nq, r.k).astype(np.float32)
-        return SearchResult(ids=ids, distances=dist)
+        return _search_result(r)
 
     def get(self, ids, tenant: str) -> GetResult:
         """Vectors and payloads of those ``ids`` the tenant may see, in request order."""

@@ -13,6 +13,7 @@ log = logging.getLogger("vecdb.server")
 
 try:  # optional dependency
     import prometheus_client as _prom
+    from prometheus_client.core import GaugeMetricFamily
 except ImportError:  # pragma: no cover - exercised only without the package
     _prom = None
 
@@ -61,8 +62,8 @@ class _VectorsCollector:
         self.db = db
 
     def collect(self):
-        g = _prom.core.GaugeMetricFamily("vecdb_vectors", "Vectors owned per tenant",
-                                         labels=["collection", "tenant"])
+        g = GaugeMetricFamily("vecdb_vectors", "Vectors owned per tenant",
+                              labels=["collection", "tenant"])
         try:
             for name in self.db.list_collections():
                 col = self.db.collection(name)
