@@ -250,7 +250,8 @@ class VecdbCurator(_VecdbIndex):
 
     def __init__(self, smoke: bool):
         self.grid = [(1, 2), (2, 4), (2, 8)] if smoke else [
-            (1, 2), (2, 4), (2, 8), (2, 16), (2, 32), (4, 32), (4, 64), (4, 128)]
+            (1, 4), (1, 8), (1.5, 16), (1.5, 32), (1.5, 48), (1.5, 64), (1.5, 96), (1.5, 128),
+            (2, 192), (2, 256)]
 
     def _make(self, ds):
         from vecdb.index import CuratorIndex
