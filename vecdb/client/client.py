@@ -95,7 +95,8 @@ class Client:
         self.retry_s = retry_s
         self.max_message_bytes = max_message_bytes
         opts = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
-                ("grpc.enable_retries", 0)]
+                ("grpc.enable_retries", 0), ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
         if tls:
             roots = None
             if isinstance(tls, str):
