@@ -94,8 +94,47 @@ class AccessLists:
     def add_csr(self, slots: np.ndarray, indptr: np.ndarray, indices: np.ndarray) -> None:
         if len(slots):
             self._ensure(int(np.max(slots)))
+        if len(slots) > 64 and self._add_csr_fresh(np.asarray(slots, dtype=np.int64),
+                                                   indptr, indices):
+            return
         for i, s in enumerate(np.asarray(slots).tolist()):
             self.set(s, indices[indptr[i] : indptr[i + 1]])
+
+    def _add_csr_fresh(self, slots: np.ndarray, indptr: np.ndarray, indices: np.ndarray) -> bool:
+        """Vectorised ``add_csr`` for distinct slots that have no access list yet (bulk inserts
+        and loads): one bitmap update per tenant instead of one ``set`` per slot. Returns False,
+        changing nothing, when the general path is needed (existing or repeated slots, repeated
+        or negative tenants within a slot)."""
+        st = self._slot_tenants
+        if st and any(s in st for s in slots.tolist()):
+            return False
+        if len(np.unique(slots)) != len(slots):
+            return False
+        indptr = np.asarray(indptr, dtype=np.int64)
+        lens = np.diff(indptr)
+        ten = np.asarray(indices[indptr[0] : indptr[-1]], dtype=np.int64)
+        if ten.size and ten.min() < 0:
+            return False
+        rows = np.repeat(slots, lens)
+        if ten.size and lens.max() > 1:  # sort each slot's tenants; reject duplicates
+            order = np.lexsort((ten, np.repeat(np.arange(len(slots)), lens)))
+            ten, rows = ten[order], rows[order]
+            if ((rows[1:] == rows[:-1]) & (ten[1:] == ten[:-1])).any():
+                return False
+        ten32 = ten.astype(np.int32)
+        by_t = np.argsort(ten, kind="stable")
+        ts, starts = np.unique(ten[by_t], return_index=True)
+        ends = np.append(starts[1:], len(by_t))[: len(starts)]
+        for t, a, b in zip(ts.tolist(), starts.tolist(), ends.tolist(), strict=True):
+            sel = rows[by_t[a:b]]
+            bm = self._bm(t)
+            np.bitwise_or.at(bm, sel >> 3, (1 << (sel & 7)).astype(np.uint8))
+            self._counts[t] += b - a
+        nonempty = lens > 0
+        lists = np.split(ten32, indptr[1:-1] - indptr[0])
+        st.update((s, lst) for s, lst, ok in zip(slots.tolist(), lists, nonempty.tolist(),
+                                                   strict=True) if ok)
+        return True
 
     def clear(self, slot: int) -> None:
         ts = self._slot_tenants.pop(slot, None)
