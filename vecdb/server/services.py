@@ -23,9 +23,12 @@ from vecdb._proto.v1 import (
     tenants_pb2,
     tenants_pb2_grpc,
 )
-from vecdb.errors import InvalidArgument
+from vecdb.errors import InvalidArgument, ResourceExhausted
 
 _STATUS = {"created": common_pb2.CREATED, "updated": common_pb2.UPDATED}
+MAX_DIM = 65_536  # wire-level sanity limits: a request can never make the server allocate
+MAX_K = 10_000  # an absurd amount (k = 2^32 - 1 would otherwise ask for a 32 GB result)
+MAX_RESULTS = 10_000_000  # nq * k per search
 
 
 def _ids(field) -> np.ndarray:
@@ -45,8 +48,8 @@ class CollectionsService(collections_pb2_grpc.CollectionsServicer):
 
     def CreateCollection(self, req, ctx):
         ctx.principal.require_admin()
-        if req.dim == 0:
-            raise InvalidArgument("dim must be > 0")
+        if not 0 < req.dim <= MAX_DIM:
+            raise InvalidArgument(f"dim must be in [1, {MAX_DIM}], got {req.dim}")
         col = self.db.create_collection(req.name, dim=req.dim, metric=req.metric or "l2",
                                         index=req.index or "flat",
                                         params=wire.loads_params(req.params_json) or {})
@@ -171,6 +174,11 @@ class PointsService(points_pb2_grpc.PointsServicer):
         Q = wire.unpack_vectors(req.queries, "queries", dim=col.dim)
         if len(Q) == 0:
             raise InvalidArgument("queries: at least one query is required")
+        if req.k > MAX_K:
+            raise InvalidArgument(f"k must be at most {MAX_K}, got {req.k}")
+        if len(Q) * req.k > MAX_RESULTS:
+            raise ResourceExhausted(f"{len(Q)} queries x k={req.k} exceeds {MAX_RESULTS} "
+                                    f"results per request; split the batch")
         r = col.search(Q, k=req.k, tenant=req.tenant, params=wire.loads_params(req.params_json))
         nq, k = r.ids.shape
         return points_pb2.SearchResponse(
