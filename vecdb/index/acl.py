@@ -131,7 +131,10 @@ class AccessLists:
             np.bitwise_or.at(bm, sel >> 3, (1 << (sel & 7)).astype(np.uint8))
             self._counts[t] += b - a
         nonempty = lens > 0
-        lists = np.split(ten32, indptr[1:-1] - indptr[0])
+        if (lens == 1).all():  # one tenant per slot (the common case): row views
+            lists = list(ten32.reshape(-1, 1))
+        else:
+            lists = np.split(ten32, indptr[1:-1] - indptr[0])
         st.update((s, lst) for s, lst, ok in zip(slots.tolist(), lists, nonempty.tolist(),
                                                    strict=True) if ok)
         return True
