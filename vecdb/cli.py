@@ -85,8 +85,8 @@ def cmd_health(a) -> int:
 
 
 def cmd_keys(a) -> int:
-    tenants = [t for t in (a.tenants or "").split(",") if t]
-    if a.keys_cmd == "create" and a.data:
+    tenants = [t for t in (getattr(a, "tenants", None) or "").split(",") if t]
+    if a.keys_cmd == "create" and getattr(a, "data", None):
         # offline bootstrap: write the key file directly; refuse while a server holds the data
         import fcntl
 

@@ -36,7 +36,7 @@ class ServerProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
-        env = dict(os.environ, VECDB_API_KEY=self.api_key, PYTHONUNBUFFERED="1", **self.env)
+        env = {**os.environ, "VECDB_API_KEY": self.api_key, "PYTHONUNBUFFERED": "1", **self.env}
         cmd = [sys.executable, "-m", "vecdb.cli", "serve", "--data", self.data,
                "--host", "127.0.0.1", "--port", str(self.port), *self.extra_args]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
