@@ -184,25 +184,41 @@ cdef class CuratorCore:
             cur_rebuild_bloom(self.c)
 
     # -- search -----------------------------------------------------------------------------
-    def search(self, const float[:, ::1] base, const float[:, ::1] Q, int tenant, int k,
-               double gamma1, double gamma2):
-        """(ids int64 [nq,k], dist float32 [nq,k], stats int64 [2] = scanned, visited)."""
+    def search(self, cnp.ndarray base, cnp.ndarray Q, int tenant, int k, double gamma1,
+               double gamma2):
+        """(ids int64 [nq,k], dist float32 [nq,k], stats int64 [2] = scanned, visited).
+
+        ``base`` (float32 [capacity, dim], rows = slots) and ``Q`` (float32 [nq, dim]) must be
+        C-contiguous; checked here with cheap C-level tests (no memoryview set-up: this wrapper
+        sits on the per-query path)."""
+        if cnp.PyArray_TYPE(base) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(base) \
+                or cnp.PyArray_NDIM(base) != 2 or base.shape[1] != self.dim:
+            raise TypeError("base: expected a C-contiguous float32 [n, dim] array")
+        if cnp.PyArray_TYPE(Q) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(Q) \
+                or cnp.PyArray_NDIM(Q) != 2 or Q.shape[1] != self.dim:
+            raise TypeError("Q: expected a C-contiguous float32 [nq, dim] array")
+        if k < 1:
+            raise ValueError("k must be >= 1")
         cdef Py_ssize_t nq = Q.shape[0]
-        ids = np.empty((nq, k), dtype=np.int64)
-        dist = np.empty((nq, k), dtype=np.float32)
-        stats = np.zeros(2, dtype=np.int64)
-        cdef int64_t[:, ::1] iv = ids
-        cdef float[:, ::1] dv = dist
-        cdef int64_t[::1] sv = stats
+        cdef cnp.npy_intp dims[2]
+        dims[0] = nq
+        dims[1] = k
+        cdef cnp.ndarray ids = cnp.PyArray_EMPTY(2, dims, cnp.NPY_INT64, 0)
+        cdef cnp.ndarray dist = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
+        cdef int64_t stats[2]
+        stats[0] = 0
+        stats[1] = 0
+        cdef const float *bp = <const float*>cnp.PyArray_DATA(base)
+        cdef const float *qp = <const float*>cnp.PyArray_DATA(Q)
+        cdef int64_t *ip = <int64_t*>cnp.PyArray_DATA(ids)
+        cdef float *dp = <float*>cnp.PyArray_DATA(dist)
         cdef int rc = 0
-        if nq == 0:
-            return ids, dist, stats
-        with nogil:
-            rc = cur_search(self.c, &base[0, 0], &Q[0, 0], nq, tenant, k, gamma1, gamma2,
-                            &iv[0, 0], &dv[0, 0], &sv[0])
+        if nq:
+            with nogil:
+                rc = cur_search(self.c, bp, qp, nq, tenant, k, gamma1, gamma2, ip, dp, stats)
         if rc:
             raise MemoryError("CuratorCore.search")
-        return ids, dist, stats
+        return ids, dist, (stats[0], stats[1])
 
     # -- introspection / persistence --------------------------------------------------------
     def memory_bytes(self) -> int:

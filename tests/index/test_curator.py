@@ -379,3 +379,39 @@ def test_replace_slot_moves_vector_and_acl():
     assert found[0, 0] == 3
     check_invariants(idx)
     assert idx.memory_bytes() > idx.structure_bytes() > 0
+
+
+def test_concurrent_searches_and_writes():
+    """Searches (native, GIL released, shared read lock) run while another thread writes."""
+    import threading
+
+    idx, X, acl, rng = _random_index(n=2000)
+    allowed0 = {s for s in range(2000) if 0 in acl[s]}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader():
+        r = np.random.default_rng(threading.get_ident() % 1000)
+        try:
+            while not stop.is_set():
+                found, _ = idx.search(r.standard_normal((4, 8)).astype(np.float32), 5, tenant=0)
+                assert set(found[found >= 0].tolist()) <= allowed0
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(300):  # tenant 0 never changes; everything else churns
+        s = 2000 + i
+        idx.add(rng.standard_normal((1, 8)).astype(np.float32), slots=[s], acl=[[1, 2]])
+        idx.grant(s, 3)
+        idx.revoke(int(rng.integers(0, 2000)), 5)
+        if i % 3 == 0:
+            idx.remove([s])
+    idx.retrain()
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    check_invariants(idx)

@@ -41,8 +41,10 @@ vector and re-grants every pair, then swaps the new structure in under the index
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,68 @@ from vecdb.index.base import Index, SearchParams, check_build_params, pad_result
 from vecdb.kernels import metric_code
 
 _INT32_MAX = 2**31 - 1
+
+
+class _RWLock:
+    """Many concurrent searches (the native search runs without the GIL) or one writer.
+
+    Writes are reentrant for the thread that holds the write side (an add that triggers a
+    retrain). Writers wait for running searches; new searches wait for a waiting writer, so a
+    stream of searches cannot starve writes.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer: int | None = None
+        self._depth = 0
+        self._waiting = 0
+
+    def acquire_read(self) -> bool:
+        """Take the read side; returns False (nothing taken) for the thread holding the write
+        side, which may read its own state."""
+        if self._writer == threading.get_ident():
+            return False
+        with self._cond:
+            while self._writer is not None or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        return True
+
+    def release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        taken = self.acquire_read()
+        try:
+            yield
+        finally:
+            if taken:
+                self.release_read()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer != me:
+                self._waiting += 1
+                while self._writer is not None or self._readers:
+                    self._cond.wait()
+                self._waiting -= 1
+                self._writer = me
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if not self._depth:
+                    self._writer = None
+                    self._cond.notify_all()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +139,8 @@ class CuratorSearchParams(SearchParams):
             if not np.isfinite(v) or v < 1:
                 raise InvalidArgument(f"{name} must be a finite number >= 1, got {v!r}")
 
+
+_DEFAULT_PARAMS = CuratorSearchParams()
 
 _BUILD_DEFAULTS: dict[str, Any] = {
     "nlist": 32,  # root fan-out
@@ -126,7 +192,7 @@ class CuratorIndex(Index):
         self._code = metric_code(metric)
         tm = p["tree_metric"]
         self._tree_l2 = tm == "l2" or (tm == "auto" and self.metric == "l2")
-        self._lock = threading.RLock()
+        self._lock = _RWLock()
         self._params_cache: dict[tuple, SearchParams] = {}
         self._vecs = np.zeros((1024, self.dim), dtype=np.float32)
         self._high = 0
@@ -207,7 +273,7 @@ class CuratorIndex(Index):
     def retrain(self) -> None:
         """Retrain the tree on the live vectors and rebuild the structure (results stay exact
         about access: the same pairs are re-granted)."""
-        with self._lock:
+        with self._lock.write():
             live = self._core.live_slots()
             n = len(live)
             if n == 0:
@@ -266,7 +332,7 @@ class CuratorIndex(Index):
         as a set). Validates everything before changing anything."""
         X = self._prepare(vectors)
         n = X.shape[0]
-        with self._lock:
+        with self._lock.write():
             if slots is None:
                 s = np.arange(self._high, self._high + n, dtype=np.int64)
             else:
@@ -294,7 +360,7 @@ class CuratorIndex(Index):
     def remove(self, slots) -> None:
         """Delete slots (unknown or already deleted ones are ignored)."""
         s = self._slots(slots)
-        with self._lock:
+        with self._lock.write():
             self._core.unplace(np.ascontiguousarray(s))
 
     def _check_live(self, slot) -> int:
@@ -306,13 +372,13 @@ class CuratorIndex(Index):
 
     def grant(self, slot: int, tenant: int) -> None:
         t = self._tenant(tenant)
-        with self._lock:
+        with self._lock.write():
             s = self._check_live(slot)
             self._core.grant_many(np.array([s], dtype=np.int64), np.array([t], dtype=np.int32))
 
     def revoke(self, slot: int, tenant: int) -> None:
         t = self._tenant(tenant)
-        with self._lock:
+        with self._lock.write():
             s = self._check_live(slot)
             self._core.revoke_many(np.array([s], dtype=np.int64), np.array([t], dtype=np.int32))
 
@@ -331,6 +397,8 @@ class CuratorIndex(Index):
                 if len(self._params_cache) < 256:
                     self._params_cache[key] = hit
             return hit
+        if params is None:
+            return _DEFAULT_PARAMS
         return super()._params(params)
 
     def search(self, queries, k: int, tenant: int | None = None, params=None):
@@ -339,10 +407,14 @@ class CuratorIndex(Index):
         k = self._k(k)
         Q = self._prepare(queries, "queries")
         t = -1 if tenant is None else self._tenant(tenant)
-        with self._lock:
+        taken = self._lock.acquire_read()  # explicit, not a context manager: per-query path
+        try:
             if len(self._core) == 0:
                 return pad_results(Q.shape[0], k)
-            ids, dist, _ = self._core.search(self._vecs, Q, t, k, float(p.gamma1), float(p.gamma2))
+            ids, dist, _ = self._core.search(self._vecs, Q, t, k, p.gamma1, p.gamma2)
+        finally:
+            if taken:
+                self._lock.release_read()
         return ids, dist
 
     def search_stats(self, queries, k: int, tenant: int | None = None, params=None):
@@ -351,8 +423,8 @@ class CuratorIndex(Index):
         k = self._k(k)
         Q = self._prepare(queries, "queries")
         t = -1 if tenant is None else self._tenant(tenant)
-        with self._lock:
-            ids, dist, st = self._core.search(self._vecs, Q, t, k, float(p.gamma1), float(p.gamma2))
+        with self._lock.read():
+            ids, dist, st = self._core.search(self._vecs, Q, t, k, p.gamma1, p.gamma2)
         return ids, dist, {"scanned": int(st[0]), "visited": int(st[1])}
 
     def tenants_of(self, slot: int) -> np.ndarray:
@@ -392,7 +464,7 @@ class CuratorIndex(Index):
 
     # -- persistence ------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        with self._lock:
+        with self._lock.read():
             live = self._core.live_slots()
             leaves = np.array([self._core.slot_leaf(int(x)) for x in live], dtype=np.int32)
             sl_node, sl_tenant, sl_indptr, sl_ids = self._core.lists()
