@@ -232,16 +232,20 @@ class Collection:
 
     # -- the commit + apply core ----------------------------------------------------------
     def _commit(self, batch: WriteBatch, op: str, meta: dict, arrays: dict[str, np.ndarray],
-                rows: int) -> int:
+                rows: int, vectors: np.ndarray | None = None) -> int:
         """Write ``batch`` + its oplog record atomically, then apply the record. Caller holds
-        the writer mutex. Returns the sequence number."""
+        the writer mutex. Returns the sequence number.
+
+        The record holds slots and ids, not the vectors (they are in the batch's ``vectors``
+        rows already; writing them twice would halve ingest): replay reads them back from the
+        ``vectors`` column family (``_replay_vectors``)."""
         seq = self._seq + 1
         batch.put("oplog", codec.be_key(seq), codec.encode_record(op, meta, arrays))
         with self._rw.write():
             self._store.write(batch)
             self._seq = seq
             try:
-                self._apply(op, meta, arrays)
+                self._apply(op, meta, arrays, vectors)
             except Exception as e:  # durable but not applied: refuse service until reopen
                 self._broken = f"applying {op} #{seq} failed: {e!r}"
                 raise FailedPrecondition(self._broken) from e
@@ -250,36 +254,75 @@ class Collection:
         self._dirty_rows += max(rows, 1)
         return seq
 
-    def _apply(self, op: str, meta: dict, a: dict[str, np.ndarray]) -> None:
+    def _replay_vectors(self, slots: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray,
+                                                                           np.ndarray]:
+        """Vectors of an upsert record being replayed, read from the ``vectors`` family.
+
+        The family holds the *latest* value of each slot. Where it still holds the record's id,
+        its vector is the one this record wrote or a later replacement of the same id (which a
+        later record re-applies anyway): either way the final state is right. Where the slot is
+        empty or holds another id, a later record deleted it (and maybe reused the slot), so the
+        vector is irrelevant: the slot is marked absent from the index until that delete.
+        Returns (mask of slots to add, their vectors)."""
+        vals = self._store.multi_get("vectors", codec.be_keys(slots))
+        ok = np.zeros(len(slots), dtype=bool)
+        X = np.zeros((len(slots), self.dim), dtype=np.float32)
+        present = [i for i, v in enumerate(vals) if v is not None]
+        if present:
+            rec = codec.unpack_vectors([vals[i] for i in present], self.dim)
+            match = rec["id"] == ids[present]
+            idx = np.array(present, dtype=np.int64)[match]
+            ok[idx] = True
+            X[idx] = rec["vec"][match]
+        return ok, X[ok]
+
+    def _apply(self, op: str, meta: dict, a: dict[str, np.ndarray],
+               vectors: np.ndarray | None = None) -> None:
         """Apply one oplog record to the in-memory state and index (live path and replay)."""
-        st, idx = self._state, self._index
+        st, idx, absent = self._state, self._index, self._absent
         if op == "upsert":
             slots = a["slots"].astype(np.int64)
             st.apply_upsert(slots, a["ids"], int(meta["owner"]))
+            if vectors is None:  # replay
+                ok, vectors = self._replay_vectors(slots, a["ids"])
+                absent.update(slots[~ok].tolist())
+                absent.difference_update(slots[ok].tolist())
+                slots = slots[ok]
             if len(slots):
-                idx.add(a["vectors"], slots, st.acl_csr(slots))
-        elif op == "delete":
+                idx.add(vectors, slots, st.acl_csr(slots))
+            return
+        if absent:  # only during replay: keep index calls to slots the index holds
+            def present(s: np.ndarray) -> np.ndarray:
+                return s[~np.isin(s, np.fromiter(absent, dtype=np.int64, count=len(absent)))]
+        else:
+            def present(s: np.ndarray) -> np.ndarray:
+                return s
+        if op == "delete":
             slots = a["slots"].astype(np.int64)
-            if len(slots):
-                idx.remove(slots)
+            live = present(slots)
+            if len(live):
+                idx.remove(live)
             st.apply_delete(slots)
+            absent.difference_update(slots.tolist())
         elif op == "grant":
             t = int(meta["tenant"])
-            for s in a["slots"].tolist():
+            for s in present(a["slots"].astype(np.int64)).tolist():
                 idx.grant(s, t)
             st.apply_grant(a["slots"], t)
         elif op == "revoke":
             t = int(meta["tenant"])
-            for s in a["slots"].tolist():
+            for s in present(a["slots"].astype(np.int64)).tolist():
                 idx.revoke(s, t)
             st.apply_revoke(a["slots"], t)
         elif op == "drop_tenant":
             t = int(meta["tenant"])
             owned = a["owned"].astype(np.int64)
-            if len(owned):
-                idx.remove(owned)
+            live = present(owned)
+            if len(live):
+                idx.remove(live)
             st.apply_delete(owned)
-            for s in a["granted"].tolist():
+            absent.difference_update(owned.tolist())
+            for s in present(a["granted"].astype(np.int64)).tolist():
                 idx.revoke(s, t)
             st.apply_revoke(a["granted"], t)
             st.forget_tenant(t)
@@ -414,8 +457,8 @@ class Collection:
                         b.put("payload", k, p)
                     elif e:
                         b.delete("payload", k)
-            seq = self._commit(b, "upsert", {"owner": t},
-                               {"slots": slots, "ids": ids, "vectors": X}, len(ids))
+            seq = self._commit(b, "upsert", {"owner": t}, {"slots": slots, "ids": ids},
+                               len(ids), vectors=X)
         status = np.where(exists, UPDATED, CREATED).tolist()
         return UpsertResult(ids=ids, status=status, seq=seq)
 
@@ -661,6 +704,7 @@ class Collection:
         self._seq = 0
         self._state = CollectionState()
         self._index = None
+        self._absent: set[int] = set()  # replay only: live slots not (yet) in the index
         source = "empty"
         raw = self._store.get("meta", _CHECKPOINT)
         if raw is not None:
@@ -690,6 +734,13 @@ class Collection:
             self._seq = codec.key_int(k)
             replayed += 1
             self._dirty_rows += 1
+        if self._absent:  # cannot happen if the store is intact; never serve a wrong index
+            warnings.warn(f"collection {self.name!r}: oplog replay left {len(self._absent)} "
+                          f"slots without vectors; rebuilding from the store", RuntimeWarning,
+                          stacklevel=2)
+            self._absent.clear()
+            self._rebuild_from_store()
+            source = "store"
         if replayed:
             self._dirty_since = time.monotonic()
         for d in os.listdir(self.path):  # leftovers of a checkpoint interrupted by a crash
