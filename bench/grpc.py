@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         "ingest_ratio_grpc_vs_in_process": rows[0]["vectors_per_s"] / rows[1]["vectors_per_s"],
     }
     print({k: round(v, 3) for k, v in summary.items()})
-    name = "grpc_smoke" if a.smoke else "grpc"
+    name = "grpc-smoke" if a.smoke else "grpc"
     write_results(name, rows, extra={"summary": summary})
     plot_curves(name, srch, title=f"search p50 latency, flat {a.n_search}x{a.dim}, k=10",
                 x="clients", y="p50_ms", group="system", logy=False)
