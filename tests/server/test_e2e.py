@@ -277,3 +277,23 @@ def test_auth_required_unless_explicitly_disabled(tmp_path):
     with ServerProcess(str(tmp_path / "open"), extra_args=("--no-auth",)) as srv, \
             vecdb.Client(srv.address) as c:
         assert c.whoami()["role"] == "admin"
+
+
+def test_tls(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    key, crt = tmp_path / "tls.key", tmp_path / "tls.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(crt)], check=True, capture_output=True)
+    srv = ServerProcess(str(tmp_path / "data"),
+                        extra_args=("--tls-cert", str(crt), "--tls-key", str(key)))
+    with srv:
+        with vecdb.Client(srv.address, api_key=srv.api_key, tls=str(crt)) as c:
+            assert c.health() == "SERVING" and c.whoami()["role"] == "admin"
+        with vecdb.Client(srv.address, api_key=srv.api_key, retry_s=0, timeout=3) as c, \
+                pytest.raises(errors.VecdbError):  # plaintext against a TLS port fails
+            c.whoami()

@@ -108,6 +108,7 @@ class KeyStore:
         self.path = os.path.join(self.dir, "keys.json")
         self._lock = threading.Lock()
         self._keys: dict[str, dict] = {}
+        self.version = 0  # bumped on every change (the interceptor's principal cache keys on it)
         self._bootstrap: tuple[bytes, str] | None = None
         if bootstrap_key:
             if len(bootstrap_key) < 16:
@@ -155,6 +156,7 @@ class KeyStore:
             except BaseException:
                 del self._keys[key_id]
                 raise
+            self.version += 1
         return secret, self.info(rec)
 
     @staticmethod
@@ -176,6 +178,7 @@ class KeyStore:
             except BaseException:
                 self._keys[key_id] = rec
                 raise
+            self.version += 1
 
     def authenticate(self, key: str | None) -> Principal:
         """The principal of ``key``; Unauthenticated if missing, malformed, unknown or revoked."""

@@ -79,12 +79,21 @@ class ServerInterceptor(grpc.ServerInterceptor):
         self.keys = keys
         self.metrics = metrics
         self.auth_enabled = auth_enabled
+        self._cache: dict[str, tuple[int, Principal]] = {}  # key -> (store version, principal)
 
     # -- the pieces -----------------------------------------------------------------------
     def _principal(self, ctx) -> Principal:
         if not self.auth_enabled:
             return ANONYMOUS_ADMIN
-        return self.keys.authenticate(key_from_metadata(ctx.invocation_metadata()))
+        key = key_from_metadata(ctx.invocation_metadata())
+        hit = self._cache.get(key) if key else None
+        if hit is not None and hit[0] == self.keys.version:
+            return hit[1]
+        p = self.keys.authenticate(key)  # raises Unauthenticated
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (self.keys.version, p)  # a revoke bumps the version: re-checked
+        return p
 
     def _fail(self, ctx, method: str, e: Exception) -> None:
         if isinstance(e, VecdbError):

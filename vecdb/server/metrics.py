@@ -28,6 +28,7 @@ class Metrics:
         if not self.enabled:
             return
         self.registry = _prom.CollectorRegistry()
+        self._children: dict[tuple[str, str], tuple] = {}
         self.requests = _prom.Counter("vecdb_requests", "Finished RPCs", ["method", "code"],
                                       registry=self.registry)
         self.latency = _prom.Histogram("vecdb_request_seconds", "RPC latency", ["method"],
@@ -37,8 +38,12 @@ class Metrics:
 
     def observe(self, method: str, code: str, seconds: float) -> None:
         if self.enabled:
-            self.requests.labels(method, code).inc()
-            self.latency.labels(method).observe(seconds)
+            c = self._children.get((method, code))
+            if c is None:
+                c = self._children[(method, code)] = (self.requests.labels(method, code),
+                                                      self.latency.labels(method))
+            c[0].inc()
+            c[1].observe(seconds)
 
     def serve_http(self, host: str, port: int):
         """Start the ``/metrics`` HTTP endpoint; returns the bound port (None if disabled)."""
