@@ -250,8 +250,8 @@ class VecdbCurator(_VecdbIndex):
 
     def __init__(self, smoke: bool):
         self.grid = [(1, 2), (2, 4), (2, 8)] if smoke else [
-            (1, 4), (1, 8), (1.5, 16), (1.5, 32), (1.5, 48), (1.5, 64), (1.5, 96), (1.5, 128),
-            (2, 192), (2, 256)]
+            (1, 4), (1, 8), (1, 12), (1.5, 16), (1.5, 24), (1.5, 32), (1.5, 48), (1.5, 64),
+            (1.5, 96), (1.5, 128), (2, 192), (2, 256)]
 
     def _make(self, ds):
         from vecdb.index import CuratorIndex

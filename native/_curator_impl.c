@@ -613,9 +613,11 @@ static int bucket_cmp(const void *a, const void *b) {
 int cur_search(const cur_t *c, const float *base, const float *Q, int64_t nq, int32_t tenant,
                int32_t k, double gamma1, double gamma2, int64_t *out_id, float *out_d,
                int64_t *stats) {
-    int32_t pqcap = c->nnodes + 1;
+    /* small work buffers grown on demand: sizing them to the whole tree would mean two large
+     * (mmap-backed) allocations per call, a measurable cost on the per-query path */
+    int32_t pqcap = 256, bkcap = 64;
     cur_pqe *pq = malloc(sizeof(cur_pqe) * (size_t)pqcap);
-    cur_bucket *bk = malloc(sizeof(cur_bucket) * (size_t)pqcap);
+    cur_bucket *bk = malloc(sizeof(cur_bucket) * (size_t)bkcap);
     float *hd = malloc(sizeof(float) * (size_t)k);
     int64_t *hi = malloc(sizeof(int64_t) * (size_t)k);
     int64_t dcap = 1024;
@@ -637,6 +639,12 @@ int cur_search(const cur_t *c, const float *base, const float *Q, int64_t nq, in
             cur_pqe e = pq_pop(pq, &psz);
             int32_t n = e.node;
             stats[1]++;
+            if (nb == bkcap) {
+                cur_bucket *p = realloc(bk, sizeof(cur_bucket) * (size_t)bkcap * 2);
+                if (!p) { free(pq); free(bk); free(hd); free(hi); free(dist); return -2; }
+                bk = p;
+                bkcap *= 2;
+            }
             if (tenant >= 0) {
                 int64_t id = h_find(c, n, tenant);
                 if (id >= 0) {
@@ -652,6 +660,13 @@ int cur_search(const cur_t *c, const float *base, const float *Q, int64_t nq, in
                     total += c->leaf[n].n;
                 }
                 continue;
+            }
+            int32_t nch = c->cptr[n + 1] - c->cptr[n];
+            if (psz + nch > pqcap) {
+                while (psz + nch > pqcap) pqcap *= 2;
+                cur_pqe *p = realloc(pq, sizeof(cur_pqe) * (size_t)pqcap);
+                if (!p) { free(pq); free(bk); free(hd); free(hi); free(dist); return -2; }
+                pq = p;
             }
             for (int32_t j = c->cptr[n]; j < c->cptr[n + 1]; j++) {
                 int32_t ch = c->child[j];

@@ -51,7 +51,7 @@ import numpy as np
 
 from vecdb.errors import InvalidArgument
 from vecdb.index.acl import normalize_acl
-from vecdb.index.base import Index, SearchParams, check_build_params, pad_results
+from vecdb.index.base import Index, SearchParams, check_build_params
 from vecdb.kernels import metric_code
 
 _INT32_MAX = 2**31 - 1
@@ -388,7 +388,8 @@ class CuratorIndex(Index):
         # params are frozen, so sharing one object between calls and threads is safe).
         if isinstance(params, dict):
             try:
-                key = tuple(sorted((k, type(v).__name__, v) for k, v in params.items()))
+                # types in the key: {"gamma1": True} must not hit the entry of {"gamma1": 1}
+                key = (tuple(params.items()), tuple(map(type, params.values())))
                 hit = self._params_cache.get(key)
             except TypeError:  # unhashable values: let from_dict report them
                 return super()._params(params)
@@ -409,8 +410,6 @@ class CuratorIndex(Index):
         t = -1 if tenant is None else self._tenant(tenant)
         taken = self._lock.acquire_read()  # explicit, not a context manager: per-query path
         try:
-            if len(self._core) == 0:
-                return pad_results(Q.shape[0], k)
             ids, dist, _ = self._core.search(self._vecs, Q, t, k, p.gamma1, p.gamma2)
         finally:
             if taken:
