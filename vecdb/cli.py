@@ -8,8 +8,9 @@
     vecdb keys create --data DIR --role admin                # offline bootstrap (server stopped)
     vecdb keys list | vecdb keys revoke KEY_ID
     vecdb collections list | create NAME --dim D [--metric l2 --index flat --params JSON] | drop
-    vecdb ingest FILE.npy|FILE.fvecs --collection C --tenant T [--start-id N --batch 5000]
+    vecdb ingest FILE.npy|.fvecs|.parquet --collection C --tenant T [--start-id N --batch 5000]
     vecdb search --collection C --tenant T --query FILE.npy|"0.1,0.2,..." [-k 10]
+    vecdb bench grpc --smoke                                 # python -m bench.grpc --smoke
 
 Client commands read the server address from ``--address`` or ``VECDB_ADDRESS`` and the key from
 ``--api-key`` or ``VECDB_API_KEY``. ``serve`` merges flags > ``VECDB_*`` env > the TOML file.
@@ -31,8 +32,22 @@ from vecdb.errors import InvalidArgument, VecdbError
 DEFAULT_ADDRESS = "127.0.0.1:6334"
 
 
-def read_vectors(path: str, mmap: bool = True) -> np.ndarray:
-    """A float32 matrix from ``.npy`` or ``.fvecs`` (memory-mapped, so files may be large)."""
+def read_vectors(path: str, mmap: bool = True, column: str = "vector") -> np.ndarray:
+    """A float32 matrix from ``.npy`` / ``.fvecs`` (memory-mapped, so files may be large) or
+    ``.parquet`` (a fixed-size-list or list column ``column``; needs pyarrow)."""
+    if path.endswith(".parquet"):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise InvalidArgument("reading .parquet needs pyarrow (pip install pyarrow)"
+                                  ) from None
+        table = pq.read_table(path, columns=[column])
+        col = table.column(column).combine_chunks()
+        flat = np.asarray(col.flatten(), dtype=np.float32)
+        n = len(col)
+        if n and flat.size % n:
+            raise InvalidArgument(f"{path}: column {column!r} rows have different lengths")
+        return flat.reshape(n, flat.size // n if n else 0)
     if path.endswith(".npy"):
         X = np.load(path, mmap_mode="r" if mmap else None)
     elif path.endswith(".fvecs"):
@@ -44,7 +59,7 @@ def read_vectors(path: str, mmap: bool = True) -> np.ndarray:
             raise InvalidArgument(f"{path}: not an .fvecs file (dim {d}, {raw.size} words)")
         X = raw.reshape(-1, d + 1)[:, 1:].view("<f4")
     else:
-        raise InvalidArgument(f"{path}: expected a .npy or .fvecs file")
+        raise InvalidArgument(f"{path}: expected a .npy, .fvecs or .parquet file")
     if X.ndim != 2:
         raise InvalidArgument(f"{path}: expected a 2-D array, got shape {X.shape}")
     return X
@@ -142,7 +157,7 @@ def _batches(X: np.ndarray, start: int, size: int) -> Iterator[tuple[np.ndarray,
 
 
 def cmd_ingest(a) -> int:
-    X = read_vectors(a.file)
+    X = read_vectors(a.file, column=a.column)
     with _client(a) as c:
         col = c.collection(a.collection)
         if a.create_tenant and a.tenant not in col.list_tenants():
@@ -170,6 +185,20 @@ def cmd_search(a) -> int:
         keep = r.ids[i] >= 0
         print(json.dumps({"query": i, "ids": r.ids[i][keep].tolist(),
                           "distances": [round(float(d), 6) for d in r.distances[i][keep]]}))
+    return 0
+
+
+def cmd_bench(a) -> int:
+    """Run ``python -m bench.<name> [args]`` (the benchmarks live in a source checkout)."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"bench.{a.name}")
+    except ImportError as e:
+        raise InvalidArgument(f"benchmark {a.name!r} not found ({e}); run from a vecdb source "
+                              f"checkout") from None
+    sys.argv = [f"bench.{a.name}", *a.args]  # every bench main() parses sys.argv
+    mod.main()
     return 0
 
 
@@ -236,13 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
         client_opts(p)
     c.set_defaults(fn=cmd_collections)
 
-    i = sub.add_parser("ingest", help="stream a .npy/.fvecs file into a collection")
+    i = sub.add_parser("ingest", help="stream a .npy/.fvecs/.parquet file into a collection")
     i.add_argument("file")
     i.add_argument("--collection", required=True)
     i.add_argument("--tenant", required=True)
     i.add_argument("--start-id", type=int, default=0, help="id of the first row")
     i.add_argument("--batch", type=int, default=5000)
     i.add_argument("--create-tenant", action="store_true")
+    i.add_argument("--column", default="vector", help="vector column of a .parquet file")
     i.add_argument("--quiet", action="store_true")
     client_opts(i)
     i.set_defaults(fn=cmd_ingest)
@@ -255,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--params", help="search knobs as JSON")
     client_opts(q)
     q.set_defaults(fn=cmd_search)
+
+    b = sub.add_parser("bench", help="run a benchmark script from a source checkout")
+    b.add_argument("name", help="e.g. grpc, kernels, multitenant")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="its arguments, e.g. --smoke")
+    b.set_defaults(fn=cmd_bench)
     return ap
 
 

@@ -101,3 +101,18 @@ def test_config_precedence(tmp_path):
         ServerConfig.load(str(f), env={})
     with pytest.raises(errors.InvalidArgument):
         ServerConfig.load(None, env={"VECDB_PORT": "x", "VECDB_NO_AUTH": "1"})
+
+
+def test_read_parquet_and_errors(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    X = np.random.default_rng(2).random((5, 3), dtype=np.float32)
+    pq.write_table(pa.table({"vector": pa.array(list(X), type=pa.list_(pa.float32(), 3))}),
+                   tmp_path / "v.parquet")
+    np.testing.assert_array_equal(read_vectors(str(tmp_path / "v.parquet")), X)
+    with pytest.raises(errors.InvalidArgument):
+        read_vectors(str(tmp_path / "v.csv"))
+    (tmp_path / "bad.fvecs").write_bytes(np.array([3, 1, 2], dtype="<i4").tobytes())
+    with pytest.raises(errors.InvalidArgument):
+        read_vectors(str(tmp_path / "bad.fvecs"))
