@@ -297,3 +297,43 @@ def test_tls(tmp_path):
         with vecdb.Client(srv.address, api_key=srv.api_key, retry_s=0, timeout=3) as c, \
                 pytest.raises(errors.VecdbError):  # plaintext against a TLS port fails
             c.whoami()
+
+
+def test_sigterm_during_stream_keeps_every_ack(tmp_path):
+    import threading
+    import time
+
+    srv = ServerProcess(str(tmp_path / "data"), extra_args=("--grace", "1"))
+    X = rng.random((200 * 100, 4), dtype=np.float32)
+    acked: list[np.ndarray] = []
+    out: dict = {}
+    with srv:
+        c = vecdb.Client(srv.address, api_key=srv.api_key, retry_s=0.5)
+        col = c.create_collection("s", dim=4)
+        col.create_tenant("t")
+
+        def batches():
+            for lo in range(0, len(X), 100):
+                time.sleep(0.005)
+                yield np.arange(lo, lo + 100), X[lo: lo + 100]
+
+        def run():
+            try:
+                col.ingest(batches(), tenant="t", window=2, on_ack=acked.append)
+            except errors.VecdbError as e:
+                out["error"] = e
+
+        th = threading.Thread(target=run)
+        th.start()
+        while sum(map(len, acked)) < 2000 and th.is_alive():
+            time.sleep(0.005)
+        assert srv.terminate() == 0  # in-flight stream: finished or cut at the grace period
+        th.join(30)
+        c.close()
+    assert "error" in out  # the stream could not complete: the server went away
+    done = np.concatenate(acked)
+    assert 2000 <= len(done) < len(X)
+    with vecdb.open(str(tmp_path / "data")) as db:
+        g = db.collection("s").get(done, tenant="t")
+        assert len(g) == len(done)  # every acknowledged batch is there
+        assert len(db.collection("s")) % 100 == 0  # and no half batch
