@@ -31,9 +31,12 @@ def test_upsert_stream_survives_kill9_and_resumes(tmp_path):
             with lock:
                 acked.append(ids)
 
+        killed = threading.Event()
+
         def batches():
             for lo in range(0, N, B):
-                time.sleep(0.004)  # pace the source so the kill lands mid-stream
+                if lo == 40_000:  # hold the source until the kill: it lands mid-stream
+                    killed.wait(60)
                 yield np.arange(lo, lo + B), X[lo: lo + B]
 
         def run():
@@ -53,6 +56,7 @@ def test_upsert_stream_survives_kill9_and_resumes(tmp_path):
             time.sleep(0.002)
         assert 30_000 <= n_acked < N, f"kill should land mid-stream ({n_acked} acked)"
         srv.kill()  # SIGKILL: no shutdown, no checkpoint
+        killed.set()
         with lock:
             snapshot = np.concatenate(acked)
         assert len(snapshot) >= 30_000
