@@ -446,8 +446,6 @@ class Collection:
             skeys = codec.be_keys(slots)
             b.put_many("vectors", skeys,
                        codec.pack_vectors(ids, np.full(len(ids), t, dtype=np.int32), X))
-            if n_new:
-                b.put_many("ids", codec.be_keys(ids[~exists]), codec.le_u64_values(slots[~exists]))
             if raw_payloads is None:
                 if exists.any():
                     b.delete_many("payload", [k for k, e in zip(skeys, exists, strict=True) if e])
@@ -485,7 +483,6 @@ class Collection:
         b.delete_many("vectors", keys)
         b.delete_many("acl", keys)
         b.delete_many("payload", keys)
-        b.delete_many("ids", codec.be_keys(self._state.slot_id[slots]))
 
     def delete(self, ids, tenant: str) -> int:
         """Delete vectors owned by ``tenant``; all-or-nothing. Returns the number deleted."""
