@@ -1,0 +1,267 @@
+"""Online ingestion: N Ray workers stream validated batches into a running collection.
+
+::
+
+    driver (run_online)                     Ray tasks (<= workers at a time, one shard each)
+      plan shards (headers only)              read_batches(shard, from acked offset)
+      JobState <- tracker actor  <--ack---    write_batch -> sink (upsert by id, durable)
+      progress line + status.json             ack(shard, end, good, bad rows) after each batch
+      re-queue a failed shard from its acked offset (max_task_retries)
+
+- Back-pressure: a worker sends its next batch only after the previous one is acknowledged, so at
+  most ``workers`` batches are in flight and memory is ``workers x batch_rows x dim x 4`` bytes.
+- Resumability: acknowledgements are recorded per shard (rows from the start of the file); a
+  re-run (or a re-queued shard after a worker crash) starts there. Rows acknowledged by the sink but
+  not yet recorded are sent again: harmless, every write is an upsert by a deterministic id
+  (the Parquet ``id`` column, or ``id_start`` + the row's global row number).
+- Bad shards and rows are recorded in the state (file, row, reason) and skipped.
+- The same code runs on a Ray cluster: pass ``ray_address=`` (the state file must then be on a
+  path the driver can write; the shards on storage every node can read).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from vecdb.errors import InvalidArgument, VecdbError
+from vecdb.ingest.sinks import EmbeddedSink, GrpcSink, write_batch
+from vecdb.ingest.sources import DEFAULT_COLUMNS, Columns, Shard, ShardError, check_dim, discover, plan, read_batches
+from vecdb.ingest.state import JobState, Progress
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Start (or join, with ``address``) Ray once per process; quiet, no dashboard."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                          "ignore_reinit_error": True, "configure_logging": False}
+    if address:
+        ray.init(address=address, **kw)
+    else:
+        ray.init(num_cpus=num_cpus or min(2, os.cpu_count() or 1), **kw)
+
+
+class _Tracker:
+    """Ray actor that owns the ``JobState`` (one writer of the state file)."""
+
+    def __init__(self, path: str, shards: list[Shard], fingerprint: dict, rejected: list[dict],
+                 save_every_s: float = 0.2) -> None:
+        self.state = JobState(path, shards, fingerprint, rejected)
+        self.every = save_every_s
+        self.last = 0.0
+
+    def _maybe_save(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last >= self.every:
+            self.state.save()
+            self.last = now
+
+    def ack(self, path: str, end: int, good: int, errors: list[dict], done: bool = False) -> None:
+        self.state.ack(path, end, good, errors, done)
+        self._maybe_save(force=done)
+
+    def fail_shard(self, path: str, error: str) -> None:
+        self.state.fail_shard(path, error)
+        self._maybe_save(force=True)
+
+    def acked(self, path: str) -> int:
+        return self.state.acked(path)
+
+    def done(self, path: str) -> bool:
+        return self.state.done(path)
+
+    def summary(self) -> dict[str, Any]:
+        st = self.state
+        return {"rows_acked": st.rows_acked(), "rows_total": st.rows_total(),
+                "rows_written": sum(int(s["good"]) for s in st.data["shards"].values()),
+                "errors": st.errors(), "resumed": st.resumed}
+
+    def flush(self) -> None:
+        self._maybe_save(force=True)
+
+
+class _SinkActor:
+    """Ray actor around an ``EmbeddedSink`` (one process owns the data folder)."""
+
+    def __init__(self, data: str, collection: str, create: dict | None, options: dict) -> None:
+        self.sink = EmbeddedSink(data, collection, create, **options)
+
+    def call(self, method: str, *args):
+        return getattr(self.sink, method)(*args)
+
+
+class _ActorProxy:
+    """The ``Sink`` interface over a ``_SinkActor`` handle (each call waits for its ack)."""
+
+    def __init__(self, handle) -> None:
+        self.h = handle
+
+    def _call(self, method: str, *args):
+        import ray
+
+        return ray.get(self.h.call.remote(method, *args))
+
+    def ensure_tenants(self, names):
+        return self._call("ensure_tenants", list(names))
+
+    def upsert(self, ids, vectors, tenant, payloads=None):
+        return self._call("upsert", ids, vectors, tenant, payloads)
+
+    def grant(self, ids, tenant, owner):
+        return self._call("grant", ids, tenant, owner)
+
+    def close(self) -> None:
+        pass
+
+
+_GRPC_SINKS: dict[tuple, GrpcSink] = {}
+
+
+def _sink_for(spec: dict[str, Any]):
+    if spec["kind"] == "actor":
+        return _ActorProxy(spec["handle"])
+    key = (spec["address"], spec["collection"], spec.get("api_key"))
+    if key not in _GRPC_SINKS:  # one connection per worker process, reused across shards
+        _GRPC_SINKS[key] = GrpcSink(spec["address"], spec["collection"], spec.get("api_key"),
+                                    spec.get("create"))
+    return _GRPC_SINKS[key]
+
+
+def ingest_shard(shard: Shard, start: int, dim: int, sink_spec: dict[str, Any], tracker,
+                 opts: dict[str, Any]) -> dict[str, Any]:
+    """Body of one Ray task: stream ``shard`` from row ``start`` into the sink, acknowledging
+    every batch to the tracker. A batch the sink rejects (e.g. PermissionDenied on a foreign id)
+    is reported as bad rows and skipped; transport failures propagate (the driver re-queues)."""
+    import ray
+
+    sink = _sink_for(sink_spec)
+    crash = opts.get("crash")  # test hook: simulate a worker killed mid-shard (once)
+    n_batches = written = 0
+    try:
+        for b in read_batches(shard, dim, opts["batch_rows"], start, opts["columns"]):
+            errors = list(b.errors)
+            good = 0
+            if len(b):
+                ids = b.ids if b.ids is not None else \
+                    (opts["id_start"] + shard.offset + b.rows).astype(np.uint64)
+                tenants = b.tenants if b.tenants is not None else [opts["tenant"]] * len(b)
+                try:
+                    good = write_batch(sink, ids, b.vectors, tenants, b.acl, b.payloads)
+                except VecdbError as e:
+                    if getattr(e, "code", None) is not None:  # transport: let the driver retry
+                        raise
+                    errors.append({"file": shard.path, "row": int(b.start),
+                                   "error": f"rows {b.start}..{b.end - 1} rejected: {e}"})
+            ray.get(tracker.ack.remote(shard.path, b.end, good, errors))
+            written += good
+            n_batches += 1
+            if crash and n_batches >= crash["after"] and not os.path.exists(crash["marker"]):
+                open(crash["marker"], "w").close()
+                os._exit(1)
+    except ShardError as e:
+        ray.get(tracker.fail_shard.remote(shard.path, str(e)))
+        return {"shard": shard.path, "written": written, "failed": str(e)}
+    ray.get(tracker.ack.remote(shard.path, shard.rows, 0, [], True))
+    return {"shard": shard.path, "written": written}
+
+
+def run_online(source: str | Sequence[str], collection: str, *, data: str | None = None,
+               address: str | None = None, api_key: str | None = None,
+               tenant: str = "default", dim: int | None = None, workers: int = 2,
+               batch_rows: int = 5000, state_path: str | None = None, id_start: int = 0,
+               columns: Columns = DEFAULT_COLUMNS, create: dict[str, Any] | None = None,
+               ray_address: str | None = None, progress: bool = True,
+               status_path: str | None = None, max_task_retries: int = 3,
+               engine_options: dict[str, Any] | None = None,
+               _crash: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Stream the shards of ``source`` into ``collection`` with ``workers`` parallel Ray workers.
+
+    Sink: the embedded database folder ``data`` or a server at ``address`` (one of them).
+    ``tenant``: the owner of rows without a tenant column. Ids: the Parquet id column, else
+    ``id_start`` + global row number. ``state_path`` (default ``<source>.ingest-state.json`` next to
+    the first shard) makes the job resumable; ``status_path`` gets the progress JSON. ``create``:
+    dict(dim, metric, index, params) to create the collection if missing.
+    Returns a report: rows_total, rows_written, errors (file, row, error), elapsed_s, rows_per_s.
+    """
+    import ray
+
+    if (data is None) == (address is None):
+        raise InvalidArgument("give exactly one of data= (embedded folder) or address= (server)")
+    if not isinstance(workers, int) or workers < 1:
+        raise InvalidArgument(f"workers must be a positive integer, got {workers!r}")
+    files = discover(source)
+    shards, rejected = plan(files, columns)
+    state_path = state_path or os.path.join(os.path.dirname(files[0]), f"{collection}"
+                                            f".ingest-state.json")
+    status_path = status_path or state_path.replace(".json", "") + ".status.json"
+    sink_desc = {"data": os.path.abspath(data)} if data else {"address": address}
+    fingerprint = {"mode": "online", "collection": collection, **sink_desc,
+                   "files": [s.path for s in shards] + [r["file"] for r in rejected],
+                   "id_start": int(id_start), "tenant": tenant}
+    init_ray(ray_address, num_cpus=max(workers, 1) if not ray_address else None)
+    tracker = ray.remote(num_cpus=0)(_Tracker).remote(state_path, shards, fingerprint, rejected)
+    sink_actor = None
+    if data is not None:
+        sink_actor = ray.remote(num_cpus=0, max_concurrency=1)(_SinkActor).remote(
+            data, collection, create, engine_options or {})
+        sink_spec: dict[str, Any] = {"kind": "actor", "handle": sink_actor}
+        sink_dim = ray.get(sink_actor.call.remote("dim"))
+    else:
+        sink_spec = {"kind": "grpc", "address": address, "collection": collection,
+                     "api_key": api_key, "create": create}
+        sink_dim = _sink_for(sink_spec).dim()
+    dim = check_dim(dim if dim is not None else sink_dim, shards)
+    if dim != sink_dim:
+        raise InvalidArgument(f"dim={dim} but collection {collection!r} has dim {sink_dim}")
+    opts = {"batch_rows": int(batch_rows), "columns": columns, "id_start": int(id_start),
+            "tenant": tenant, "crash": _crash}
+    task = ray.remote(num_cpus=1, max_retries=0)(ingest_shard)
+    t0 = time.perf_counter()
+    summary0 = ray.get(tracker.summary.remote())
+    prog = Progress(summary0["rows_total"], status_path, done=summary0["rows_acked"],
+                    stream=__import__("sys").stderr if progress else None)
+    pending = [s for s in shards if not ray.get(tracker.done.remote(s.path))]
+    attempts: dict[str, int] = {}
+    in_flight: dict[Any, Shard] = {}
+    try:
+        while pending or in_flight:
+            while pending and len(in_flight) < workers:
+                s = pending.pop(0)
+                start = ray.get(tracker.acked.remote(s.path))
+                in_flight[task.remote(s, start, dim, sink_spec, tracker, opts)] = s
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+            for r in ready:
+                s = in_flight.pop(r)
+                try:
+                    ray.get(r)
+                except Exception as e:  # worker died or the sink failed: resume from the ack
+                    attempts[s.path] = attempts.get(s.path, 0) + 1
+                    if attempts[s.path] <= max_task_retries:
+                        pending.insert(0, s)
+                    else:
+                        ray.get(tracker.fail_shard.remote(
+                            s.path, f"gave up after {attempts[s.path]} attempts: {e}"))
+            sm = ray.get(tracker.summary.remote())
+            prog.update(sm["rows_acked"])
+        ray.get(tracker.flush.remote())
+        sm = ray.get(tracker.summary.remote())
+        el = time.perf_counter() - t0
+        snap = prog.close(errors=len(sm["errors"]))
+    finally:
+        if sink_actor is not None:
+            try:
+                ray.get(sink_actor.call.remote("close"))
+            finally:
+                ray.kill(sink_actor)
+        ray.kill(tracker)
+    return {"rows_total": sm["rows_total"], "rows_acked": sm["rows_acked"],
+            "rows_written": sm["rows_written"], "errors": sm["errors"], "elapsed_s": el,
+            "rows_per_s": snap["rows_per_s"], "resumed": sm["resumed"], "workers": workers,
+            "state_path": state_path, "status_path": status_path}

@@ -1,0 +1,412 @@
+"""Shard readers: ``.npy`` (memory-mapped), ``.fvecs/.bvecs/.ivecs`` and Parquet, streamed in
+bounded batches with validation that names the file and the row.
+
+A *source* is a file, a folder (its supported files, sorted) or a glob, or a list of those. It is
+planned once (``plan``): every shard's row count comes from its header or metadata (no data read),
+which fixes each row's *global row number* = shard offset + row. Default ids and the bulk build's
+slots are derived from that number, so a re-run of the same job produces the same ids (that is what
+makes a restarted job idempotent).
+
+Validation never poisons other shards:
+
+- wrong dimension (header or a record's own dim prefix) -> the shard is rejected (``ShardError``,
+  raised when it is opened) and reported; the other shards go on;
+- non-finite rows -> those rows are skipped and reported (``BatchError`` entries: file, row, why);
+- a truncated file -> the complete rows before the cut are read, the cut is reported at its row.
+
+Parquet columns: ``vector`` (fixed-size list or list of float, or binary of dim x float32 LE),
+optional ``id`` (integer), ``tenant`` (owner tenant name), ``acl`` (list of tenant names granted
+besides the owner) and ``payload`` (JSON string or a struct). Column names are settable.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vecdb.errors import DimensionMismatch, InvalidArgument
+
+EXTENSIONS = (".npy", ".fvecs", ".bvecs", ".ivecs", ".parquet", ".pq")
+
+
+class ShardError(InvalidArgument):
+    """A whole shard is unreadable (wrong dim, bad header): reported, the job goes on."""
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Parquet column names (``None`` = not present in the data)."""
+
+    vector: str = "vector"
+    id: str | None = "id"
+    tenant: str | None = "tenant"
+    acl: str | None = "acl"
+    payload: str | None = "payload"
+
+
+DEFAULT_COLUMNS = Columns()
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One input file with its planned row range in the job (``offset`` = global row number of
+    its first row)."""
+
+    path: str
+    kind: str
+    rows: int
+    offset: int
+    dim: int | None
+
+
+@dataclass
+class Batch:
+    """A validated batch of one shard: rows ``[start, end)`` of the file, of which ``rows``
+    (file row numbers) were good. ``errors`` lists the bad rows (dicts: file, row, error)."""
+
+    shard: str
+    start: int
+    end: int
+    rows: np.ndarray
+    vectors: np.ndarray
+    ids: np.ndarray | None = None
+    tenants: list[str] | None = None
+    acl: list[list[str]] | None = None
+    payloads: list[Any] | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _kind(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in EXTENSIONS:
+        raise InvalidArgument(f"{path}: unsupported file type {ext!r} (expected one of "
+                              f"{', '.join(EXTENSIONS)})")
+    return "parquet" if ext in (".parquet", ".pq") else ext[1:]
+
+
+def discover(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Files of ``source``: a file, a folder (its supported files, sorted) or a glob; or a list.
+    Raises ``InvalidArgument`` when nothing matches."""
+    if isinstance(source, str | os.PathLike):
+        source = [source]
+    out: list[str] = []
+    for s in source:
+        s = os.fspath(s)
+        if os.path.isdir(s):
+            out += sorted(os.path.join(s, f) for f in os.listdir(s)
+                          if os.path.splitext(f)[1].lower() in EXTENSIONS)
+        elif os.path.isfile(s):
+            out.append(s)
+        else:
+            hits = sorted(p for p in glob.glob(s)
+                          if os.path.isfile(p) and os.path.splitext(p)[1].lower() in EXTENSIONS)
+            if not hits:
+                raise InvalidArgument(f"source {s!r}: no such file, folder or matching glob")
+            out += hits
+    if not out:
+        raise InvalidArgument(f"source {source!r}: no .npy/.fvecs/.bvecs/.ivecs/.parquet files")
+    return [os.path.abspath(p) for p in dict.fromkeys(out)]
+
+
+# -- per-format headers -------------------------------------------------------------------------
+def _npy_header(path: str) -> tuple[tuple[int, ...], np.dtype, int, int]:
+    """(shape, dtype, data offset, complete rows actually present)."""
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read(f)
+        except (ValueError, OSError) as e:
+            raise ShardError(f"{path}: not a valid .npy file ({e})") from None
+        off = f.tell()
+    if fortran or len(shape) != 2:
+        raise ShardError(f"{path}: expected a 2-D C-order array, got shape {shape}"
+                         f"{' (Fortran order)' if fortran else ''}")
+    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        raise ShardError(f"{path}: expected a numeric array, got dtype {dtype}")
+    rowbytes = max(1, shape[1] * dtype.itemsize)
+    present = min(shape[0], (os.path.getsize(path) - off) // rowbytes)
+    return shape, dtype, off, present
+
+
+_VECS = {"fvecs": np.dtype("<f4"), "bvecs": np.dtype("u1"), "ivecs": np.dtype("<i4")}
+
+
+def _vecs_header(path: str, kind: str) -> tuple[int, int, int]:
+    """(dim, complete records, record bytes) of an .fvecs/.bvecs/.ivecs file."""
+    size = os.path.getsize(path)
+    if size < 4:
+        raise ShardError(f"{path}: empty or truncated (no dimension header)")
+    dim = int(np.fromfile(path, dtype="<i4", count=1)[0])
+    if dim <= 0 or dim > 1 << 20:
+        raise ShardError(f"{path}: row 0: bad dimension header {dim}")
+    rec = 4 + dim * _VECS[kind].itemsize
+    return dim, size // rec, rec
+
+
+def _parquet_file(path: str):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise ShardError(f"{path}: not a readable Parquet file ({e})") from None
+
+
+def shard_info(path: str, columns: Columns = Columns()) -> tuple[str, int, int | None, list[dict]]:
+    """(kind, planned rows, dim if known from the header, header-level problems) of ``path``.
+    Planned rows count what the header promises; a truncation is a reported problem."""
+    kind = _kind(path)
+    problems: list[dict] = []
+    if kind == "npy":
+        shape, _, _, present = _npy_header(path)
+        if present < shape[0]:
+            problems.append({"file": path, "row": int(present),
+                             "error": f"truncated: header says {shape[0]} rows, file holds "
+                                      f"{present} complete rows"})
+        return kind, int(shape[0]), int(shape[1]), problems
+    if kind in _VECS:
+        dim, n, rec = _vecs_header(path, kind)
+        if os.path.getsize(path) % rec:
+            problems.append({"file": path, "row": int(n),
+                             "error": f"truncated: {os.path.getsize(path) % rec} trailing bytes "
+                                      f"after {n} complete records"})
+        return kind, int(n), dim, problems
+    pf = _parquet_file(path)
+    if columns.vector not in pf.schema_arrow.names:
+        raise ShardError(f"{path}: no vector column {columns.vector!r} "
+                         f"(columns: {', '.join(pf.schema_arrow.names)})")
+    return kind, int(pf.metadata.num_rows), None, problems
+
+
+def plan(files: Sequence[str], columns: Columns = Columns()
+         ) -> tuple[list[Shard], list[dict[str, Any]]]:
+    """Shards with their global row offsets, and the shards rejected at planning (reported)."""
+    shards: list[Shard] = []
+    rejected: list[dict[str, Any]] = []
+    off = 0
+    for p in files:
+        try:
+            kind, rows, dim, _ = shard_info(p, columns)
+        except (ShardError, OSError) as e:
+            rejected.append({"file": p, "row": 0, "error": str(e)})
+            continue
+        shards.append(Shard(p, kind, rows, off, dim))
+        off += rows
+    return shards, rejected
+
+
+# -- reading ------------------------------------------------------------------------------------
+def _finite_rows(path: str, first_row: int, X: np.ndarray, errors: list[dict]) -> np.ndarray:
+    """Mask of finite rows; non-finite ones are reported with their file row."""
+    ok = np.isfinite(X).all(axis=1)
+    for i in np.flatnonzero(~ok)[:1000].tolist():
+        errors.append({"file": path, "row": first_row + i, "error": "non-finite value (NaN/inf)"})
+    return ok
+
+
+def _check_dim(shard: Shard, dim: int | None, got: int) -> None:
+    if dim is not None and got != dim:
+        raise ShardError(f"{shard.path}: row 0: dimension {got}, expected {dim}")
+
+
+def read_batches(shard: Shard, dim: int | None, batch_rows: int = 10_000, start: int = 0,
+                 columns: Columns = Columns()) -> Iterator[Batch]:
+    """Stream rows ``[start, shard.rows)`` of ``shard`` in batches of at most ``batch_rows``.
+
+    Memory: one batch (npy/fvecs are memory-mapped; Parquet is read record batch by record batch).
+    Raises ``ShardError`` at the first batch if the whole shard is unusable (wrong dim).
+    """
+    if batch_rows < 1:
+        raise InvalidArgument("batch_rows must be >= 1")
+    if shard.kind == "npy":
+        yield from _read_npy(shard, dim, batch_rows, start)
+    elif shard.kind in _VECS:
+        yield from _read_vecs(shard, dim, batch_rows, start)
+    else:
+        yield from _read_parquet(shard, dim, batch_rows, start, columns)
+
+
+def _read_npy(shard: Shard, dim, batch_rows: int, start: int) -> Iterator[Batch]:
+    shape, dtype, off, present = _npy_header(shard.path)
+    _check_dim(shard, dim, shape[1])
+    mm = np.memmap(shard.path, dtype=dtype, mode="r", offset=off, shape=(present, shape[1])) \
+        if present else np.zeros((0, shape[1]), dtype=dtype)
+    for s in range(start, shard.rows, batch_rows):
+        e = min(s + batch_rows, shard.rows)
+        errors: list[dict] = []
+        hi = min(e, present)
+        X = np.asarray(mm[s:hi], dtype=np.float32) if hi > s else np.zeros((0, shape[1]),
+                                                                          dtype=np.float32)
+        if hi < e and s <= present < e:
+            errors.append({"file": shard.path, "row": int(present),
+                           "error": f"truncated: rows {present}..{shard.rows - 1} missing"})
+        ok = _finite_rows(shard.path, s, X, errors)
+        rows = np.arange(s, hi, dtype=np.int64)[ok]
+        yield Batch(shard.path, s, e, rows, np.ascontiguousarray(X[ok]), errors=errors)
+    del mm
+
+
+def _read_vecs(shard: Shard, dim, batch_rows: int, start: int) -> Iterator[Batch]:
+    d, n, rec = _vecs_header(shard.path, shard.kind)
+    _check_dim(shard, dim, d)
+    vt = _VECS[shard.kind]
+    rt = np.dtype([("dim", "<i4"), ("v", vt, (d,))])
+    mm = np.memmap(shard.path, dtype=rt, mode="r", shape=(n,)) if n else None
+    truncated = os.path.getsize(shard.path) % rec != 0
+    if start >= n:
+        if truncated and start == n:
+            yield Batch(shard.path, n, n, np.zeros(0, dtype=np.int64),
+                        np.zeros((0, d), dtype=np.float32),
+                        errors=[{"file": shard.path, "row": int(n),
+                                 "error": "truncated: incomplete last record"}])
+        return
+    for s in range(start, n, batch_rows):
+        e = min(s + batch_rows, n)
+        errors: list[dict] = []
+        chunk = mm[s:e]
+        good_dim = np.asarray(chunk["dim"] == d)
+        for i in np.flatnonzero(~good_dim)[:1000].tolist():
+            errors.append({"file": shard.path, "row": s + i,
+                           "error": f"record dimension {int(chunk['dim'][i])}, expected {d}"})
+        X = np.asarray(chunk["v"], dtype=np.float32).reshape(e - s, d)
+        if truncated and e == n:
+            errors.append({"file": shard.path, "row": int(n),
+                           "error": "truncated: incomplete last record"})
+        ok = _finite_rows(shard.path, s, X, errors) & good_dim
+        rows = np.arange(s, e, dtype=np.int64)[ok]
+        yield Batch(shard.path, s, e, rows, np.ascontiguousarray(X[ok]), errors=errors)
+
+
+def _vector_column(col, path: str, first_row: int, dim, errors: list[dict]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 [n, d] with zeros in bad rows, good mask) of an Arrow vector column."""
+    import pyarrow as pa
+
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(col)
+    t = col.type
+    if pa.types.is_fixed_size_list(t):
+        d = t.list_size
+        if dim is not None and d != dim:
+            raise ShardError(f"{path}: row {first_row}: vector dimension {d}, expected {dim}")
+        flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        X = flat.reshape(n, d) if n else np.zeros((0, d), dtype=np.float32)
+        ok = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    elif pa.types.is_list(t) or pa.types.is_large_list(t):
+        lens = col.value_lengths().to_numpy(zero_copy_only=False)
+        lens = np.where(np.isnan(lens.astype(float)), -1, lens).astype(np.int64)
+        d = dim if dim is not None else int(lens[lens >= 0][0]) if (lens >= 0).any() else 0
+        ok = lens == d
+        X = np.zeros((n, d), dtype=np.float32)
+        if ok.any():
+            vals = col.filter(pa.array(ok)).flatten().to_numpy(zero_copy_only=False)
+            X[ok] = vals.astype(np.float32).reshape(-1, d)
+        for i in np.flatnonzero(~ok)[:1000].tolist():
+            errors.append({"file": path, "row": first_row + i,
+                           "error": f"vector length {int(lens[i])}, expected {d}"})
+    elif pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        vals = col.to_pylist()
+        d = dim if dim is not None else next((len(v) // 4 for v in vals if v), 0)
+        X = np.zeros((n, d), dtype=np.float32)
+        ok = np.zeros(n, dtype=bool)
+        for i, v in enumerate(vals):
+            if v is not None and len(v) == 4 * d:
+                X[i] = np.frombuffer(v, dtype="<f4")
+                ok[i] = True
+            elif len(errors) < 1000:
+                errors.append({"file": path, "row": first_row + i,
+                               "error": f"vector of {0 if v is None else len(v)} bytes, expected "
+                                        f"{4 * d} (dim {d} x float32)"})
+    else:
+        raise ShardError(f"{path}: vector column has type {t}; expected a fixed-size list, a "
+                         f"list of floats or binary")
+    ok &= _finite_rows(path, first_row, np.where(ok[:, None], X, 0), errors)
+    return X, ok
+
+
+def _read_parquet(shard: Shard, dim, batch_rows: int, start: int, cols: Columns
+                  ) -> Iterator[Batch]:
+    pf = _parquet_file(shard.path)
+    names = pf.schema_arrow.names
+    want = [c for c in (cols.vector, cols.id, cols.tenant, cols.acl, cols.payload)
+            if c is not None and c in names]
+    # skip whole row groups before ``start`` using the metadata
+    rg0, base = 0, 0
+    while rg0 < pf.num_row_groups and base + pf.metadata.row_group(rg0).num_rows <= start:
+        base += pf.metadata.row_group(rg0).num_rows
+        rg0 += 1
+    pos = base
+    groups = list(range(rg0, pf.num_row_groups))
+    if not groups:
+        return
+    for rb in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=want):
+        s, e = pos, pos + rb.num_rows
+        pos = e
+        if e <= start:
+            continue
+        if s < start:
+            rb = rb.slice(start - s)
+            s = start
+        errors: list[dict] = []
+        X, ok = _vector_column(rb.column(cols.vector), shard.path, s, dim, errors)
+        ids = tenants = acl = payloads = None
+        if cols.id in want:
+            a = rb.column(cols.id)
+            null = np.asarray(a.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+            iv = np.asarray(a.fill_null(0).to_numpy(zero_copy_only=False))
+            bad = null | (iv < 0)
+            for i in np.flatnonzero(bad & ok)[:1000].tolist():
+                errors.append({"file": shard.path, "row": s + i, "error": "missing or negative id"})
+            ok &= ~bad
+            ids = iv.astype(np.uint64)
+        if cols.tenant in want:
+            tenants = rb.column(cols.tenant).to_pylist()
+            for i, t in enumerate(tenants):
+                if ok[i] and (not isinstance(t, str) or not t):
+                    ok[i] = False
+                    errors.append({"file": shard.path, "row": s + i, "error": "missing tenant"})
+        if cols.acl in want:
+            acl = [list(x) if x else [] for x in rb.column(cols.acl).to_pylist()]
+        if cols.payload in want:
+            payloads = []
+            for i, p in enumerate(rb.column(cols.payload).to_pylist()):
+                if isinstance(p, str):
+                    try:
+                        p = json.loads(p)
+                    except ValueError:
+                        if ok[i]:
+                            errors.append({"file": shard.path, "row": s + i,
+                                           "error": "payload is not valid JSON"})
+                        ok[i] = False
+                        p = None
+                payloads.append(p if isinstance(p, dict) else None)
+        sel = np.flatnonzero(ok).tolist()
+
+        def pick(xs: list, sel: list[int] = sel) -> list:
+            return [xs[i] for i in sel]
+        yield Batch(shard.path, s, e, np.arange(s, e, dtype=np.int64)[ok],
+                    np.ascontiguousarray(X[ok]), ids=None if ids is None else ids[ok],
+                    tenants=None if tenants is None else pick(tenants),
+                    acl=None if acl is None else pick(acl),
+                    payloads=None if payloads is None else pick(payloads), errors=errors)
+
+
+def check_dim(dim: int | None, shards: Sequence[Shard]) -> int:
+    """The job's dimension: ``dim`` or the first shard's header dim (DimensionMismatch if none)."""
+    if dim is not None:
+        return int(dim)
+    for s in shards:
+        if s.dim is not None:
+            return s.dim
+    raise DimensionMismatch("cannot infer the dimension from the shards; pass dim=")

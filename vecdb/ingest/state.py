@@ -1,0 +1,168 @@
+"""Resumable job state and progress.
+
+The job state is one JSON file, rewritten atomically (temp file, fsync, rename, fsync of the
+folder), so a crash at any instant leaves either the previous or the new version, never a torn one.
+It records, per shard, how many rows from the start of the file are *acknowledged* (durably written
+by the sink) and the bad rows found so far. A restarted job skips acknowledged rows and re-sends the
+rest; rows that were written but not yet recorded are sent again, which is harmless because every
+write is an upsert by a deterministic id (idempotent). Hence: every vector exactly once.
+
+``status.json`` (next to the state) is for humans and dashboards: rows done/total, rows/s, ETA,
+errors; the same line is printed on the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from vecdb.errors import FailedPrecondition
+from vecdb.ingest.sources import Shard
+
+MAX_ERRORS_PER_SHARD = 1000
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (temp + fsync + rename + fsync dir)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class JobState:
+    """Per-shard acknowledged offsets and errors of one ingestion job, persisted in ``path``.
+
+    ``fingerprint`` identifies the job (sink, collection, source); a state file of another job
+    is refused (``FailedPrecondition``) instead of silently skipping rows."""
+
+    def __init__(self, path: str, shards: Sequence[Shard], fingerprint: dict[str, Any],
+                 rejected: Sequence[dict[str, Any]] = ()) -> None:
+        self.path = os.path.abspath(path)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                data = json.load(f)
+            if data.get("fingerprint") != fingerprint:
+                raise FailedPrecondition(f"{self.path} belongs to another job "
+                                         f"({data.get('fingerprint')}); use a new state file")
+            self.data = data
+            self.resumed = True
+        else:
+            self.data = {"version": 1, "fingerprint": fingerprint, "created": time.time(),
+                         "shards": {}, "rejected": []}
+            self.resumed = False
+        for s in shards:
+            self.data["shards"].setdefault(s.path, {"rows": s.rows, "acked": 0, "good": 0,
+                                                    "done": False, "errors": []})
+        known = {(r["file"], r["error"]) for r in self.data["rejected"]}
+        for r in rejected:
+            if (r["file"], r["error"]) not in known:
+                self.data["rejected"].append(dict(r))
+        self.save()
+
+    # -- queries --------------------------------------------------------------------------
+    def acked(self, path: str) -> int:
+        return int(self.data["shards"][path]["acked"])
+
+    def done(self, path: str) -> bool:
+        return bool(self.data["shards"][path]["done"])
+
+    def rows_acked(self) -> int:
+        return sum(int(s["acked"]) for s in self.data["shards"].values())
+
+    def rows_total(self) -> int:
+        return sum(int(s["rows"]) for s in self.data["shards"].values())
+
+    def errors(self) -> list[dict[str, Any]]:
+        """Every reported problem: rejected shards, then bad rows, by file and row."""
+        out = list(self.data["rejected"])
+        for s in self.data["shards"].values():
+            out += s["errors"]
+        return out
+
+    # -- updates --------------------------------------------------------------------------
+    def ack(self, path: str, end: int, good: int, errors: Sequence[dict[str, Any]] = (),
+            done: bool = False) -> None:
+        """Rows ``[.., end)`` of shard ``path`` are durable (``good`` of them were written)."""
+        s = self.data["shards"][path]
+        if end > s["acked"]:
+            s["acked"] = int(end)
+            s["good"] = int(s["good"]) + int(good)
+        seen = {(e["row"], e["error"]) for e in s["errors"]}
+        for e in errors:
+            if (e["row"], e["error"]) not in seen and len(s["errors"]) < MAX_ERRORS_PER_SHARD:
+                s["errors"].append(dict(e))
+                seen.add((e["row"], e["error"]))
+        if done:
+            s["done"] = True
+            s["acked"] = max(int(s["acked"]), int(s["rows"]))
+
+    def fail_shard(self, path: str, error: str) -> None:
+        """The whole shard is unusable: record it and mark it done (it is not retried)."""
+        s = self.data["shards"][path]
+        s["errors"].append({"file": path, "row": int(s["acked"]), "error": error})
+        s["done"] = True
+
+    def save(self) -> None:
+        self.data["updated"] = time.time()
+        write_json_atomic(self.path, self.data)
+
+
+class Progress:
+    """Rows/s and ETA on the terminal (one line, at most every ``every_s``) and in a JSON file."""
+
+    def __init__(self, total: int, status_path: str | None = None, done: int = 0,
+                 every_s: float = 1.0, stream=sys.stderr, label: str = "ingest") -> None:
+        self.total = int(total)
+        self.start_done = int(done)
+        self.done = int(done)
+        self.t0 = time.monotonic()
+        self.last = 0.0
+        self.every_s = every_s
+        self.status_path = status_path
+        self.stream = stream
+        self.label = label
+        self.extra: dict[str, Any] = {}
+
+    def snapshot(self) -> dict[str, Any]:
+        el = max(time.monotonic() - self.t0, 1e-9)
+        rate = (self.done - self.start_done) / el
+        left = self.total - self.done
+        return {"label": self.label, "rows_done": self.done, "rows_total": self.total,
+                "rows_per_s": rate, "elapsed_s": el,
+                "eta_s": left / rate if rate > 0 else None, "time": time.time(), **self.extra}
+
+    def update(self, done: int, force: bool = False, **extra: Any) -> None:
+        self.done = int(done)
+        self.extra.update(extra)
+        now = time.monotonic()
+        if not force and now - self.last < self.every_s:
+            return
+        self.last = now
+        s = self.snapshot()
+        if self.stream is not None:
+            eta = "?" if s["eta_s"] is None else f"{s['eta_s']:.0f}s"
+            pct = 100.0 * s["rows_done"] / max(s["rows_total"], 1)
+            print(f"\r{self.label}: {s['rows_done']:,}/{s['rows_total']:,} rows ({pct:5.1f}%) "
+                  f"{s['rows_per_s']:,.0f} rows/s ETA {eta}   ", end="", file=self.stream,
+                  flush=True)
+        if self.status_path:
+            write_json_atomic(self.status_path, s)
+
+    def close(self, **extra: Any) -> dict[str, Any]:
+        self.update(self.done, force=True, **extra)
+        if self.stream is not None:
+            print(file=self.stream, flush=True)
+        return self.snapshot()
