@@ -30,7 +30,16 @@ import numpy as np
 
 from vecdb.errors import InvalidArgument, VecdbError
 from vecdb.ingest.sinks import EmbeddedSink, GrpcSink, write_batch
-from vecdb.ingest.sources import DEFAULT_COLUMNS, Columns, Shard, ShardError, check_dim, discover, plan, read_batches
+from vecdb.ingest.sources import (
+    DEFAULT_COLUMNS,
+    Columns,
+    Shard,
+    ShardError,
+    check_dim,
+    discover,
+    plan,
+    read_batches,
+)
 from vecdb.ingest.state import JobState, Progress
 
 
