@@ -415,3 +415,31 @@ def test_concurrent_searches_and_writes():
         t.join()
     assert not errors, errors[0]
     check_invariants(idx)
+
+
+def test_driven_by_the_engine(tmp_path):
+    """The engine drives the index through the contract: upsert (owner first), grant, revoke,
+    scoped search, checkpoint and reopen."""
+    vecdb = pytest.importorskip("vecdb")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 8)).astype(np.float32)
+    db = vecdb.open(str(tmp_path / "db"))
+    col = db.create_collection("docs", dim=8, metric="l2", index="curator",
+                               params={"train_size": 200, "leaf_size": 16, "max_sl_size": 16})
+    for name in ("a", "b"):
+        col.create_tenant(name)
+    ids = np.arange(600, dtype=np.uint64)
+    col.upsert(ids, X, tenant="a")
+    col.grant(ids[::3], tenant="b")
+    col.revoke(ids[:30:3], tenant="b")
+    res = col.search(X[:5], k=4, tenant="b", params={"gamma1": 1e6, "gamma2": 1e6})
+    allowed = set(range(30, 600, 3))
+    assert set(np.asarray(res.ids).ravel().tolist()) <= allowed
+    want = sorted(allowed, key=lambda i: float(((X[i] - X[0]) ** 2).sum()))[:4]
+    assert np.asarray(res.ids)[0].tolist() == want
+    db.close()
+    db = vecdb.open(str(tmp_path / "db"))
+    again = db.collection("docs").search(X[:5], k=4, tenant="b",
+                                         params={"gamma1": 1e6, "gamma2": 1e6})
+    np.testing.assert_array_equal(np.asarray(again.ids), np.asarray(res.ids))
+    db.close()
