@@ -129,6 +129,6 @@ def test_kill_minus_nine_rounds(tmp_path):
         present = check(path, acked, max_b)
         # the next child starts after everything that might exist (acknowledged or in flight)
         first = max(present | acked | {first}) + 2
-    assert len(acked) >= ROUNDS  # the rounds did real work
+    assert len(acked) >= modes.count("acks")  # each "acks" round waits for >= 1 ack
     assert "ckpt" in modes
     assert time.time() - t0 < 240  # generous: the machine is shared; typically ~15 s
