@@ -78,7 +78,7 @@ class CuratorModel(RuleBasedStateMachine):
         self.dim = 4
         self.idx = CuratorIndex(self.dim, "l2", nlist=3, fanout=2, leaf_size=3, max_sl_size=3,
                                 train_size=24, retrain_factor=3.0, bloom_bits=64, niter=4,
-                                seed=seed)
+                                background_retrain=False, seed=seed)
         self.vecs: dict[int, np.ndarray] = {}
         self.acl: dict[int, set[int]] = {}
         self.next = 0
@@ -287,7 +287,8 @@ def test_save_load_equal(tmp_path):
 
 
 def test_retrain_trigger_and_explicit():
-    idx, X, acl, rng = _random_index(n=1200, train_size=300, retrain_factor=2.0)
+    idx, X, acl, rng = _random_index(n=1200, train_size=300, retrain_factor=2.0,
+                                     background_retrain=False)
     assert idx.trained and idx._trained_on > 300  # retrained as it grew 2x past the sample
     before = {t: idx.search(X[:5], 5, tenant=t, params=EXACT)[1] for t in (0, 1, 2)}
     idx.retrain()
@@ -443,3 +444,60 @@ def test_driven_by_the_engine(tmp_path):
                                          params={"gamma1": 1e6, "gamma2": 1e6})
     np.testing.assert_array_equal(np.asarray(again.ids), np.asarray(res.ids))
     db.close()
+
+
+def test_background_retrain_replays_concurrent_writes():
+    """Writes made while a background rebuild runs are journaled and replayed before the swap."""
+    import threading
+
+    idx, X, acl, rng = _random_index(n=2000)
+    model = {s: set(a.tolist()) for s, a in enumerate(acl)}
+    go = threading.Event()
+    idx._before_swap = go.wait  # hold the swap until the writes below are done
+    gen = idx._generation
+    th = idx.retrain(background=True)
+    assert th is not None and idx.retrain(background=True) is None  # one at a time
+    new = rng.standard_normal((50, 8)).astype(np.float32)
+    idx.add(new, slots=np.arange(5000, 5050), acl=[[0, 41]] * 50)
+    model.update({s: {0, 41} for s in range(5000, 5050)})
+    idx.add(new[:1], slots=[7], acl=[[42]])  # replace a snapshotted slot
+    model[7] = {42}
+    for s in range(100, 140):
+        idx.remove([s])
+        del model[s]
+    idx.grant(200, 43)
+    model[200].add(43)
+    t = int(idx.tenants_of(201)[0])
+    idx.revoke(201, t)
+    model[201].discard(t)
+    assert idx._generation == gen  # not swapped yet: searches still use the old structure
+    go.set()
+    th.join(30)
+    assert not th.is_alive() and idx._generation == gen + 1 and idx._journal is None
+    check_invariants(idx)
+    assert len(idx) == len(model)
+    for s in (7, 200, 201, 5000, 5049, 1999):
+        assert set(idx.tenants_of(s).tolist()) == model[s]
+    found, _ = idx.search(new[0], 1, tenant=42, params=EXACT)
+    assert found[0, 0] == 7
+    found, _ = idx.search(X[100:140], 5, params=EXACT)
+    assert not (set(found.ravel().tolist()) & set(range(100, 140)))
+
+
+def test_automatic_background_retrain():
+    idx, X, _, rng = _random_index(n=1000, train_size=500, retrain_factor=2.0)
+    assert idx._trained_on == 500
+    gen = idx._generation
+    idx.add(rng.standard_normal((200, 8)).astype(np.float32), acl=[[1]] * 200)  # 1200 > 2 x 500
+    for _ in range(300):
+        if idx._generation > gen:
+            break
+        threading_sleep(0.05)
+    assert idx._generation > gen and idx._trained_on == 1200
+    check_invariants(idx)
+
+
+def threading_sleep(s: float) -> None:
+    import time
+
+    time.sleep(s)

@@ -32,11 +32,13 @@ All of that runs in C without the GIL (``native/_curator_impl.c`` through ``vecd
 search is an exact scan of the tenant's shortlist. The first add that reaches ``train_size`` live
 vectors trains the tree (faiss ``Kmeans``, hierarchical: ``nlist`` children at the root,
 ``fanout`` below, until a node's share of the data is <= ``leaf_size`` or ``max_depth``) on a sample
-of up to ``train_sample`` live vectors and rebuilds the structure. **Re-training** happens
-automatically, inside the add that triggers it, when the live count grows past ``retrain_factor``
-times the count the tree was trained at, or when data drift piles more than ``drift_factor *
-leaf_size`` vectors into one leaf; ``retrain()`` does it on demand. A rebuild re-routes every live
-vector and re-grants every pair, then swaps the new structure in under the index lock.
+of up to ``train_sample`` live vectors and rebuilds the structure. **Re-training** is triggered
+when the live count grows past ``retrain_factor`` times the count the tree was trained at, or when
+data drift piles more than ``drift_factor * leaf_size`` vectors into one leaf; with
+``background_retrain`` (default) it runs in a thread: snapshot under the write lock, build without
+locks while searches and writes continue on the old structure (writes are journaled), replay the
+journal and swap under the write lock. ``retrain()`` does it on demand (synchronously, or with
+``background=True``).
 """
 
 from __future__ import annotations
@@ -155,6 +157,7 @@ _BUILD_DEFAULTS: dict[str, Any] = {
     "bloom_hashes": 3,
     "retrain_factor": 8.0,  # retrain when live count > factor x trained count
     "drift_factor": 32.0,  # ... or when a leaf holds > factor x leaf_size vectors
+    "background_retrain": True,  # automatic retrains (after the first) run in a thread
     "tree_metric": "auto",  # routing/clustering metric: auto (= the metric), "l2" or "ip"
     "seed": 0,
 }
@@ -182,6 +185,8 @@ class CuratorIndex(Index):
             if isinstance(v, bool) or not isinstance(v, int | float) or not v > 1:
                 raise InvalidArgument(f"{name} must be a number > 1, got {v!r}")
             p[name] = float(v)
+        if not isinstance(p["background_retrain"], bool):
+            raise InvalidArgument("background_retrain must be a bool")
         if p["tree_metric"] not in ("auto", "l2", "ip"):
             raise InvalidArgument(f"tree_metric must be auto, l2 or ip, got {p['tree_metric']!r}")
         if p["nlist"] < 2 or p["fanout"] < 2:
@@ -199,6 +204,9 @@ class CuratorIndex(Index):
         self._trained_on = 0  # live count the tree was trained at (0: untrained single leaf)
         self._tree = self._single_leaf()
         self._core = self._new_core(self._tree)
+        self._journal: list | None = None  # writes made during a background rebuild
+        self._generation = 0  # bumped by every swap of the structure
+        self._before_swap = None  # test hook, called by a background rebuild before its swap
 
     # -- tree -------------------------------------------------------------------------------
     def _single_leaf(self) -> dict[str, np.ndarray]:
@@ -270,43 +278,91 @@ class CuratorIndex(Index):
                 "parent": np.array(parent, dtype=np.int32), "child_ptr": child_ptr,
                 "children": children}
 
-    def retrain(self) -> None:
-        """Retrain the tree on the live vectors and rebuild the structure (results stay exact
-        about access: the same pairs are re-granted)."""
+    def retrain(self, background: bool = False) -> threading.Thread | None:
+        """Retrain the tree on the live vectors and rebuild the structure; access is unchanged
+        (the same pairs are re-granted).
+
+        ``background=False``: done now, under the write lock. ``background=True``: a snapshot
+        (live slots, their vectors, all pairs) is taken under the write lock, the new tree and
+        structure are built in a thread without any lock while searches and writes go on against
+        the old one, and the writes made meanwhile are journaled and replayed on the new structure
+        just before the swap (under the write lock). Returns the thread (None if synchronous or
+        if a background rebuild is already running). The snapshot copies the live vectors, so a
+        background rebuild transiently needs one more copy of them.
+        """
         with self._lock.write():
+            if background:
+                if self._journal is not None:
+                    return None
+                live = self._core.live_slots()
+                snap = (live, self._vecs[live], self._core.pairs(), self._generation)
+                self._journal = []
+                th = threading.Thread(target=self._rebuild_background, args=snap,
+                                      name="curator-retrain", daemon=True)
+                th.start()
+                return th
             live = self._core.live_slots()
-            n = len(live)
-            if n == 0:
-                tree, trained = self._single_leaf(), 0
-            else:
-                rng = np.random.default_rng(self.params["seed"])
-                sample = live if n <= self.params["train_sample"] else np.sort(
-                    rng.choice(live, self.params["train_sample"], replace=False))
-                tree, trained = self._train_tree(self._vecs[sample], n), n
-            core = self._new_core(tree)
-            if n:
-                core.place(live, core.route(self._vecs[live]))
-                ps, pt = self._core.pairs()
-                core.grant_many(ps, pt)
+            tree, core, trained = self._build(live, self._vecs[live], self._core.pairs())
             self._tree, self._core, self._trained_on = tree, core, trained
+            self._journal = None  # a running background rebuild is superseded
+            self._generation += 1
+            return None
+
+    def _build(self, live: np.ndarray, X: np.ndarray, pairs) -> tuple[dict, Any, int]:
+        """Train a tree on (a sample of) ``X`` (the vectors of ``live``) and fill a new core."""
+        n = len(live)
+        if n == 0:
+            return self._single_leaf(), self._new_core(self._single_leaf()), 0
+        rng = np.random.default_rng(self.params["seed"])
+        pick = np.arange(n) if n <= self.params["train_sample"] else np.sort(
+            rng.choice(n, self.params["train_sample"], replace=False))
+        tree = self._train_tree(np.ascontiguousarray(X[pick]), n)
+        core = self._new_core(tree)
+        core.place(live, core.route(X))
+        core.grant_many(*pairs)
+        return tree, core, n
+
+    def _rebuild_background(self, live, X, pairs, gen: int) -> None:
+        tree, core, trained = self._build(live, X, pairs)
+        hook = self._before_swap
+        if hook is not None:  # tests: writes can be made to happen before the swap
+            hook()
+        with self._lock.write():
+            if self._journal is None or self._generation != gen:
+                return  # superseded by a synchronous retrain or a load
+            for op in self._journal:
+                op(core)
+            self._tree, self._core, self._trained_on = tree, core, trained
+            self._journal = None
+            self._generation += 1
+
+    def _log(self, op) -> None:
+        """Apply a write to the live structure and journal it for a running background rebuild."""
+        op(self._core)
+        if self._journal is not None:
+            self._journal.append(op)
 
     def _maybe_retrain(self, leaves: np.ndarray) -> None:
-        """Automatic (re)training after an add; ``leaves``: where the new vectors went."""
+        """Automatic (re)training after an add; ``leaves``: where the new vectors went. The first
+        training is synchronous (small by construction); later ones follow
+        ``background_retrain``."""
         n = len(self._core)
         p = self.params
         if self._trained_on == 0:
             if n >= p["train_size"]:
                 self.retrain()
             return
-        if n > p["retrain_factor"] * self._trained_on:
-            self.retrain()
+        if self._journal is not None:  # a rebuild is already running
             return
-        # drift: new data piling into a region the tree cut coarsely (only touched leaves can
-        # have grown, so only they are checked: O(batch), not O(tree))
-        touched = np.unique(leaves) if len(leaves) > 1 else leaves
-        biggest = max(self._core.leaf_size(int(x)) for x in touched[:4096])
-        if biggest > p["drift_factor"] * p["leaf_size"]:
-            self.retrain()
+        grow = n > p["retrain_factor"] * self._trained_on
+        if not grow:
+            # drift: new data piling into a region the tree cut coarsely (only touched leaves
+            # can have grown, so only they are checked: O(batch), not O(tree))
+            touched = np.unique(leaves) if len(leaves) > 1 else leaves
+            biggest = max(self._core.leaf_size(int(x)) for x in touched[:4096])
+            grow = biggest > p["drift_factor"] * p["leaf_size"]
+        if grow:
+            self.retrain(background=p["background_retrain"])
 
     # -- writes -----------------------------------------------------------------------------
     def _grow(self, max_slot: int) -> None:
@@ -343,25 +399,33 @@ class CuratorIndex(Index):
             if n == 0:
                 return s
             self._grow(int(s.max()))
-            replaced = np.array([x for x in s.tolist() if self._core.slot_leaf(x) >= 0],
-                                dtype=np.int64)
-            if len(replaced):
-                self._core.unplace(replaced)
             self._vecs[s] = X
             self._high = max(self._high, int(s.max()) + 1)
-            leaves = self._core.route(X)
-            self._core.place(s, leaves)
-            if indices.size:
-                self._core.grant_many(np.repeat(s, np.diff(indptr)),
-                                      np.ascontiguousarray(indices, dtype=np.int32))
-            self._maybe_retrain(leaves)
+            ps = np.repeat(s, np.diff(indptr))
+            pt = np.ascontiguousarray(indices, dtype=np.int32)
+            out: list[np.ndarray] = []
+
+            def op(core):
+                replaced = np.array([x for x in s.tolist() if core.slot_leaf(x) >= 0],
+                                    dtype=np.int64)
+                if len(replaced):
+                    core.unplace(replaced)
+                leaves = core.route(X)
+                core.place(s, leaves)
+                if len(pt):
+                    core.grant_many(ps, pt)
+                out.append(leaves)
+
+            self._log(op)
+            self._maybe_retrain(out[0])
         return s
 
     def remove(self, slots) -> None:
         """Delete slots (unknown or already deleted ones are ignored)."""
         s = self._slots(slots)
+        s = np.ascontiguousarray(s)
         with self._lock.write():
-            self._core.unplace(np.ascontiguousarray(s))
+            self._log(lambda core: core.unplace(s))
 
     def _check_live(self, slot) -> int:
         if isinstance(slot, bool) or not isinstance(slot, int | np.integer):
@@ -373,14 +437,14 @@ class CuratorIndex(Index):
     def grant(self, slot: int, tenant: int) -> None:
         t = self._tenant(tenant)
         with self._lock.write():
-            s = self._check_live(slot)
-            self._core.grant_many(np.array([s], dtype=np.int64), np.array([t], dtype=np.int32))
+            s = np.array([self._check_live(slot)], dtype=np.int64)
+            self._log(lambda core: core.grant_many(s, np.array([t], dtype=np.int32)))
 
     def revoke(self, slot: int, tenant: int) -> None:
         t = self._tenant(tenant)
         with self._lock.write():
-            s = self._check_live(slot)
-            self._core.revoke_many(np.array([s], dtype=np.int64), np.array([t], dtype=np.int32))
+            s = np.array([self._check_live(slot)], dtype=np.int64)
+            self._log(lambda core: core.revoke_many(s, np.array([t], dtype=np.int32)))
 
     # -- reads ------------------------------------------------------------------------------
     def _params(self, params) -> SearchParams:
