@@ -1,0 +1,252 @@
+"""SPANN index: recall on real data, reopen, online updates (split/reassign/merge), tenants,
+errors."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from vecdb.errors import DimensionMismatch, InvalidArgument, NonFiniteValue
+from vecdb.index import SPANNIndex, SPANNSearchParams, index_class
+from vecdb.index.flat import exact_topk
+from vecdb.kernels import metric_code
+from vecdb.storage.kv import MemoryKVStore
+
+
+def recall(found: np.ndarray, gt: np.ndarray, k: int = 10) -> float:
+    return float(np.mean([len(np.intersect1d(f[f >= 0], g[:k])) / k
+                          for f, g in zip(found[:, :k], gt, strict=True)]))
+
+
+# documented test parameters (docs/spann.md)
+SIFT = dict(head_ratio=0.06)
+SIFT_SEARCH = SPANNSearchParams(max_lists=64)
+
+
+@pytest.fixture(scope="module")
+def sift_index(sift5k):
+    idx = SPANNIndex(128, "l2", background=False, **SIFT)
+    idx.add(sift5k["base"])
+    return idx
+
+
+def test_registry_and_store_flag():
+    assert index_class("spann") is SPANNIndex
+    assert SPANNIndex.needs_store
+
+
+def test_recall_sift5k(sift_index, sift5k):
+    I, D = sift_index.search(sift5k["queries"], 10, params=SIFT_SEARCH)
+    assert recall(I, sift5k["gt"]) >= 0.9
+    assert (np.diff(D, axis=1) >= 0).all()
+    st = sift_index.last_search_stats()
+    assert (st["lists_read"] <= 64).all() and (st["bytes_read"] > 0).all()
+    # results carry true squared-L2 distances
+    d = ((sift5k["base"][I[:5]] - sift5k["queries"][:5, None, :]) ** 2).sum(-1)
+    np.testing.assert_allclose(D[:5], d, rtol=1e-4, atol=1e-2)
+
+
+def test_recall_mnist10k(mnist10k):
+    idx = SPANNIndex(784, "l2", background=False)  # defaults
+    idx.add(mnist10k["base"])
+    I, _ = idx.search(mnist10k["queries"], 10, params={"max_lists": 32})
+    assert recall(I, mnist10k["gt"]) >= 0.9
+    assert idx.memory_bytes() < mnist10k["base"].size * 4 * 0.35  # of the raw float32 bytes
+
+
+def test_pruning_reads_fewer_lists(sift_index, sift5k):
+    Q = sift5k["queries"][:50]
+    sift_index.search(Q, 10, params={"max_lists": 64, "eps": 0.05})
+    pruned = sift_index.last_search_stats()["lists_read"]
+    sift_index.search(Q, 10, params={"max_lists": 64, "eps": 100.0})
+    full = sift_index.last_search_stats()["lists_read"]
+    assert pruned.mean() < full.mean()
+
+
+@pytest.mark.parametrize("head_index", ["flat", "hnsw"])
+def test_reopen_identical(tmp_path, sift5k, head_index):
+    store = MemoryKVStore()
+    X = sift5k["base"][:3000]
+    idx = SPANNIndex(128, "l2", store, head_ratio=0.06, head_index=head_index, background=False)
+    idx.add(X)
+    idx.add(sift5k["base"][3000:3400])  # updates before the checkpoint
+    idx.remove(np.arange(0, 200))
+    I1, D1 = idx.search(sift5k["queries"], 10, params=SIFT_SEARCH)
+    idx.save(tmp_path / "s.idx")
+    again = SPANNIndex.load(tmp_path / "s.idx", store=store)
+    I2, D2 = again.search(sift5k["queries"], 10, params=SIFT_SEARCH)
+    np.testing.assert_array_equal(I1, I2)
+    np.testing.assert_array_equal(D1, D2)
+    assert len(again) == len(idx) == 3200
+    with pytest.raises(InvalidArgument):
+        SPANNIndex.load(tmp_path / "s.idx")  # the postings live in the store
+
+
+def test_reopen_rocks(tmp_path, sift5k):
+    from vecdb.storage.rocks import RocksKVStore
+
+    store = RocksKVStore(tmp_path / "db", block_cache_bytes=1 << 20)
+    idx = SPANNIndex(128, "l2", store, head_ratio=0.06, background=False)
+    idx.add(sift5k["base"][:2000])
+    I1, D1 = idx.search(sift5k["queries"][:50], 10)
+    idx.save(tmp_path / "s.idx")
+    store.close()
+    store = RocksKVStore(tmp_path / "db", block_cache_bytes=1 << 20, create=False)
+    again = SPANNIndex.load(tmp_path / "s.idx", store=store)
+    I2, D2 = again.search(sift5k["queries"][:50], 10)
+    np.testing.assert_array_equal(I1, I2)
+    np.testing.assert_array_equal(D1, D2)
+    store.close()
+
+
+def test_updates_match_fresh_build(sift5k):
+    """Insert 20% new + delete 20% old through the update path (background splits), compare to a
+    fresh build of the final set with the same parameters."""
+    X, Q = sift5k["base"], sift5k["queries"]
+    params = dict(head_ratio=0.06, posting_limit=100)
+    idx = SPANNIndex(128, "l2", background=True, **params)
+    idx.add(X[:4000])
+    rng = np.random.default_rng(1)
+    dead = rng.choice(4000, 1000, replace=False)
+    for s in range(4000, 5000, 100):  # interleave inserts and deletes, small batches
+        idx.add(X[s:s + 100], np.arange(s, s + 100))
+        idx.remove(dead[(s - 4000): (s - 4000) + 100])
+        got, _ = idx.search(Q[:20], 10, params=SIFT_SEARCH)
+        assert not np.isin(got, dead[: (s - 4000) + 100]).any()
+    idx.flush()
+    idx.compact()
+    assert idx.stats["splits"] > 0 and idx.stats["gc_records"] > 0
+    alive = np.setdiff1d(np.arange(5000), dead)
+    assert len(idx) == len(alive)
+    gt_rows, _ = exact_topk(Q, X[alive], 10, metric_code("l2"))
+    gt = alive[gt_rows]
+    I, _ = idx.search(Q, 10, params=SIFT_SEARCH)
+    assert not np.isin(I, dead).any()
+    fresh = SPANNIndex(128, "l2", background=False, **params)
+    fresh.add(X[alive], alive)
+    F, _ = fresh.search(Q, 10, params=SIFT_SEARCH)
+    r_upd, r_fresh = recall(I, gt), recall(F, gt)
+    assert r_upd >= r_fresh - 0.02, (r_upd, r_fresh)
+
+
+def test_incremental_from_empty_and_merge(sift5k):
+    X = sift5k["base"][:1500]
+    idx = SPANNIndex(128, "l2", background=False, posting_limit=40, bulk_min=10**9)
+    for s in range(0, 1500, 250):
+        idx.add(X[s:s + 250])
+    assert idx.num_lists() > 10 and idx.stats["splits"] > 0
+    I, _ = idx.search(X[:200], 1, params={"max_lists": 32})
+    assert (I[:, 0] == np.arange(200)).mean() > 0.9  # self-recall
+    idx.remove(np.arange(0, 1400))
+    idx.compact()
+    assert idx.stats["merges"] > 0
+    I, _ = idx.search(X[1400:1500], 1, params={"max_lists": 16})
+    assert (I[:, 0] == np.arange(1400, 1500)).mean() > 0.9
+    assert not np.isin(I, np.arange(1400)).any()
+
+
+def test_replace_vector_and_versions():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 16)).astype(np.float32)
+    idx = SPANNIndex(16, "l2", background=False, bulk_min=100)
+    idx.add(X)
+    Y = rng.standard_normal((1, 16)).astype(np.float32) * 5
+    idx.add(Y, [7])  # replace slot 7: the old record is stale
+    I, D = idx.search(Y, 3, params={"max_lists": 64, "eps": 100.0})
+    assert I[0, 0] == 7 and D[0, 0] < 1e-4
+    I, _ = idx.search(X[7:8], 300, params={"max_lists": 4096, "eps": 1e6})
+    assert list(I[0]).count(7) <= 1
+    assert len(idx) == 300
+
+
+@pytest.mark.parametrize("metric", ["ip", "cosine"])
+def test_other_metrics(metric):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((2000, 24)).astype(np.float32)
+    Q = rng.standard_normal((30, 24)).astype(np.float32)
+    idx = SPANNIndex(24, metric, background=False, head_ratio=0.05)
+    idx.add(X)
+    I, D = idx.search(Q, 10, params={"max_lists": 64, "eps": 100.0})
+    P = X / np.linalg.norm(X, axis=1, keepdims=True) if metric == "cosine" else X
+    Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True) if metric == "cosine" else Q
+    gt, _ = exact_topk(Qn, P, 10, metric_code("ip"))
+    assert recall(I, gt) >= 0.9
+    np.testing.assert_allclose(D[:, 0], -np.einsum("qd,qd->q", Qn, P[I[:, 0]]), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_tenant_filter_never_leaks(sift5k):
+    X, Q = sift5k["base"][:3000], sift5k["queries"][:40]
+    rng = np.random.default_rng(2)
+    acl = [rng.choice(5, rng.integers(0, 3), replace=False).tolist() for _ in range(3000)]
+    idx = SPANNIndex(128, "l2", background=False, head_ratio=0.06)
+    idx.add(X, acl=acl)
+    idx.grant(5, 9)
+    idx.revoke(int(np.flatnonzero([0 in a for a in acl])[0]), 0)
+    for t in range(6):
+        members = idx.acl.members(t)
+        I, D = idx.search(Q, 10, tenant=t, params=SIFT_SEARCH)
+        got = I[I >= 0]
+        assert np.isin(got, members).all()
+        if len(members) >= 10:
+            gt, _ = exact_topk(Q, X, 10, metric_code("l2"), rows=members)
+            assert recall(I, gt) >= 0.8
+    I, _ = idx.search(Q, 10, tenant=9)
+    assert set(I[I >= 0].tolist()) <= {5}
+    I, _ = idx.search(Q, 10, tenant=77)  # unknown tenant sees nothing
+    assert (I == -1).all()
+
+
+def test_bad_input_changes_nothing(sift_index, sift5k):
+    n = len(sift_index)
+    with pytest.raises(DimensionMismatch):
+        sift_index.add(np.zeros((2, 5), dtype=np.float32))
+    bad = np.zeros((1, 128), dtype=np.float32)
+    bad[0, 3] = np.nan
+    with pytest.raises(NonFiniteValue):
+        sift_index.add(bad)
+    with pytest.raises(InvalidArgument):
+        sift_index.search(sift5k["queries"][:1], 10, params={"nprobe": 3})
+    with pytest.raises(InvalidArgument):
+        sift_index.search(sift5k["queries"][:1], 10, params={"max_lists": 0})
+    with pytest.raises(InvalidArgument):
+        sift_index.search(sift5k["queries"][:1], 0)
+    with pytest.raises(InvalidArgument):
+        sift_index.search(sift5k["queries"][:1], 5, tenant=-1)
+    with pytest.raises(InvalidArgument):
+        sift_index.grant(10**6, 1)
+    with pytest.raises(InvalidArgument):
+        SPANNIndex(8, head_ratio=0)
+    with pytest.raises(InvalidArgument):
+        SPANNIndex(8, head_index="ivf")
+    assert len(sift_index) == n
+
+
+def test_search_during_background_updates(sift5k):
+    X, Q = sift5k["base"], sift5k["queries"][:20]
+    idx = SPANNIndex(128, "l2", background=True, head_ratio=0.06, posting_limit=50)
+    idx.add(X[:2000])
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader():
+        try:
+            while not stop.is_set():
+                I, _ = idx.search(Q, 10)
+                assert ((I >= -1) & (I < 5000)).all()
+        except BaseException as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for s in range(2000, 4000, 200):
+        idx.add(X[s:s + 200])
+    idx.flush()
+    stop.set()
+    t.join()
+    assert not errors
+    assert idx.stats["splits"] > 0
+    I, _ = idx.search(X[:4000:40], 1, params={"max_lists": 32})
+    assert (I[:, 0] == np.arange(0, 4000, 40)).mean() > 0.95

@@ -1,0 +1,345 @@
+"""Building blocks of the SPANN index (``vecdb.index.spann``): balanced clustering, the RNG
+replica rule, the in-memory head index and the packed posting-record format.
+
+Kept apart from the index class so each piece can be read (and tested) on its own::
+
+    vectors --hierarchical_balanced_clusters--> leaf clusters --nearest member--> heads
+    heads --HeadIndex--> candidate heads per vector --rng_select--> posting lists (<= replica_count)
+
+All distances are the kernel convention (squared L2, or negated inner product): smaller = closer.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from vecdb import _native
+from vecdb.kernels import numpy_backend
+
+# -- packed posting records ---------------------------------------------------------------------
+
+
+def record_dtype(dim: int) -> np.dtype:
+    """One posting record: slot int64 | version uint8 | 3 pad bytes | vector float32[dim].
+
+    Records of a list are concatenated without a header, so appending to a list is a byte
+    concatenation and a multi_get of many lists parses with one ``np.frombuffer``.
+    """
+    return np.dtype({"names": ["slot", "ver", "vec"],
+                     "formats": ["<i8", "u1", ("<f4", (dim,))],
+                     "offsets": [0, 8, 12], "itemsize": 12 + 4 * dim})
+
+
+def pack_records(dtype: np.dtype, slots: np.ndarray, vers: np.ndarray, vecs: np.ndarray) -> bytes:
+    rec = np.zeros(len(slots), dtype=dtype)
+    rec["slot"] = slots
+    rec["ver"] = vers
+    rec["vec"] = vecs
+    return rec.tobytes()
+
+
+# -- distances ----------------------------------------------------------------------------------
+
+
+def pair_dist(Q: np.ndarray, X: np.ndarray, code: int) -> np.ndarray:
+    """Dense distances [len(Q), len(X)] (BLAS for big blocks, native SIMD for a few queries)."""
+    if len(Q) == 0 or len(X) == 0:
+        return np.zeros((len(Q), len(X)), dtype=np.float32)
+    if len(Q) >= 8:
+        return numpy_backend.pairwise(Q, X, code)
+    return _native.pairwise(np.ascontiguousarray(Q), np.ascontiguousarray(X), code)
+
+
+def within(d: np.ndarray, d0: np.ndarray | float, eps: float) -> np.ndarray:
+    """``d <= (1+eps) * d0`` for non-negative distances, generalised to negated inner products
+    (which can be negative) as ``d <= d0 + eps * |d0|``."""
+    return d <= d0 + eps * np.abs(d0)
+
+
+# -- balanced k-means ---------------------------------------------------------------------------
+
+
+def balanced_kmeans(X: np.ndarray, k: int, lam: float, rng: np.random.Generator,
+                    niter: int = 8, sample: int = 256) -> np.ndarray:
+    """Labels [n] of a k-means whose assignment minimises ``dist + lam' * size``.
+
+    Lloyd iterations on a sample (at most ``sample`` points per centroid, as faiss does), then a
+    penalised assignment of all points: ``lam'`` = ``lam`` * (mean nearest distance) / (n / k),
+    so ``lam`` is scale-free; a few rounds re-use the previous round's cluster sizes (SPTAG's
+    balanced clustering). Always squared L2 (cosine data is normalised at the boundary).
+    """
+    n = X.shape[0]
+    k = int(min(k, n))
+    if k <= 1:
+        return np.zeros(n, dtype=np.int64)
+    S = X if n <= k * sample else X[rng.choice(n, k * sample, replace=False)]
+    C = S[rng.choice(len(S), k, replace=False)].copy()
+    for _ in range(niter):
+        lab = np.argmin(pair_dist(S, C, 0), axis=1)
+        cnt = np.bincount(lab, minlength=k)
+        sums = np.zeros(C.shape, dtype=np.float64)
+        order = np.argsort(lab, kind="stable")
+        present = np.flatnonzero(cnt)
+        sums[present] = np.add.reduceat(S[order], np.searchsorted(lab[order], present), axis=0)
+        empty = cnt == 0
+        C[~empty] = (sums[~empty] / cnt[~empty, None]).astype(np.float32)
+        if empty.any():  # re-seed empty centroids on random points
+            C[empty] = S[rng.choice(len(S), int(empty.sum()), replace=False)]
+    D = pair_dist(X, C, 0)
+    lab = np.argmin(D, axis=1)
+    if lam > 0:
+        scale = lam * float(np.mean(D[np.arange(n), lab])) / (n / k)
+        for _ in range(4):
+            size = np.bincount(lab, minlength=k).astype(np.float32)
+            lab = np.argmin(D + scale * size[None, :], axis=1)
+    return lab
+
+
+def hierarchical_balanced_clusters(X: np.ndarray, leaf: int, lam: float, seed: int = 0,
+                                   branch: int = 32) -> list[np.ndarray]:
+    """Split the rows of X recursively with small-k balanced k-means until every cluster holds at
+    most ``1.5 * leaf`` points; returns the member row arrays of the leaves."""
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray] = []
+    stack = [np.arange(X.shape[0], dtype=np.int64)]
+    limit = max(1, 2 * leaf)
+    while stack:
+        rows = stack.pop()
+        if len(rows) <= limit:
+            out.append(rows)
+            continue
+        want = max(2, len(rows) // leaf)
+        k = want if want <= 4 * branch else branch
+        lab = balanced_kmeans(X[rows], k, lam, rng)
+        order = np.argsort(lab, kind="stable")
+        bounds = np.searchsorted(lab[order], np.arange(k + 1))
+        parts = [rows[order[bounds[i]:bounds[i + 1]]] for i in range(k)]
+        parts = [p for p in parts if len(p)]
+        if len(parts) == 1:  # degenerate (duplicates): cut arbitrarily
+            parts = np.array_split(rows, want)
+        stack.extend(parts)
+    return out
+
+
+def nearest_member(X: np.ndarray, rows: np.ndarray) -> int:
+    """The member of ``rows`` nearest to their mean (a real vector becomes the head)."""
+    V = X[rows]
+    c = V.mean(axis=0, dtype=np.float64).astype(np.float32)
+    return int(rows[int(np.argmin(_native.distances(c, np.ascontiguousarray(V), 0)))])
+
+
+# -- the RNG replica rule -----------------------------------------------------------------------
+
+
+def rng_select(X: np.ndarray, cand: np.ndarray, cdist: np.ndarray, head_vecs_of, code: int,
+               replicas: int, eps1: float, block: int = 4096) -> np.ndarray:
+    """Boolean [n, C] mask of the candidate heads each vector is posted to.
+
+    ``cand`` [n, C] candidate head ids sorted by ``cdist`` (ascending, -1 padded). Candidate j is
+    kept when it is within ``(1+eps1)`` of the nearest, fewer than ``replicas`` are chosen, and no
+    already chosen head c_i is closer to c_j than the vector is (SPANN's RNG rule: c_j would be
+    covered by c_i anyway). Vectorised over blocks of vectors, looping only over the C columns.
+    """
+    n, C = cand.shape
+    keep = np.zeros((n, C), dtype=bool)
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        c = cand[s:e]
+        d = cdist[s:e]
+        valid = (c >= 0) & within(d, d[:, :1], eps1)
+        H = head_vecs_of(np.maximum(c, 0))  # [b, C, dim]
+        ip = np.matmul(H, H.transpose(0, 2, 1))  # [b, C, C]
+        if code == 1:
+            dcc = -ip
+        else:
+            sq = np.einsum("bcd,bcd->bc", H, H)
+            dcc = sq[:, :, None] + sq[:, None, :] - 2 * ip
+        k = keep[s:e]
+        k[:, 0] = valid[:, 0]
+        count = k[:, 0].astype(np.int32)
+        for j in range(1, C):
+            blocked = (k[:, :j] & (dcc[:, :j, j] < d[:, j:j + 1])).any(axis=1)
+            ok = valid[:, j] & ~blocked & (count < replicas)
+            k[:, j] = ok
+            count += ok
+    return keep
+
+
+# -- the in-memory head index -------------------------------------------------------------------
+
+
+class HeadIndex:
+    """Heads (list id -> vector) with nearest-head search.
+
+    ``kind="flat"``: exact scan (small head sets, tests). ``kind="hnsw"``: an HNSW graph over the
+    heads (hnswlib until vecdb's own HNSW lands; same interface), with exact distances recomputed
+    from the stored head vectors. All access goes through one lock: head searches are short and
+    splits only add/remove a few heads at a time.
+    """
+
+    def __init__(self, dim: int, code: int, kind: str = "flat", M: int = 16, ef: int = 128,
+                 ef_construction: int = 100, threads: int = 1, seed: int = 0):
+        self.dim, self.code, self.kind = dim, code, kind
+        self.M, self.ef, self.efc, self.threads, self.seed = M, ef, ef_construction, threads, seed
+        self._V = np.zeros((16, dim), dtype=np.float32)
+        self._rid = np.full(16, -1, dtype=np.int64)  # row -> list id (-1: free)
+        self._row: dict[int, int] = {}
+        self._free: list[int] = []
+        self._n = 0  # rows used
+        self._lock = threading.RLock()
+        self._g = None
+        if kind == "hnsw":
+            import hnswlib  # lazily: only the hnsw head index needs it
+
+            self._g = hnswlib.Index(space="ip" if code == 1 else "l2", dim=dim)
+            self._g.init_index(max_elements=1024, M=M, ef_construction=ef_construction,
+                               random_seed=seed, allow_replace_deleted=True)
+            self._g.set_ef(ef)  # fixed at creation; per-query k > ef widens it (hnswlib max(ef,k))
+            self._g.set_num_threads(threads)
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def ids(self) -> np.ndarray:
+        with self._lock:
+            return np.array(sorted(self._row), dtype=np.int64)
+
+    def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        with self._lock:
+            ids = np.asarray(ids, dtype=np.int64)
+            rows = []
+            for i in ids.tolist():
+                if self._free:
+                    r = self._free.pop()
+                else:
+                    if self._n == len(self._rid):
+                        cap = 2 * len(self._rid)
+                        V = np.zeros((cap, self.dim), dtype=np.float32)
+                        V[: self._n] = self._V[: self._n]
+                        rid = np.full(cap, -1, dtype=np.int64)
+                        rid[: self._n] = self._rid[: self._n]
+                        self._V, self._rid = V, rid
+                    r = self._n
+                    self._n += 1
+                self._row[i] = r
+                self._rid[r] = i
+                rows.append(r)
+            self._V[rows] = vecs
+            if self._g is not None and len(ids):
+                need = len(self._row)
+                if need > self._g.get_max_elements():
+                    self._g.resize_index(max(need, 2 * self._g.get_max_elements()))
+                self._g.add_items(np.ascontiguousarray(vecs, dtype=np.float32), ids,
+                                  replace_deleted=True)
+
+    def remove(self, ids) -> None:
+        with self._lock:
+            for i in np.asarray(ids, dtype=np.int64).tolist():
+                r = self._row.pop(i, None)
+                if r is None:
+                    continue
+                self._rid[r] = -1
+                self._free.append(r)
+                if self._g is not None:
+                    self._g.mark_deleted(i)
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Head vectors for an array of ids (any shape); unknown ids give zeros."""
+        with self._lock:
+            ids = np.asarray(ids, dtype=np.int64)
+            rows = np.array([self._row.get(i, -1) for i in ids.ravel().tolist()], dtype=np.int64)
+            out = self._V[np.maximum(rows, 0)]
+            out[rows < 0] = 0
+            return out.reshape(*ids.shape, self.dim)
+
+    def search(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 [nq, k] -1 padded, exact distances float32 [nq, k]) sorted ascending."""
+        nq = Q.shape[0]
+        ids = np.full((nq, k), -1, dtype=np.int64)
+        dist = np.full((nq, k), np.inf, dtype=np.float32)
+        with self._lock:
+            live = len(self._row)
+            if live == 0 or nq == 0:
+                return ids, dist
+            kk = min(k, live)
+            if self._g is None:
+                V = self._V[: self._n]
+                for s in range(0, nq, 1024):
+                    D = pair_dist(Q[s:s + 1024], V, self.code)
+                    D[:, self._rid[: self._n] < 0] = np.inf
+                    r, d = _native.topk(np.ascontiguousarray(D, dtype=np.float32), kk)
+                    ids[s:s + 1024, :kk] = np.where(r >= 0, self._rid[np.maximum(r, 0)], -1)
+                    dist[s:s + 1024, :kk] = d
+                ids[~np.isfinite(dist)] = -1
+                return ids, dist
+            lab, _ = self._g.knn_query(Q, k=kk, num_threads=self.threads)
+            lab = lab.astype(np.int64)
+            rows = np.array([self._row.get(i, -1) for i in lab.ravel().tolist()],
+                            dtype=np.int64).reshape(lab.shape)
+            H = self._V[np.maximum(rows, 0)]
+        if self.code == 1:
+            d = -np.einsum("qkd,qd->qk", H, Q)
+        else:
+            diff = H - Q[:, None, :]
+            d = np.einsum("qkd,qkd->qk", diff, diff)
+        d = np.where(rows >= 0, d, np.inf).astype(np.float32)
+        order = np.argsort(d, axis=1, kind="stable")
+        ids[:, :kk] = np.where(np.isfinite(np.take_along_axis(d, order, 1)),
+                               np.take_along_axis(lab, order, 1), -1)
+        dist[:, :kk] = np.take_along_axis(d, order, 1)
+        return ids, dist
+
+    def graph_bytes(self) -> np.ndarray | None:
+        """The HNSW graph serialised (hnswlib's own format) as uint8, or None for flat."""
+        if self._g is None:
+            return None
+        import tempfile
+
+        with self._lock, tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, "g")
+            self._g.save_index(p)
+            return np.fromfile(p, dtype=np.uint8)
+
+    def load_graph(self, raw: np.ndarray) -> bool:
+        """Replace the graph by a saved one if it holds exactly the current heads."""
+        if self._g is None:
+            return False
+        import tempfile
+
+        import hnswlib
+
+        with self._lock, tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, "g")
+            raw.tofile(p)
+            g = hnswlib.Index(space="ip" if self.code == 1 else "l2", dim=self.dim)
+            g.load_index(p, allow_replace_deleted=True)
+            if set(np.asarray(g.get_ids_list(), dtype=np.int64).tolist()) - set(
+                    np.asarray(self._deleted_of(g), dtype=np.int64).tolist()) != set(self._row):
+                return False
+            g.set_ef(self.ef)
+            g.set_num_threads(self.threads)
+            self._g = g
+            return True
+
+    @staticmethod
+    def _deleted_of(g) -> list[int]:
+        return [i for i in g.get_ids_list() if _is_deleted(g, i)]
+
+    def memory_bytes(self) -> int:
+        b = self._V.nbytes + self._rid.nbytes + 100 * len(self._row)  # dict entries
+        if self._g is not None:
+            cap = self._g.get_max_elements()
+            # hnswlib level 0: data + 2M links + count + label; upper levels ~1/M of nodes
+            b += cap * (4 * self.dim + 8 * self.M + 4 + 8) + cap // self.M * (4 * self.M + 4)
+        return b
+
+
+def _is_deleted(g, label: int) -> bool:
+    try:
+        g.get_items([label])
+        return False
+    except RuntimeError:  # hnswlib refuses to return items marked deleted
+        return True

@@ -1,0 +1,655 @@
+"""SPANN: a memory/disk hybrid index (heads in RAM, posting lists in the KV store), with
+SPFresh-style online updates (LIRE: split, reassign, merge, tombstones).
+
+After "SPANN" (Chen et al., NeurIPS 2021) and "SPFresh" (Xu et al., SOSP 2023)::
+
+    RAM:   heads (one real vector per posting list) --HeadIndex (flat | HNSW)-->  nearest heads
+           version map (uint8 per slot) + live flags + tenant bitmaps (AccessLists)
+    store: postings CF   b"P"+list id -> packed records (slot, version, vector), one value per list
+                         b"H"+list id -> head vector        (heads are durable with their lists)
+                         b"V"+chunk   -> 4096 slot versions (durable with the records they validate)
+
+Build: hierarchical balanced k-means (assignment minimises ``dist + lambda * size``) down to leaves
+of ~1/head_ratio points; the member nearest each leaf centroid becomes a head; every vector is
+posted to up to ``replica_count`` of its candidate heads chosen by the RNG rule within ``(1+eps1)``
+of the nearest; lists are capped at ``posting_limit`` (a vector's nearest list always keeps it).
+
+Search: nearest ``max_lists`` heads, query-aware pruning ``d <= (1+eps) * d_nearest``, one
+``multi_get`` of the kept lists, one parse of all records, validity (live, current version, tenant
+bit) checked before any distance, distances with the native SIMD kernel, replicas deduped.
+
+Updates: ``add`` bumps each slot's version and appends records to the RNG-chosen lists (one atomic
+WriteBatch with the version chunks). Lists over the limit are split by balanced 2-means into two
+new heads; members of the split list and of nearby lists whose nearest head changed are
+re-inserted (version bump, so their old replicas become stale). Lists with few live records merge
+(their vectors re-insert elsewhere). ``remove`` is a tombstone (live flag); stale/deleted records
+are dropped whenever a list is rewritten. Splits/merges run in a background thread (``flush()``
+waits for it); every structural change is one atomic WriteBatch, and new heads enter the head
+index before their old list disappears, so a concurrent search never misses a live vector.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import queue
+import threading
+from typing import Any
+
+import numpy as np
+
+from vecdb import _native
+from vecdb.errors import InvalidArgument
+from vecdb.index._spann_parts import (
+    HeadIndex,
+    balanced_kmeans,
+    hierarchical_balanced_clusters,
+    nearest_member,
+    pack_records,
+    record_dtype,
+    rng_select,
+    within,
+)
+from vecdb.index.acl import AccessLists, normalize_acl
+from vecdb.index.base import Index, SearchParams, pad_results
+from vecdb.kernels import metric_code
+from vecdb.storage.kv import KVStore, MemoryKVStore, WriteBatch
+
+CF = "postings"
+_VCHUNK = 4096  # slots per durable version chunk
+
+
+def _key(tag: bytes, i: int) -> bytes:
+    return tag + int(i).to_bytes(8, "big")
+
+
+@dataclasses.dataclass(frozen=True)
+class SPANNSearchParams(SearchParams):
+    """Per-call knobs: ``max_lists`` heads probed at most; ``eps``: keep a list only if its head
+    is within ``(1+eps)`` of the nearest head's distance (squared L2 / negated ip)."""
+
+    max_lists: int = 32
+    eps: float = 1.0
+
+    def __post_init__(self):
+        if not isinstance(self.max_lists, int) or isinstance(self.max_lists, bool) \
+                or not 1 <= self.max_lists <= 4096:
+            raise ValueError(f"max_lists must be an int in [1, 4096], got {self.max_lists!r}")
+        if not isinstance(self.eps, int | float) or not math.isfinite(self.eps) or self.eps < 0:
+            raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}")
+
+
+class SPANNIndex(Index):
+    """Disk-resident ANN index: heads in RAM, posting lists in a ``KVStore`` (see module doc).
+
+    Creation knobs: ``head_ratio`` (fraction of points that become heads at build),
+    ``replica_count`` (max lists per vector), ``posting_limit`` (records per list before a split;
+    default ``max(32, 6/head_ratio)``), ``eps1`` (replica closeness), ``candidates`` (heads
+    considered per vector), ``balance`` (size penalty lambda), ``head_index`` ("flat", "hnsw" or
+    "auto": hnsw above 4096 heads), ``head_M``/``head_ef``, ``merge_min`` (live records below
+    which a list merges), ``reassign_lists`` (nearby lists checked after a split),
+    ``background`` (split/merge in a thread), ``bulk_min`` (the first add of at least this many
+    vectors into an empty index runs the full build), ``threads`` (build-time head index threads).
+    """
+
+    kind = "spann"
+    params_class = SPANNSearchParams
+    needs_store = True
+
+    def __init__(self, dim: int, metric: str = "l2", store: KVStore | None = None, *,
+                 head_ratio: float = 0.12, replica_count: int = 8,
+                 posting_limit: int | None = None, eps1: float = 1.0, candidates: int = 32,
+                 balance: float = 1.0, head_index: str = "auto", head_M: int = 16,
+                 head_ef: int = 128, merge_min: int | None = None, reassign_lists: int = 8,
+                 background: bool = True, bulk_min: int = 1000, threads: int = 1, seed: int = 0,
+                 _fresh: bool = True):
+        super().__init__(dim, metric)
+        if not 0 < float(head_ratio) <= 1:
+            raise InvalidArgument(f"head_ratio must be in (0, 1], got {head_ratio!r}")
+        for name, v, lo in (("replica_count", replica_count, 1), ("candidates", candidates, 1),
+                            ("head_M", head_M, 2), ("head_ef", head_ef, 1),
+                            ("reassign_lists", reassign_lists, 0), ("bulk_min", bulk_min, 1),
+                            ("threads", threads, 1)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise InvalidArgument(f"{name} must be an int >= {lo}, got {v!r}")
+        if posting_limit is not None and (not isinstance(posting_limit, int) or posting_limit < 4):
+            raise InvalidArgument(f"posting_limit must be an int >= 4, got {posting_limit!r}")
+        if not math.isfinite(eps1) or eps1 < 0 or not math.isfinite(balance) or balance < 0:
+            raise InvalidArgument("eps1 and balance must be finite and >= 0")
+        if head_index not in ("auto", "flat", "hnsw"):
+            raise InvalidArgument(f"head_index must be auto, flat or hnsw, got {head_index!r}")
+        if store is None:
+            store = MemoryKVStore()
+        self.store = store
+        self.head_ratio = float(head_ratio)
+        self.replica_count = replica_count
+        self.posting_limit = posting_limit or max(32, int(round(6 / self.head_ratio)))
+        self.eps1 = float(eps1)
+        self.candidates = max(candidates, replica_count)
+        self.balance = float(balance)
+        self.head_index_kind = head_index
+        self.head_M, self.head_ef = head_M, head_ef
+        self.merge_min = merge_min if merge_min is not None else max(2, self.posting_limit // 10)
+        self.reassign_lists = reassign_lists
+        self.background = bool(background)
+        self.bulk_min = bulk_min
+        self.threads = threads
+        self.seed = seed
+        self._code = metric_code(metric)
+        self._rec = record_dtype(self.dim)
+        self._heads = self._new_heads(head_index if head_index != "auto" else "flat")
+        self._next_list = 0
+        self._sizes: dict[int, int] = {}  # list id -> records stored (live or not)
+        self._ver = np.zeros(1024, dtype=np.uint8)
+        self._live = np.zeros(1024, dtype=bool)
+        self._count = 0
+        self._acl = AccessLists(1024)
+        self._wlock = threading.RLock()  # writers: add/remove/grant/revoke and maintenance
+        self._todo: set[int] = set()  # lists to check (split / GC / merge)
+        self._q: queue.Queue = queue.Queue()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        self._local = threading.local()
+        self.stats = {"splits": 0, "merges": 0, "reassigned": 0, "gc_records": 0}
+        if _fresh:  # a new index owns the postings family: drop anything a previous one left
+            b = WriteBatch()
+            b.delete_range(CF, b"", b"\xff" * 9)
+            self.store.write(b)
+
+    def _new_heads(self, kind: str) -> HeadIndex:
+        return HeadIndex(self.dim, self._code, kind, M=self.head_M, ef=self.head_ef,
+                         threads=self.threads, seed=self.seed)
+
+    # -- slot arrays ----------------------------------------------------------------------
+    def _grow(self, max_slot: int) -> None:
+        cap = len(self._live)
+        if max_slot < cap:
+            return
+        while cap <= max_slot:
+            cap *= 2
+        ver = np.zeros(cap, dtype=np.uint8)
+        ver[: len(self._ver)] = self._ver
+        live = np.zeros(cap, dtype=bool)
+        live[: len(self._live)] = self._live
+        self._ver, self._live = ver, live
+
+    def _bump(self, slots: np.ndarray, batch: WriteBatch) -> np.ndarray:
+        """New version (1..255, wrapping) for ``slots``; the touched chunks go into ``batch``."""
+        v = self._ver[slots].astype(np.int32) % 255 + 1
+        self._ver[slots] = v.astype(np.uint8)
+        for c in np.unique(slots // _VCHUNK).tolist():
+            a = c * _VCHUNK
+            chunk = np.zeros(_VCHUNK, dtype=np.uint8)
+            part = self._ver[a: a + _VCHUNK]
+            chunk[: len(part)] = part
+            batch.put(CF, _key(b"V", c), chunk.tobytes())
+        return self._ver[slots]
+
+    # -- build ----------------------------------------------------------------------------
+    def _build(self, X: np.ndarray, slots: np.ndarray) -> None:
+        """Bulk build into an empty index (heads, replicas, capped lists, one pass of writes)."""
+        n = X.shape[0]
+        leaf = max(2, int(round(1 / self.head_ratio)))
+        clusters = hierarchical_balanced_clusters(X, leaf, self.balance, self.seed)
+        head_rows = np.array([nearest_member(X, c) for c in clusters], dtype=np.int64)
+        H = len(head_rows)
+        if self.head_index_kind == "auto" and H > 4096:
+            self._heads = self._new_heads("hnsw")
+        ids = np.arange(H, dtype=np.int64)
+        self._next_list = H
+        batch = WriteBatch()
+        vers = self._bump(slots, batch)
+        self._heads.add(ids, X[head_rows])
+        C = min(self.candidates, H)
+        cand, cdist = self._heads.search(X, C)
+        keep = rng_select(X, cand, cdist, self._heads.vectors, self._code,
+                          self.replica_count, self.eps1)
+        pts, cols = np.nonzero(keep)
+        lists = cand[pts, cols]
+        rank = cols  # 0 = the vector's nearest head: never dropped by the cap
+        d = cdist[pts, cols]
+        order = np.lexsort((d, rank > 0, lists))
+        pts, lists, rank = pts[order], lists[order], rank[order]
+        bounds = np.searchsorted(lists, np.arange(H + 1))
+        for h in range(H):
+            a, b = int(bounds[h]), int(bounds[h + 1])
+            sel = pts[a:b]
+            if len(sel) > self.posting_limit:
+                primary = int((rank[a:b] == 0).sum())
+                sel = sel[: max(primary, self.posting_limit)]
+            batch.put(CF, _key(b"H", h), X[head_rows[h]].tobytes())
+            batch.put(CF, _key(b"P", h), pack_records(self._rec, slots[sel], vers[sel], X[sel]))
+            self._sizes[h] = len(sel)
+            if len(batch) >= 8192:
+                self.store.write(batch)
+                batch = WriteBatch()
+        self.store.write(batch)
+        del n
+
+    # -- writes ---------------------------------------------------------------------------
+    def add(self, vectors, slots=None, acl=None) -> np.ndarray:
+        X = self._prepare(vectors)
+        n = X.shape[0]
+        with self._wlock:
+            high = len(self._live) if self._count else 0
+            if slots is None:
+                used = np.flatnonzero(self._live)
+                start = int(used[-1]) + 1 if len(used) else 0
+                s = np.arange(start, start + n, dtype=np.int64)
+            else:
+                s = self._slots(slots, n)
+            indptr, indices = normalize_acl(acl, n)
+            del high
+            if n == 0:
+                return s
+            self._grow(int(s.max()))
+            old = s[self._live[s]]
+            for x in old.tolist():
+                self._acl.clear(x)
+            self._count += n - len(old)
+            self._live[s] = True
+            self._acl.add_csr(s, indptr, indices)
+            if len(self._heads) == 0 and n >= self.bulk_min:
+                self._build(X, s)
+            else:
+                if len(self._heads) == 0:  # first vector seeds the first head
+                    self._new_list(X[:1])
+                self._insert(X, s)
+            self._kick()
+        return s
+
+    def _new_list(self, head: np.ndarray) -> int:
+        lid = self._next_list
+        self._next_list += 1
+        b = WriteBatch()
+        b.put(CF, _key(b"H", lid), head.reshape(-1).tobytes())
+        b.put(CF, _key(b"P", lid), b"")
+        self.store.write(b)
+        self._heads.add(np.array([lid]), head.reshape(1, -1))
+        self._sizes[lid] = 0
+        return lid
+
+    def _insert(self, X: np.ndarray, s: np.ndarray, exclude: set[int] | None = None) -> None:
+        """Bump versions of ``s`` and append their records to the RNG-chosen lists (one batch)."""
+        if len(s) == 0 or len(self._heads) == 0:
+            return
+        batch = WriteBatch()
+        vers = self._bump(s, batch)
+        C = min(self.candidates, len(self._heads))
+        cand, cdist = self._heads.search(X, C)
+        if exclude:
+            bad = np.isin(cand, list(exclude))
+            cdist = np.where(bad, np.inf, cdist)
+            order = np.argsort(cdist, axis=1, kind="stable")
+            cand = np.take_along_axis(np.where(bad, -1, cand), order, 1)
+            cdist = np.take_along_axis(cdist, order, 1)
+        keep = rng_select(X, cand, cdist, self._heads.vectors, self._code,
+                          self.replica_count, self.eps1)
+        pts, cols = np.nonzero(keep)
+        lists = cand[pts, cols]
+        order = np.argsort(lists, kind="stable")
+        pts, lists = pts[order], lists[order]
+        uniq, starts = np.unique(lists, return_index=True)
+        ends = np.append(starts[1:], len(lists))
+        olds = self.store.multi_get(CF, [_key(b"P", lid) for lid in uniq.tolist()])
+        for lid, a, b, old in zip(uniq.tolist(), starts.tolist(), ends.tolist(), olds,
+                                  strict=True):
+            sel = pts[a:b]
+            batch.put(CF, _key(b"P", lid),
+                      (old or b"") + pack_records(self._rec, s[sel], vers[sel], X[sel]))
+            size = (len(old or b"") // self._rec.itemsize) + len(sel)
+            self._sizes[lid] = size
+            if size > self.posting_limit:
+                self._todo.add(lid)
+        self.store.write(batch)
+
+    def remove(self, slots) -> None:
+        s = self._slots(slots)
+        with self._wlock:
+            s = s[s < len(self._live)]
+            s = s[self._live[s]]
+            self._live[s] = False  # tombstone: records stay until their list is rewritten
+            self._count -= len(s)
+            for x in s.tolist():
+                self._acl.clear(x)
+
+    def _check_live(self, slot: int) -> None:
+        if not (0 <= slot < len(self._live) and self._live[slot]):
+            raise InvalidArgument(f"slot {slot} is not in the index")
+
+    def grant(self, slot: int, tenant: int) -> None:
+        with self._wlock:
+            self._check_live(int(slot))
+            self._acl.grant(int(slot), int(tenant))
+
+    def revoke(self, slot: int, tenant: int) -> None:
+        with self._wlock:
+            self._check_live(int(slot))
+            self._acl.revoke(int(slot), int(tenant))
+
+    # -- maintenance (SPFresh LIRE) ---------------------------------------------------------
+    def _kick(self) -> None:
+        """Hand pending list checks to the background worker (or run them now)."""
+        if not self._todo:
+            return
+        if not self.background:
+            self._drain()
+            return
+        todo, self._todo = self._todo, set()
+        self._idle.clear()
+        for lid in todo:
+            self._q.put(lid)
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._run, name="spann-maint", daemon=True)
+            self._worker.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            try:
+                lid = self._q.get(timeout=0.5)
+            except queue.Empty:
+                if self._q.empty():
+                    self._idle.set()
+                    if self._closed:
+                        return
+                continue
+            with self._wlock:
+                self._todo.add(lid)
+                self._drain()
+            if self._q.empty():
+                self._idle.set()
+
+    def _drain(self) -> None:
+        """Process pending list checks (caller holds the write lock)."""
+        guard = 0
+        while self._todo and guard < 100000:
+            guard += 1
+            lid = self._todo.pop()
+            self._maintain(lid)
+
+    def flush(self) -> None:
+        """Wait until every queued split/merge/reassign is done (tests, checkpoints)."""
+        with self._wlock:
+            self._kick()
+        if self.background:
+            while not (self._q.empty() and self._idle.is_set()):
+                self._idle.wait(0.05)
+            with self._wlock:
+                self._drain()
+
+    wait = flush
+
+    def compact(self) -> None:
+        """Check every list now: drop stale/deleted records, split over-full, merge tiny."""
+        with self._wlock:
+            self._todo.update(self._heads.ids().tolist())
+            self._drain()
+
+    def _read_list(self, lid: int) -> np.ndarray | None:
+        raw = self.store.get(CF, _key(b"P", lid))
+        return None if raw is None else np.frombuffer(raw, self._rec)
+
+    def _valid(self, rec: np.ndarray) -> np.ndarray:
+        s = rec["slot"]
+        ok = s < len(self._live)
+        sc = np.where(ok, s, 0)
+        return ok & self._live[sc] & (self._ver[sc] == rec["ver"])
+
+    def _maintain(self, lid: int) -> None:
+        if lid not in self._sizes:
+            return
+        rec = self._read_list(lid)
+        if rec is None:
+            return
+        rec = rec[self._valid(rec)]
+        _, first = np.unique(rec["slot"], return_index=True)  # one record per slot
+        rec = rec[np.sort(first)]
+        dropped = self._sizes[lid] - len(rec)
+        if len(rec) > self.posting_limit:
+            self._split(lid, rec)
+        elif len(rec) < self.merge_min and len(self._heads) > 1:
+            self._merge(lid, rec)
+        elif dropped > 0:
+            self.store.put(CF, _key(b"P", lid), rec.tobytes())
+            self._sizes[lid] = len(rec)
+        self.stats["gc_records"] += max(0, dropped)
+
+    def _split(self, lid: int, rec: np.ndarray) -> None:
+        """Balanced 2-means split of an over-full list, then LIRE reassignment."""
+        V = np.ascontiguousarray(rec["vec"])
+        old_head = self._heads.vectors(np.array([lid]))[0]
+        lab = balanced_kmeans(V, 2, self.balance, np.random.default_rng(self.seed + lid))
+        parts = [np.flatnonzero(lab == c) for c in (0, 1)]
+        if min(len(p) for p in parts) == 0:  # identical vectors: cut in half
+            parts = [np.arange(len(rec) // 2), np.arange(len(rec) // 2, len(rec))]
+        new_ids, new_heads = [], []
+        batch = WriteBatch()
+        for p in parts:
+            h = V[nearest_member(V, p)]
+            nid = self._next_list
+            self._next_list += 1
+            new_ids.append(nid)
+            new_heads.append(h)
+            batch.put(CF, _key(b"H", nid), h.tobytes())
+            batch.put(CF, _key(b"P", nid), rec[p].tobytes())
+            self._sizes[nid] = len(p)
+        batch.delete(CF, _key(b"P", lid))
+        batch.delete(CF, _key(b"H", lid))
+        # new heads first: a concurrent search sees old or new lists, never neither
+        self._heads.add(np.array(new_ids), np.stack(new_heads))
+        self.store.write(batch)
+        self._heads.remove([lid])
+        del self._sizes[lid]
+        self.stats["splits"] += 1
+        for nid, p in zip(new_ids, parts, strict=True):
+            if len(p) > self.posting_limit:
+                self._todo.add(nid)
+        self._reassign(old_head, new_ids, np.stack(new_heads), rec)
+
+    def _reassign(self, old_head: np.ndarray, new_ids: list[int], new_heads: np.ndarray,
+                  rec: np.ndarray) -> None:
+        """LIRE: re-insert vectors whose nearest head is no longer a list that holds them.
+
+        Candidates: the split list's members (their nearest head may now be a third head) and
+        members of the ``reassign_lists`` lists nearest the old head that are closer to a new head
+        than to the old one (they may now belong in a new list)."""
+        cand_s = [rec["slot"]]
+        cand_v = [np.ascontiguousarray(rec["vec"])]
+        if self.reassign_lists:
+            near, _ = self._heads.search(old_head[None, :], self.reassign_lists + 2)
+            near = [i for i in near[0].tolist() if i >= 0 and i not in new_ids]
+            near = near[: self.reassign_lists]
+            for raw in self.store.multi_get(CF, [_key(b"P", i) for i in near]):
+                if not raw:
+                    continue
+                r = np.frombuffer(raw, self._rec)
+                r = r[self._valid(r)]
+                if not len(r):
+                    continue
+                v = np.ascontiguousarray(r["vec"])
+                d_old = _native.distances(old_head, v, self._code)
+                d_new = np.min(np.stack([_native.distances(h, v, self._code)
+                                         for h in new_heads]), axis=0)
+                m = d_new < d_old
+                cand_s.append(r["slot"][m])
+                cand_v.append(v[m])
+        S = np.concatenate(cand_s)
+        Vc = np.concatenate(cand_v)
+        S, first = np.unique(S, return_index=True)
+        Vc = Vc[first]
+        if not len(S):
+            return
+        nearest, _ = self._heads.search(Vc, 1)
+        # members of the split list: fine if their nearest head is one of the two new heads;
+        # neighbours: move only if a new head is now their nearest
+        in_split = np.isin(S, rec["slot"])
+        is_new = np.isin(nearest[:, 0], new_ids)
+        move = np.where(in_split, ~is_new, is_new)
+        if move.any():
+            self.stats["reassigned"] += int(move.sum())
+            self._insert(Vc[move], S[move])
+
+    def _merge(self, lid: int, rec: np.ndarray) -> None:
+        """Drop a tiny list and re-insert its live vectors into their other nearest lists."""
+        b = WriteBatch()
+        b.delete(CF, _key(b"P", lid))
+        b.delete(CF, _key(b"H", lid))
+        self._heads.remove([lid])
+        self.store.write(b)
+        del self._sizes[lid]
+        self.stats["merges"] += 1
+        if len(rec):
+            self._insert(np.ascontiguousarray(rec["vec"]), rec["slot"].astype(np.int64),
+                         exclude={lid})
+
+    # -- reads ----------------------------------------------------------------------------
+    def search(self, queries, k: int, tenant: int | None = None, params=None):
+        p = self._params(params)
+        k = self._k(k)
+        Q = self._prepare(queries, "queries")
+        nq = Q.shape[0]
+        out_i, out_d = pad_results(nq, k)
+        lists_read = np.zeros(nq, dtype=np.int64)
+        bytes_read = np.zeros(nq, dtype=np.int64)
+        scanned = np.zeros(nq, dtype=np.int64)
+        if nq == 0 or len(self._heads) == 0:
+            self._local.stats = (lists_read, bytes_read, scanned)
+            return out_i, out_d
+        hid, hd = self._heads.search(Q, p.max_lists)
+        bm = None
+        if tenant is not None:
+            if isinstance(tenant, bool) or not isinstance(tenant, int | np.integer) or tenant < 0:
+                raise InvalidArgument(f"tenant must be a non-negative int, got {tenant!r}")
+            bm = self._acl.bitmap(int(tenant))
+        rec_t = self._rec
+        for i in range(nq):
+            ids = hid[i]
+            keep = (ids >= 0) & within(hd[i], hd[i, 0], p.eps)
+            blocks = self.store.multi_get(CF, [_key(b"P", x) for x in ids[keep].tolist()])
+            buf = b"".join(b for b in blocks if b)
+            lists_read[i] = int(keep.sum())
+            bytes_read[i] = len(buf)
+            if not buf:
+                continue
+            rec = np.frombuffer(buf, rec_t)
+            scanned[i] = len(rec)
+            s = rec["slot"]
+            live, ver = self._live, self._ver  # one consistent snapshot of the arrays
+            ok = s < len(live)
+            sc = np.where(ok, s, 0)
+            ok &= live[sc] & (ver[sc] == rec["ver"])
+            if bm is not None:
+                ok &= sc < 8 * len(bm)
+                ok &= ((bm[np.minimum(sc >> 3, len(bm) - 1)] >> (sc & 7).astype(np.uint8)) & 1
+                       ).astype(bool)
+            idx = np.flatnonzero(ok)
+            if not len(idx):
+                continue
+            V = np.ascontiguousarray(rec["vec"][idx])
+            d = _native.distances(Q[i], V, self._code)
+            s = s[idx]
+            kk = min(len(d), k * self.replica_count + k)
+            if kk < len(d):
+                part = np.argpartition(d, kk - 1)[:kk]
+                d, s = d[part], s[part]
+            order = np.argsort(d, kind="stable")
+            d, s = d[order], s[order]
+            _, first = np.unique(s, return_index=True)  # replicas: keep the first (same dist)
+            first = np.sort(first)[:k]
+            out_i[i, : len(first)] = s[first]
+            out_d[i, : len(first)] = d[first]
+        self._local.stats = (lists_read, bytes_read, scanned)
+        return out_i, out_d
+
+    def last_search_stats(self) -> dict[str, np.ndarray]:
+        """Per query of this thread's last ``search``: lists read, bytes read, records scanned."""
+        lr, br, sc = getattr(self._local, "stats", (np.zeros(0),) * 3)
+        return {"lists_read": lr, "bytes_read": br, "records_scanned": sc}
+
+    @property
+    def acl(self) -> AccessLists:
+        return self._acl
+
+    def num_lists(self) -> int:
+        return len(self._heads)
+
+    def memory_bytes(self) -> int:
+        """RAM held: heads + head graph, version map, live flags, list sizes, tenant bitmaps."""
+        return (self._heads.memory_bytes() + self._ver.nbytes + self._live.nbytes
+                + 80 * len(self._sizes) + self._acl.memory_bytes())
+
+    def __len__(self) -> int:
+        return self._count
+
+    def close(self) -> None:
+        """Stop the background worker (pending work is finished first)."""
+        self.flush()
+        self._closed = True
+
+    # -- persistence ----------------------------------------------------------------------
+    def _config(self) -> dict[str, Any]:
+        return {"head_ratio": self.head_ratio, "replica_count": self.replica_count,
+                "posting_limit": self.posting_limit, "eps1": self.eps1,
+                "candidates": self.candidates, "balance": self.balance,
+                "head_index": self.head_index_kind, "head_M": self.head_M,
+                "head_ef": self.head_ef, "merge_min": self.merge_min,
+                "reassign_lists": self.reassign_lists, "background": self.background,
+                "bulk_min": self.bulk_min, "threads": self.threads, "seed": self.seed}
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Live flags, versions and ACLs; heads and postings stay in the store."""
+        self.flush()
+        with self._wlock:
+            live = np.flatnonzero(self._live).astype(np.int64)
+            meta = {"config": self._config(), "capacity": len(self._live),
+                    "head_kind": self._heads.kind}
+            arrays = {"live": live, "ver": self._ver.copy(), **self._acl.to_arrays()}
+            g = self._heads.graph_bytes()
+            if g is not None:
+                arrays["head_graph"] = g
+            return meta, arrays
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, store: KVStore | None = None) -> SPANNIndex:
+        """Reopen from a ``save`` file plus the same store that holds the posting lists."""
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files if k != "__meta__"}
+            meta = json.loads(z["__meta__"].tobytes().decode())
+        if meta.get("kind") != cls.kind:
+            raise InvalidArgument(f"{path}: holds a {meta.get('kind')!r} index, not 'spann'")
+        return cls._from_state(meta, arrays, store)
+
+    @classmethod
+    def _from_state(cls, meta, arrays, store: KVStore | None = None) -> SPANNIndex:
+        if store is None:
+            raise InvalidArgument("SPANNIndex.load needs the store that holds its posting lists")
+        idx = cls(meta["dim"], meta["metric"], store, _fresh=False, **meta["config"])
+        cap = int(meta["capacity"])
+        idx._grow(cap - 1)
+        idx._ver[: len(arrays["ver"])] = arrays["ver"]
+        idx._live[arrays["live"]] = True
+        idx._count = len(arrays["live"])
+        idx._acl = AccessLists.from_arrays(arrays, cap)
+        heads, hv = [], []
+        for k, v in store.iterate(CF, prefix=b"V"):  # durable versions win over the checkpoint
+            c = int.from_bytes(k[1:], "big")
+            chunk = np.frombuffer(v, dtype=np.uint8)
+            idx._grow(c * _VCHUNK + len(chunk) - 1)
+            idx._ver[c * _VCHUNK: c * _VCHUNK + len(chunk)] = chunk
+        for k, v in store.iterate(CF, prefix=b"H"):
+            heads.append(int.from_bytes(k[1:], "big"))
+            hv.append(np.frombuffer(v, dtype=np.float32))
+        if meta["head_kind"] == "hnsw":
+            idx._heads = idx._new_heads("hnsw")
+        if heads:
+            idx._heads.add(np.array(heads, dtype=np.int64), np.stack(hv))
+            if "head_graph" in arrays:  # the same graph (identical results), if still current
+                idx._heads.load_graph(arrays["head_graph"])
+            idx._next_list = max(heads) + 1
+            for k, v in store.iterate(CF, prefix=b"P"):
+                idx._sizes[int.from_bytes(k[1:], "big")] = len(v) // idx._rec.itemsize
+        return idx
