@@ -171,7 +171,10 @@ class Collection:
             self.recovery: dict[str, Any] = {}
             self._recover()
         except BaseException:
-            self._store.close()
+            try:
+                self._close_index()
+            finally:
+                self._store.close()
             raise
 
     # -- creation -------------------------------------------------------------------------
@@ -799,7 +802,16 @@ class Collection:
             finally:
                 with self._rw.write():
                     self._closed = True
-                    self._store.close()
+                    try:
+                        self._close_index()
+                    finally:
+                        self._store.close()
+
+    def _close_index(self) -> None:
+        """Stop an index's background work (SPANN's maintenance thread) before the store goes."""
+        close = getattr(getattr(self, "_index", None), "close", None)
+        if callable(close):
+            close()
 
     @property
     def closed(self) -> bool:
