@@ -186,7 +186,9 @@ def shard_info(path: str, columns: Columns = Columns()) -> tuple[str, int, int |
     if columns.vector not in pf.schema_arrow.names:
         raise ShardError(f"{path}: no vector column {columns.vector!r} "
                          f"(columns: {', '.join(pf.schema_arrow.names)})")
-    return kind, int(pf.metadata.num_rows), None, problems
+    t = pf.schema_arrow.field(columns.vector).type
+    dim = int(t.list_size) if hasattr(t, "list_size") else None  # fixed-size list: in the schema
+    return kind, int(pf.metadata.num_rows), dim, problems
 
 
 def plan(files: Sequence[str], columns: Columns = Columns()
