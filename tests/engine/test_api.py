@@ -132,6 +132,17 @@ def test_upsert_search_get_exact(col):
                                         "visible": 200}
 
 
+def test_empty_calls(col):
+    r = col.upsert([], np.zeros((0, 16), dtype=np.float32), tenant="acme")
+    assert len(r) == 0 and r.status == []
+    assert col.delete([], tenant="acme") == 0
+    assert col.grant([], tenant="beta") == 0
+    assert len(col.get([], tenant="acme")) == 0
+    assert list(col._store.iterate("oplog")) == []  # nothing was logged
+    with pytest.raises(NotFound):
+        col.upsert([], np.zeros((0, 16), dtype=np.float32), tenant="nobody")
+
+
 def test_replace_keeps_slot_and_grants(col):
     X = rand(10)
     col.upsert(range(10), X, tenant="acme", payloads=[{"v": 1}] * 10)

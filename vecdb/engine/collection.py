@@ -433,6 +433,8 @@ class Collection:
         with self._wmutex:
             self._check_open()
             t = self._tid(tenant)
+            if not len(ids):
+                return UpsertResult(ids=ids, status=[], seq=self._seq)
             st = self._state
             slots = st.lookup(ids)
             exists = slots >= 0
