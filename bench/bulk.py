@@ -1,0 +1,227 @@
+"""Ingestion at scale (issue 8): the offline SPANN bulk build on Ray vs the online path.
+
+    python -m bench.bulk --smoke                  # seconds-to-a-minute; what CI runs
+    python -m bench.bulk --n 1000000              # the full run on this 2-core machine
+    python -m bench.bulk --n 1000000 --online-n 100000 --head-ratio 0.12
+
+Measured in one run, on the same synthetic clustered data (``bench.datasets.clustered_stream``,
+written to disk shard by shard as .npy, never all in memory):
+
+* offline path: time and peak RSS per stage (sample, heads, map, reduce, import), vectors/s end
+  to end (build + import), on-disk bytes per vector of the imported collection, recall@10 of the
+  result against exact ground truth (computed by streaming the shards, top-k merged per shard);
+* online path into the same kind of collection (SPANN, embedded engine behind a Ray actor) with 1
+  and 2 workers on the first ``--online-n`` rows: vectors/s;
+* the ratio offline / online(1 worker) per core (goal >= 10x) and an extrapolation table to 100M
+  and 1B vectors from the measured per-stage rates (assumptions written next to it).
+
+Ray runs locally with 2 CPUs; BLAS is pinned to one thread per process. The machine is shared with
+other jobs, so prefer the ratios. Writes bench/results/bulk.json and bulk.png.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+import argparse  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import vecdb  # noqa: E402
+from bench.common import peak_rss_bytes, plot_curves, recall_at_k, write_results  # noqa: E402
+from bench.datasets import clustered_stream  # noqa: E402
+
+
+def write_shards(folder: str, n: int, dim: int, shard_rows: int, seed: int = 0) -> list[str]:
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i, X in enumerate(clustered_stream(n, dim, chunk=shard_rows, seed=seed)):
+        p = os.path.join(folder, f"part-{i:05d}.npy")
+        np.save(p, X)
+        paths.append(p)
+    return paths
+
+
+def queries_from(paths: list[str], nq: int, seed: int = 7) -> np.ndarray:
+    """Queries near random base rows (read from the memory-mapped shards)."""
+    rng = np.random.default_rng(seed)
+    per = max(1, nq // len(paths) + 1)
+    Q = []
+    for p in paths:
+        a = np.load(p, mmap_mode="r")
+        Q.append(np.array(a[np.sort(rng.choice(len(a), min(per, len(a)), replace=False))]))
+    Q = np.concatenate(Q)[:nq]
+    return (Q + 0.05 * rng.standard_normal(Q.shape)).astype(np.float32)
+
+
+def streaming_gt(paths: list[str], Q: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k ids (= global row numbers) by scanning the shards one at a time."""
+    from vecdb.kernels import search
+
+    best_d = np.full((len(Q), k), np.inf, dtype=np.float32)
+    best_i = np.full((len(Q), k), -1, dtype=np.int64)
+    off = 0
+    for p in paths:
+        X = np.load(p)
+        i, d = search(Q, X, k, "l2")
+        d = np.where(i >= 0, d, np.inf)
+        D = np.concatenate([best_d, d], axis=1)
+        Ix = np.concatenate([best_i, np.where(i >= 0, i + off, -1)], axis=1)
+        o = np.argsort(D, axis=1, kind="stable")[:, :k]
+        best_d, best_i = np.take_along_axis(D, o, 1), np.take_along_axis(Ix, o, 1)
+        off += len(X)
+    return best_i
+
+
+def dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def online_rate(src_paths: list[str], n: int, dim: int, workers: int, params: dict, tmp: str,
+                batch: int) -> dict:
+    """vectors/s of the online path (embedded SPANN collection) on the first ``n`` rows."""
+    from vecdb.ingest.online import run_online
+
+    sub = os.path.join(tmp, f"online-src-{workers}")
+    os.makedirs(sub, exist_ok=True)
+    left = n
+    for i, p in enumerate(src_paths):  # split the rows into 2 shards per worker for balance
+        if left <= 0:
+            break
+        a = np.load(p, mmap_mode="r")
+        take = min(left, len(a))
+        parts = np.array_split(np.arange(take), max(1, 2 * workers))
+        for j, rows in enumerate(parts):
+            np.save(os.path.join(sub, f"o-{i:04d}-{j}.npy"), np.asarray(a[rows]))
+        left -= take
+    data = os.path.join(tmp, f"online-db-{workers}")
+    t0 = time.perf_counter()
+    r = run_online(sub, "on", data=data, tenant="t", workers=workers, batch_rows=batch,
+                   create={"dim": dim, "index": "spann", "params": params}, progress=False)
+    el = time.perf_counter() - t0
+    shutil.rmtree(sub, ignore_errors=True)
+    shutil.rmtree(data, ignore_errors=True)
+    return {"workers": workers, "rows": r["rows_written"], "seconds": el,
+            "vectors_per_s": r["rows_written"] / el, "errors": len(r["errors"])}
+
+
+def extrapolate(stages: dict, n: int, dim: int, bytes_per_vec: float, head_ratio: float,
+                cores_used: int) -> list[dict]:
+    """Per-stage core-seconds per vector, measured, scaled to 100M and 1B (see docs/ingest.md)."""
+    per_vec = {k: v["seconds"] * (cores_used if k in ("sample", "map", "reduce") else 1) / n
+               for k, v in stages.items() if "seconds" in v}
+    out = []
+    for N in (100_000_000, 1_000_000_000):
+        heads = head_ratio * N
+        for cores in (32, 256):
+            par = sum(per_vec.get(k, 0) for k in ("sample", "map", "reduce")) * N / cores
+            # heads: clustering runs on the sample (fixed size); import: serial per collection
+            ser = per_vec.get("import", 0) * N + stages.get("heads", {}).get("seconds", 0)
+            out.append({"vectors": N, "cores": cores, "hours": (par + ser) / 3600,
+                        "parallel_hours": par / 3600, "serial_hours": ser / 3600,
+                        "disk_TB": bytes_per_vec * N / 1e12,
+                        "heads_RAM_GB": heads * (dim * 4 + 2 * 16 * 4 + 64) / 1e9,
+                        "engine_maps_RAM_GB": N * 100 / 1e9})
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--shard", type=int, default=100_000)
+    ap.add_argument("--online-n", type=int, default=100_000)
+    ap.add_argument("--head-ratio", type=float, default=0.12)
+    ap.add_argument("--replicas", type=int, default=8)
+    ap.add_argument("--sample-rows", type=int, default=200_000)
+    ap.add_argument("--memory-mb", type=int, default=256)
+    ap.add_argument("--nq", type=int, default=1000)
+    ap.add_argument("--tmp", default=None)
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.n, a.dim, a.shard, a.online_n, a.nq, a.sample_rows = 20_000, 32, 5_000, 4_000, 100, 10_000
+    from vecdb.ingest.bulk import bulk_build_spann, import_bulk
+    from vecdb.ingest.online import init_ray
+
+    init_ray(num_cpus=2)
+    tmp = tempfile.mkdtemp(prefix="bench-bulk-", dir=a.tmp)
+    params = {"head_ratio": a.head_ratio, "replica_count": a.replicas, "background": False}
+    try:
+        t0 = time.perf_counter()
+        paths = write_shards(os.path.join(tmp, "src"), a.n, a.dim, a.shard)
+        gen_s = time.perf_counter() - t0
+        print(f"generated {a.n:,} x {a.dim} in {len(paths)} shards ({gen_s:.0f}s)")
+        Q = queries_from(paths, a.nq)
+        gt = streaming_gt(paths, Q, 10)
+        man = bulk_build_spann(os.path.join(tmp, "src"), os.path.join(tmp, "out"), dim=a.dim,
+                               tenant="t", params=params, sample_rows=a.sample_rows,
+                               memory_bytes=a.memory_mb << 20, batch_rows=20_000)
+        imp = import_bulk(os.path.join(tmp, "data"), "bulk", os.path.join(tmp, "out"))
+        stages = dict(man["stages"])
+        stages["import"] = {"seconds": imp["seconds"], "driver_peak_rss": peak_rss_bytes()}
+        build_s = man["seconds"] + imp["seconds"]
+        db = vecdb.open(os.path.join(tmp, "data"))
+        col = db.collection("bulk")
+        rec_rows = []
+        for ml in (8, 16, 32, 64):
+            t1 = time.perf_counter()
+            res = col.search(Q, 10, tenant="t", params={"max_lists": ml})
+            qs = len(Q) / (time.perf_counter() - t1)
+            rec_rows.append({"system": "bulk-imported SPANN", "max_lists": ml,
+                             "recall": recall_at_k(res.ids, gt, 10), "qps": qs})
+        db.close()
+        disk = dir_bytes(os.path.join(tmp, "data", "collections", "bulk"))
+        shutil.rmtree(os.path.join(tmp, "out"), ignore_errors=True)
+        online = [online_rate(paths, min(a.online_n, a.n), a.dim, w, params, tmp,
+                              batch=min(5000, max(500, a.online_n // 20))) for w in (1, 2)]
+        offline_vps = man["rows"] / build_s
+        per_core_ratio = (offline_vps / 2) / online[0]["vectors_per_s"]
+        summary = {"n": a.n, "dim": a.dim, "shards": len(paths), "heads": man["heads"],
+                   "offline_seconds": build_s, "offline_vectors_per_s": offline_vps,
+                   "offline_vectors_per_s_per_core": offline_vps / 2,
+                   "online_1_worker_vectors_per_s": online[0]["vectors_per_s"],
+                   "online_2_workers_vectors_per_s": online[1]["vectors_per_s"],
+                   "offline_per_core_over_online_single_stream": per_core_ratio,
+                   "disk_bytes_per_vector": disk / man["rows"],
+                   "sst_bytes_per_vector": man["sst_bytes"] / man["rows"],
+                   "recall_at_10": {r["max_lists"]: r["recall"] for r in rec_rows},
+                   "driver_peak_rss": peak_rss_bytes(), "params": params,
+                   "sample_rows": a.sample_rows, "memory_mb": a.memory_mb}
+        table = extrapolate(stages, man["rows"], a.dim, disk / man["rows"], a.head_ratio, 2)
+        print("\nstage        seconds   worker/driver peak RSS (MB)")
+        for k, v in stages.items():
+            rss = v.get("worker_peak_rss") or v.get("driver_peak_rss") or 0
+            print(f"{k:<12} {v['seconds']:8.1f}   {rss / 2**20:8.0f}")
+        print(f"\noffline: {offline_vps:,.0f} vectors/s end to end ({build_s:.0f}s), "
+              f"{disk / man['rows']:.0f} B/vector on disk, recall@10 "
+              + ", ".join(f"{r['recall']:.3f}@{r['max_lists']}" for r in rec_rows))
+        for o in online:
+            print(f"online {o['workers']} worker(s): {o['vectors_per_s']:,.0f} vectors/s "
+                  f"({o['rows']:,} rows)")
+        print(f"offline per core / online single stream: {per_core_ratio:.1f}x")
+        for t in table:
+            print(f"extrapolated {t['vectors']:>13,} on {t['cores']:>3} cores: "
+                  f"{t['hours']:7.1f} h, disk {t['disk_TB']:.2f} TB, "
+                  f"heads {t['heads_RAM_GB']:.0f} GB RAM")
+        name = "bulk-smoke" if a.smoke else "bulk"
+        write_results(name, rec_rows, {"summary": summary, "stages": stages,
+                                       "online": online, "extrapolation": table})
+        rows = [{"system": "stage seconds", "recall": i, "qps": v["seconds"]}
+                for i, v in enumerate(stages.values())]
+        if not a.smoke:
+            plot_curves(name, rec_rows + rows, title=f"bulk build {a.n:,} x {a.dim}",
+                        logy=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""``python -m vecdb.ingest`` / ``vecdb ingest``: the ingestion jobs from the command line.
+
+::
+
+    online  SOURCE --collection C (--data DIR | --address HOST:PORT [--api-key K])
+            [--tenant T] [--workers N] [--batch 5000] [--state FILE] [--id-start N]
+            [--create-dim D --metric l2 --index hnsw]
+    bulk    SOURCE --out DIR [--dim D] [--metric l2] [--tenant T] [--params JSON]
+            [--sample-rows N] [--batch N] [--memory-mb M]
+    import  --data DIR --collection C --bulk DIR        (the data folder must be stopped)
+
+Common: ``--ray-address`` to run on a Ray cluster instead of locally. Exit status 0 when every
+row was ingested, 3 when some rows or shards were rejected (they are listed), 1/2 on errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from vecdb.errors import VecdbError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vecdb ingest", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    o = sub.add_parser("online", help="stream shards into a collection with N Ray workers")
+    o.add_argument("source", nargs="+")
+    o.add_argument("--collection", required=True)
+    g = o.add_mutually_exclusive_group(required=True)
+    g.add_argument("--data", help="embedded data folder")
+    g.add_argument("--address", help="server host:port")
+    o.add_argument("--api-key")
+    o.add_argument("--tenant", default="default")
+    o.add_argument("--workers", type=int, default=2)
+    o.add_argument("--batch", type=int, default=5000)
+    o.add_argument("--state")
+    o.add_argument("--id-start", type=int, default=0)
+    o.add_argument("--create-dim", type=int, help="create the collection with this dim if missing")
+    o.add_argument("--metric", default="l2")
+    o.add_argument("--index", default="flat")
+    o.add_argument("--index-params", default="{}")
+    b = sub.add_parser("bulk", help="offline SPANN build into SST files")
+    b.add_argument("source", nargs="+")
+    b.add_argument("--out", required=True)
+    b.add_argument("--dim", type=int)
+    b.add_argument("--metric", default="l2")
+    b.add_argument("--tenant", default="default")
+    b.add_argument("--id-start", type=int, default=0)
+    b.add_argument("--params", default="{}", help="SPANN creation knobs as JSON")
+    b.add_argument("--sample-rows", type=int, default=200_000)
+    b.add_argument("--batch", type=int, default=20_000)
+    b.add_argument("--memory-mb", type=int, default=256)
+    i = sub.add_parser("import", help="import a bulk build into a stopped data folder")
+    i.add_argument("--data", required=True)
+    i.add_argument("--collection", required=True)
+    i.add_argument("--bulk", required=True)
+    for s in (o, b):
+        s.add_argument("--ray-address")
+    return p
+
+
+def _report_errors(errors: list[dict]) -> int:
+    for e in errors[:50]:
+        print(f"rejected: {e['file']}: row {e['row']}: {e['error']}", file=sys.stderr)
+    if len(errors) > 50:
+        print(f"... and {len(errors) - 50} more (see the job state file)", file=sys.stderr)
+    return 3 if errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line with ``argv``; returns the exit status."""
+    a = _parser().parse_args(argv)
+    try:
+        if a.cmd == "online":
+            from vecdb.ingest.online import run_online
+
+            create = None
+            if a.create_dim:
+                create = {"dim": a.create_dim, "metric": a.metric, "index": a.index,
+                          "params": json.loads(a.index_params)}
+            r = run_online(a.source, a.collection, data=a.data, address=a.address,
+                           api_key=a.api_key, tenant=a.tenant, workers=a.workers,
+                           batch_rows=a.batch, state_path=a.state, id_start=a.id_start,
+                           create=create, ray_address=a.ray_address)
+            print(f"ingested {r['rows_written']:,} rows into {a.collection!r} "
+                  f"({r['rows_per_s']:,.0f} rows/s); state: {r['state_path']}")
+            return _report_errors(r["errors"])
+        if a.cmd == "bulk":
+            from vecdb.ingest.bulk import bulk_build_spann
+
+            m = bulk_build_spann(a.source, a.out, dim=a.dim, metric=a.metric, tenant=a.tenant,
+                                 id_start=a.id_start, params=json.loads(a.params),
+                                 sample_rows=a.sample_rows, batch_rows=a.batch,
+                                 memory_bytes=a.memory_mb << 20, ray_address=a.ray_address)
+            print(f"built {m['rows']:,} rows, {m['heads']:,} heads in {m['seconds']:.1f}s "
+                  f"-> {a.out}")
+            return _report_errors(m["errors"])
+        from vecdb.ingest.bulk import import_bulk
+
+        r = import_bulk(a.data, a.collection, a.bulk)
+        print(f"imported {r['rows']:,} rows as {a.collection!r} in {r['seconds']:.1f}s")
+        return 0
+    except (VecdbError, json.JSONDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
