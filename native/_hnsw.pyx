@@ -1,0 +1,211 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""vecdb._hnsw: Cython wrapper over the HNSW core in native/_hnsw_impl.c.
+
+``HNSWCore`` owns the C graph (vectors, links, levels, states). Inputs are validated by
+``vecdb.index.hnsw`` (the Python boundary); every bulk call here releases the GIL, so several
+Python threads can run ``add_batch``/``search_batch`` on one batch at once: they share an int64
+work counter and each takes the next row atomically.
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int64_t, int32_t, uint8_t
+from libc.string cimport memcpy
+from vd_kernels cimport *
+
+cnp.import_array()
+vd_init()
+
+cdef extern from "_hnsw_impl.h" nogil:
+    ctypedef struct hn_t:
+        pass
+    enum:
+        HN_GRAPH
+        HN_TWO_HOP
+    hn_t *hn_new(int32_t dim, int32_t metric, int32_t M, int32_t efc, int32_t extend, int32_t keep)
+    void hn_free(hn_t *h)
+    int hn_reserve(hn_t *h, int64_t cap)
+    int64_t hn_capacity(const hn_t *h)
+    int hn_add_batch(hn_t *h, const float *X, const int64_t *slots, const int32_t *levels,
+                     int64_t n, int64_t *next)
+    int64_t hn_remove(hn_t *h, const int64_t *slots, int64_t n)
+    int hn_search_batch(hn_t *h, const float *Q, int64_t nq, int32_t k, int32_t ef,
+                        const uint8_t *bitmap, int64_t nbytes, int32_t mode,
+                        const int64_t *members, int64_t nmembers, int64_t *out_id, float *out_d,
+                        int64_t *next, int64_t *stats)
+    void hn_exact(hn_t *h, const float *Q, int64_t nq, int32_t k, const int64_t *rows,
+                  int64_t nrows, int64_t *out_id, float *out_d)
+    int64_t hn_memory(const hn_t *h)
+    int32_t hn_entry(const hn_t *h)
+    int32_t hn_maxlevel(const hn_t *h)
+    int32_t hn_level(const hn_t *h, int64_t s)
+    int32_t hn_state(const hn_t *h, int64_t s)
+    float *hn_vector(hn_t *h, int64_t s)
+    int32_t *hn_links(hn_t *h, int64_t s, int32_t level)
+    int hn_restore_node(hn_t *h, int64_t s, const float *v, int32_t level, int32_t state)
+    void hn_set_entry(hn_t *h, int32_t entry, int32_t maxlevel)
+
+GRAPH = HN_GRAPH
+TWO_HOP = HN_TWO_HOP
+
+
+cdef class HNSWCore:
+    """The mutable HNSW graph (see _hnsw_impl.h for layout, states and locking)."""
+
+    cdef hn_t *h
+    cdef readonly int dim, metric, M
+
+    def __cinit__(self, int dim, int metric, int M, int ef_construction, bint extend=False,
+                  bint keep=False):
+        self.h = hn_new(dim, metric, M, ef_construction, extend, keep)
+        if self.h == NULL:
+            raise MemoryError("hnsw: out of memory")
+        self.dim, self.metric, self.M = dim, metric, M
+
+    def __dealloc__(self):
+        if self.h != NULL:
+            hn_free(self.h)
+            self.h = NULL
+
+    @property
+    def capacity(self) -> int:
+        return hn_capacity(self.h)
+
+    def reserve(self, int64_t cap) -> None:
+        cdef int rc
+        with nogil:
+            rc = hn_reserve(self.h, cap)
+        if rc:
+            raise MemoryError("hnsw: out of memory growing the graph")
+
+    def add_batch(self, const float[:, ::1] X, const int64_t[::1] slots,
+                  const int32_t[::1] levels, int64_t[::1] counter) -> None:
+        """Insert X[i] at slots[i]; callable from several threads sharing ``counter``."""
+        cdef int rc
+        cdef int64_t n = X.shape[0]
+        if n == 0:
+            return
+        with nogil:
+            rc = hn_add_batch(self.h, &X[0, 0], &slots[0], &levels[0], n, &counter[0])
+        if rc:
+            raise MemoryError("hnsw: out of memory during insert")
+
+    def remove(self, const int64_t[::1] slots) -> int:
+        cdef int64_t r
+        if slots.shape[0] == 0:
+            return 0
+        with nogil:
+            r = hn_remove(self.h, &slots[0], slots.shape[0])
+        return r
+
+    def search_batch(self, const float[:, ::1] Q, int k, int ef, const uint8_t[::1] bitmap,
+                     int mode, const int64_t[::1] members, int64_t[:, ::1] out_id,
+                     float[:, ::1] out_d, int64_t[::1] counter, int64_t[::1] stats) -> None:
+        """k-NN of the rows of Q taken from ``counter``; bitmap/members may be None."""
+        cdef const uint8_t *bm = NULL
+        cdef int64_t nb = 0
+        cdef const int64_t *mem = NULL
+        cdef int64_t nmem = 0
+        cdef int rc
+        cdef int64_t nq = Q.shape[0]
+        if nq == 0:
+            return
+        if bitmap is not None and bitmap.shape[0] > 0:
+            bm = &bitmap[0]
+            nb = bitmap.shape[0]
+        if members is not None and members.shape[0] > 0:
+            mem = &members[0]
+            nmem = members.shape[0]
+        with nogil:
+            rc = hn_search_batch(self.h, &Q[0, 0], nq, k, ef, bm, nb, mode, mem, nmem,
+                                 &out_id[0, 0], &out_d[0, 0], &counter[0], &stats[0])
+        if rc:
+            raise MemoryError("hnsw: out of memory during search")
+
+    def exact(self, const float[:, ::1] Q, int k, const int64_t[::1] rows):
+        """Exact k-NN of Q over ``rows`` (live slots only), padded with (-1, inf)."""
+        nq = Q.shape[0]
+        out_id = np.full((nq, k), -1, dtype=np.int64)
+        out_d = np.full((nq, k), np.inf, dtype=np.float32)
+        cdef int64_t[:, ::1] oi = out_id
+        cdef float[:, ::1] od = out_d
+        if nq == 0 or rows.shape[0] == 0:
+            return out_id, out_d
+        with nogil:
+            hn_exact(self.h, &Q[0, 0], Q.shape[0], k, &rows[0], rows.shape[0], &oi[0, 0],
+                     &od[0, 0])
+        return out_id, out_d
+
+    def memory_bytes(self) -> int:
+        return hn_memory(self.h)
+
+    @property
+    def entry(self) -> int:
+        return hn_entry(self.h)
+
+    @property
+    def maxlevel(self) -> int:
+        return hn_maxlevel(self.h)
+
+    def vectors(self, const int64_t[::1] slots):
+        """Copies of the stored vectors of ``slots`` (caller checks they exist)."""
+        out = np.empty((slots.shape[0], self.dim), dtype=np.float32)
+        cdef float[:, ::1] o = out
+        cdef Py_ssize_t i
+        for i in range(slots.shape[0]):
+            memcpy(&o[i, 0], hn_vector(self.h, slots[i]), self.dim * 4)
+        return out
+
+    # -- persistence ----------------------------------------------------------------------
+    def export(self, int64_t high):
+        """Arrays describing slots [0, high): levels, states, vectors, level-0 links
+        [high, 2M+1], and the upper links of nodes with level > 0 concatenated in slot order
+        (level * (M+1) int32 each)."""
+        cdef int64_t s
+        cdef int32_t L, l
+        cdef int M0 = 2 * self.M
+        levels = np.empty(high, dtype=np.int32)
+        states = np.empty(high, dtype=np.uint8)
+        vecs = np.zeros((high, self.dim), dtype=np.float32)
+        l0 = np.zeros((high, M0 + 1), dtype=np.int32)
+        cdef int32_t[::1] lv = levels
+        cdef uint8_t[::1] st = states
+        cdef float[:, ::1] vv = vecs
+        cdef int32_t[:, ::1] ll = l0
+        nup = 0
+        for s in range(high):
+            lv[s] = hn_level(self.h, s)
+            st[s] = <uint8_t>hn_state(self.h, s)
+            if lv[s] > 0 and st[s] != 0:
+                nup += lv[s]
+        upper = np.zeros(nup * (self.M + 1), dtype=np.int32)
+        cdef int32_t[::1] uu = upper
+        cdef int64_t pos = 0
+        for s in range(high):
+            if st[s] == 0:
+                continue
+            memcpy(&vv[s, 0], hn_vector(self.h, s), self.dim * 4)
+            memcpy(&ll[s, 0], hn_links(self.h, s, 0), (M0 + 1) * 4)
+            L = lv[s]
+            for l in range(1, L + 1):
+                memcpy(&uu[pos], hn_links(self.h, s, l), (self.M + 1) * 4)
+                pos += self.M + 1
+        return levels, states, vecs, l0, upper
+
+    def restore(self, const int32_t[::1] levels, const uint8_t[::1] states,
+                const float[:, ::1] vecs, const int32_t[:, ::1] l0, const int32_t[::1] upper,
+                int entry, int maxlevel) -> None:
+        """Inverse of ``export`` (capacity must already cover the slots)."""
+        cdef int64_t s, high = levels.shape[0]
+        cdef int64_t pos = 0
+        cdef int32_t l
+        cdef int M0 = 2 * self.M
+        for s in range(high):
+            if states[s] == 0:
+                continue
+            if hn_restore_node(self.h, s, &vecs[s, 0], levels[s], states[s]):
+                raise MemoryError("hnsw: out of memory restoring the graph")
+            memcpy(hn_links(self.h, s, 0), &l0[s, 0], (M0 + 1) * 4)
+            for l in range(1, levels[s] + 1):
+                memcpy(hn_links(self.h, s, l), &upper[pos], (self.M + 1) * 4)
+                pos += self.M + 1
+        hn_set_entry(self.h, entry, maxlevel)

@@ -1,0 +1,296 @@
+"""HNSWIndex: recall against exact ground truth on real data, tenant-filtered correctness
+(Hypothesis), deletes with link repair, concurrency (threads == serial), persistence and the
+contract's errors."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vecdb.errors import DimensionMismatch, InvalidArgument, NonFiniteValue
+from vecdb.index import FlatIndex, HNSWIndex, HNSWSearchParams, Index, index_class
+from vecdb.index.flat import exact_topk
+
+# The documented search beam for the recall tests (docs/hnsw.md).
+EF_SIFT = 200
+EF_MNIST = 64
+EF_GLOVE = 128
+
+
+def recall(found: np.ndarray, gt: np.ndarray, k: int = 10) -> float:
+    pairs = zip(found, gt, strict=True)
+    hits = sum(len(np.intersect1d(f[:k][f[:k] >= 0], g[:k][g[:k] >= 0])) for f, g in pairs)
+    return hits / max(1, sum(int((g[:k] >= 0).sum()) for g in gt))
+
+
+def rand(n: int, d: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+# -- recall on real data -------------------------------------------------------------------
+def test_recall_sift5k(sift5k):
+    idx = HNSWIndex(sift5k["base"].shape[1], "l2", M=16, ef_construction=200)
+    idx.add(sift5k["base"])
+    found, dist = idx.search(sift5k["queries"], 10, params=HNSWSearchParams(ef=EF_SIFT))
+    assert recall(found, sift5k["gt"]) >= 0.95
+    assert (np.diff(dist, axis=1) >= 0).all()
+
+
+def test_recall_mnist10k(mnist10k):
+    idx = HNSWIndex(mnist10k["base"].shape[1], "l2", M=16, ef_construction=200, num_threads=2)
+    idx.add(mnist10k["base"])
+    found, _ = idx.search(mnist10k["queries"][:300], 10, params=HNSWSearchParams(ef=EF_MNIST))
+    assert recall(found, mnist10k["gt"][:300]) >= 0.95
+
+
+def test_delete_30pct_glove_wordnet(glove_wordnet):
+    X, Q = glove_wordnet["base"], glove_wordnet["queries"][:300]
+    idx = HNSWIndex(X.shape[1], "ip", M=16, ef_construction=100, num_threads=2)
+    idx.add(X)
+    p = HNSWSearchParams(ef=EF_GLOVE)
+    gt0, _ = exact_topk(Q, X, 10, 1)
+    r0 = recall(idx.search(Q, 10, params=p)[0], gt0)
+    assert r0 >= 0.95
+    dead = np.random.default_rng(1).choice(len(X), int(0.3 * len(X)), replace=False)
+    idx.remove(dead)
+    assert len(idx) == len(X) - len(dead)
+    keep = np.setdiff1d(np.arange(len(X)), dead)
+    gt1, _ = exact_topk(Q, X, 10, 1, rows=keep)
+    found, _ = idx.search(Q, 10, params=p)
+    assert not np.isin(found, dead).any(), "a deleted slot was returned"
+    assert recall(found, gt1) >= 0.95
+    # deleted slots are reused by later adds, and the new vectors are found
+    V = X[dead[:100]] * 0.5 + 0.5 * X[dead[100:200]]
+    new = idx.add(V)
+    assert set(new.tolist()) <= set(dead.tolist())
+    X2 = X.copy()
+    X2[new] = V
+    rows = np.union1d(keep, new)
+    gt2, _ = exact_topk(V[:50], X2, 10, 1, rows=rows)
+    assert recall(idx.search(V[:50], 10, params=p)[0], gt2) >= 0.95
+
+
+# -- tenant filters ------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 300),
+    ntenants=st.integers(1, 6),
+    seed=st.integers(0, 10_000),
+    strategy=st.sampled_from(["auto", "graph", "two_hop", "exact"]),
+    k=st.integers(1, 12),
+)
+def test_filtered_results_only_tenant(n, ntenants, seed, strategy, k):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 6)).astype(np.float32)
+    acl = [rng.choice(ntenants, rng.integers(0, min(3, ntenants) + 1), replace=False)
+           for _ in range(n)]
+    idx = HNSWIndex(6, "l2", M=4, ef_construction=16)
+    idx.add(X, acl=acl)
+    removed = rng.choice(n, n // 5, replace=False)
+    idx.remove(removed)
+    Q = rng.standard_normal((5, 6)).astype(np.float32)
+    for t in range(ntenants + 1):  # the last one is an unknown tenant
+        allowed = {i for i in range(n) if t in set(acl[i].tolist())} - set(removed.tolist())
+        p = HNSWSearchParams(ef=max(k, 400), strategy=strategy, exact_threshold=5)
+        found, dist = idx.search(Q, k, tenant=t, params=p)
+        for row, drow in zip(found, dist, strict=True):
+            got = row[row >= 0].tolist()
+            assert set(got) <= allowed
+            assert len(got) == len(set(got)) == min(k, len(allowed))
+            assert (row[len(got):] == -1).all() and np.isinf(drow[len(got):]).all()
+        # ef >= n: the bitmap-filtered walk (with its exact fallback) is exact; two-hop walks
+        # only the tenant's sub-graph, so it stays approximate (its recall: test_filtered_recall)
+        if idx.plan(t, p) != "two_hop" and allowed:
+            ref, _ = exact_topk(Q, X, k, 0, rows=np.array(sorted(allowed), dtype=np.int64))
+            assert recall(found, ref, k) >= 0.99
+
+
+@pytest.mark.parametrize("strategy", ["graph", "two_hop", "exact", "auto"])
+@pytest.mark.parametrize("frac", [0.02, 0.3])
+def test_filtered_recall(strategy, frac):
+    X = rand(4000, 16, 3)
+    Q = rand(50, 16, 4)
+    member = np.random.default_rng(5).random(len(X)) < frac
+    acl = [[0] if m else [1] for m in member]
+    idx = HNSWIndex(16, "l2", M=16, ef_construction=100)
+    idx.add(X, acl=acl)
+    found, _ = idx.search(Q, 10, tenant=0, params=HNSWSearchParams(ef=128, strategy=strategy))
+    assert member[found[found >= 0]].all()
+    gt, _ = exact_topk(Q, X, 10, 0, rows=np.flatnonzero(member).astype(np.int64))
+    assert recall(found, gt) >= 0.9
+    assert idx.plan(0, HNSWSearchParams(strategy=strategy)) in ("graph", "two_hop", "exact")
+
+
+def test_grant_revoke_change_visibility():
+    X = rand(200, 8)
+    idx = HNSWIndex(8, M=8)
+    idx.add(X, acl=[[0]] * 200)
+    assert idx.search(X[:1], 1, tenant=7)[0][0, 0] == -1
+    idx.grant(0, 7)
+    assert idx.search(X[:1], 1, tenant=7)[0][0, 0] == 0
+    idx.revoke(0, 7)
+    assert idx.search(X[:1], 1, tenant=7)[0][0, 0] == -1
+    with pytest.raises(InvalidArgument):
+        idx.grant(999, 1)
+
+
+# -- mixed adds / deletes / replaces -------------------------------------------------------
+def test_mixed_stream_matches_flat():
+    rng = np.random.default_rng(7)
+    d = 12
+    idx, ref = HNSWIndex(d, "cosine", M=8, ef_construction=64), FlatIndex(d, "cosine")
+    live: set[int] = set()
+    for _ in range(30):
+        op = rng.random()
+        if op < 0.6 or not live:
+            slots = rng.choice(600, 20, replace=False)
+            V = rng.standard_normal((20, d)).astype(np.float32)
+            idx.add(V, slots=slots)  # some are replaces of live slots
+            ref.add(V, slots=slots)
+            live |= set(slots.tolist())
+        else:
+            rm = rng.choice(sorted(live), min(len(live), 15), replace=False)
+            idx.remove(rm)
+            ref.remove(rm)
+            live -= set(rm.tolist())
+        assert len(idx) == len(ref) == len(live)
+    Q = rng.standard_normal((40, d)).astype(np.float32)
+    found, dist = idx.search(Q, 10, params=HNSWSearchParams(ef=200))
+    gt, gdist = ref.search(Q, 10)
+    assert set(found[found >= 0].tolist()) <= live
+    assert recall(found, gt) >= 0.97
+    np.testing.assert_allclose(dist[:, 0], gdist[:, 0], rtol=1e-4, atol=1e-5)
+
+
+def test_replace_live_slot():
+    X = rand(100, 8)
+    idx = HNSWIndex(8, M=8)
+    idx.add(X)
+    idx.add(X[5:6] + 100, slots=[3])
+    assert len(idx) == 100
+    s, d = idx.search(X[3:4], 1)
+    assert s[0, 0] != 3
+    s, d = idx.search(X[5:6] + 100, 1)
+    assert s[0, 0] == 3 and d[0, 0] < 1e-6
+
+
+def test_remove_unknown_ignored_and_reuse_order():
+    idx = HNSWIndex(4, M=4)
+    idx.add(rand(10, 4))
+    idx.remove([2, 500])
+    assert len(idx) == 9
+    assert idx.add(rand(1, 4, 9)).tolist() == [2]
+    assert idx.add(rand(1, 4, 10)).tolist() == [10]
+
+
+# -- threads ------------------------------------------------------------------------------
+def test_concurrent_search_equals_serial():
+    X, Q = rand(3000, 24, 11), rand(200, 24, 12)
+    idx = HNSWIndex(24, M=12, ef_construction=80)
+    idx.add(X, acl=[[i % 3] for i in range(len(X))])
+    p1 = HNSWSearchParams(ef=48)
+    serial = [idx.search(Q, 10, tenant=t, params=p1) for t in (None, 0)]
+    multi = idx.search(Q, 10, params=HNSWSearchParams(ef=48, num_threads=4))
+    np.testing.assert_array_equal(multi[0], serial[0][0])
+    out: dict[int, tuple] = {}
+
+    def worker(i: int) -> None:
+        out[i] = idx.search(Q, 10, tenant=None if i % 2 == 0 else 0, params=p1)
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    for i, (s, d) in out.items():
+        np.testing.assert_array_equal(s, serial[i % 2][0])
+        np.testing.assert_array_equal(d, serial[i % 2][1])
+
+
+def test_multithreaded_add_and_search_during_add():
+    X, Q = rand(4000, 16, 21), rand(50, 16, 22)
+    idx = HNSWIndex(16, M=12, ef_construction=80)
+    idx.add(X[:500])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def reader():
+        while not stop.is_set():
+            try:
+                s, _ = idx.search(Q, 5)
+                assert (s[s >= 0] < 4000).all()
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+                return
+
+    r = threading.Thread(target=reader)
+    r.start()
+    idx.add(X[500:], num_threads=3)
+    stop.set()
+    r.join()
+    assert not errors
+    assert len(idx) == 4000
+    gt, _ = exact_topk(Q, X, 10, 0)
+    assert recall(idx.search(Q, 10, params=HNSWSearchParams(ef=100))[0], gt) >= 0.95
+
+
+# -- persistence --------------------------------------------------------------------------
+def test_save_load_roundtrip(tmp_path):
+    X, Q = rand(1500, 10, 31), rand(30, 10, 32)
+    idx = HNSWIndex(10, "ip", M=8, ef_construction=60, seed=3)
+    idx.add(X, acl=[[i % 4] for i in range(len(X))])
+    idx.remove(np.arange(0, 1500, 7))
+    idx.add(rand(5, 10, 33))  # reuses deleted slots
+    path = tmp_path / "h.npz"
+    idx.save(path)
+    back = Index.load(path)
+    assert isinstance(back, HNSWIndex) and len(back) == len(idx)
+    for t in (None, 1):
+        for strategy in ("graph", "two_hop"):
+            p = HNSWSearchParams(ef=32, strategy=strategy)
+            a, b = idx.search(Q, 10, tenant=t, params=p), back.search(Q, 10, tenant=t, params=p)
+            np.testing.assert_array_equal(a[0], b[0])
+            np.testing.assert_array_equal(a[1], b[1])
+    # both evolve identically after load (same level draws, same free list)
+    V = rand(40, 10, 34)
+    assert np.array_equal(idx.add(V), back.add(V))
+    np.testing.assert_array_equal(idx.search(Q, 10)[0], back.search(Q, 10)[0])
+    assert HNSWIndex.load(path).memory_bytes() > 0
+
+
+# -- contract errors ----------------------------------------------------------------------
+def test_errors_change_nothing():
+    idx = HNSWIndex(4, M=4)
+    idx.add(rand(10, 4))
+    with pytest.raises(InvalidArgument):
+        HNSWIndex(4, efConstruction=3)
+    with pytest.raises(InvalidArgument):
+        HNSWIndex(4, M=1)
+    with pytest.raises(DimensionMismatch):
+        idx.add(rand(2, 5))
+    bad = rand(2, 4)
+    bad[1, 1] = np.nan
+    with pytest.raises(NonFiniteValue):
+        idx.add(bad)
+    with pytest.raises(InvalidArgument):
+        idx.add(rand(2, 4), slots=[1, 1])
+    with pytest.raises(InvalidArgument):
+        idx.search(rand(1, 4), 3, params={"ef": 0})
+    with pytest.raises(InvalidArgument):
+        idx.search(rand(1, 4), 3, params={"nprobe": 3})
+    with pytest.raises(InvalidArgument):
+        idx.search(rand(1, 4), 3, params=HNSWSearchParams.from_dict({"strategy": "magic"}))
+    assert len(idx) == 10
+    assert index_class("hnsw") is HNSWIndex
+
+
+def test_empty_and_small():
+    idx = HNSWIndex(3)
+    s, d = idx.search(rand(2, 3), 4)
+    assert (s == -1).all() and np.isinf(d).all()
+    idx.add(rand(2, 3))
+    s, d = idx.search(rand(2, 3), 4)
+    assert (s[:, :2] >= 0).all() and (s[:, 2:] == -1).all()
+    assert idx.add(np.zeros((0, 3), np.float32)).size == 0

@@ -1,0 +1,332 @@
+"""HNSW graph index (Malkov & Yashunin) in native code, with tenant-filtered search and deletes.
+
+The graph, the insert and the search loops live in C (``native/_hnsw_impl.c``) and run without the
+GIL; this module is the Python boundary: it validates input, assigns slots and levels, keeps the
+access lists and plans each filtered search::
+
+    search(Q, k, tenant, params)
+        |  tenant is None ----------------------------> graph walk, results = live slots
+        |  members(tenant) <= exact_threshold ---------> exact scan of the tenant's slots
+        |  selectivity < two_hop_below ---------------> graph walk on the tenant's sub-graph,
+        |                                                through disallowed nodes two hops deep
+        |  otherwise ---------------------------------> graph walk, results = tenant's slots
+        v  (a walk that found < k results falls back to the exact scan of the tenant's slots)
+
+Why the planner: a bitmap-filtered HNSW walk at selectivity s does ~1/s times the work to fill ef
+allowed results; below a few thousand members a SIMD scan of the members is cheaper and exact;
+in between, ACORN-style two-hop expansion keeps the walk on the tenant's vectors.
+
+Deletes mark the slot deleted at once (never returned), then relink its neighbours through its
+own neighbours (heuristic-pruned), so recall does not decay; the slot is reused by later adds.
+Adding at a live slot replaces the vector (delete + insert).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import numpy as np
+
+from vecdb import _hnsw
+from vecdb.errors import InvalidArgument
+from vecdb.index.acl import AccessLists, normalize_acl
+from vecdb.index.base import Index, SearchParams, check_build_params, pad_results
+from vecdb.kernels import metric_code
+
+# Planner defaults, measured with ``python -m bench.hnsw --planner`` (see docs/hnsw.md).
+EXACT_THRESHOLD = 2048
+TWO_HOP_BELOW = 0.2
+STRATEGIES = ("auto", "graph", "two_hop", "exact")
+
+
+@dataclasses.dataclass(frozen=True)
+class HNSWSearchParams(SearchParams):
+    """Per-call HNSW search knobs.
+
+    ``ef``: beam width on level 0 (raised to k when smaller). ``strategy``: "auto" (the planner),
+    or force "graph", "two_hop" or "exact" for a tenant search. ``exact_threshold``: a tenant
+    with at most this many vectors is scanned exactly. ``two_hop_below``: below this selectivity
+    (tenant size / live vectors) the walk expands through disallowed nodes. ``num_threads``:
+    threads for a batch of queries.
+    """
+
+    ef: int = 64
+    strategy: str = "auto"
+    exact_threshold: int = EXACT_THRESHOLD
+    two_hop_below: float = TWO_HOP_BELOW
+    num_threads: int = 1
+
+    def __post_init__(self):
+        for name in ("ef", "num_threads"):
+            v = getattr(self, name)
+            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 1:
+                raise InvalidArgument(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.exact_threshold, int | np.integer) or self.exact_threshold < 0:
+            raise InvalidArgument(
+                f"exact_threshold must be an integer >= 0, got {self.exact_threshold!r}")
+        if not isinstance(self.two_hop_below, float | int) or not 0 <= self.two_hop_below <= 1:
+            raise InvalidArgument(f"two_hop_below must be in [0, 1], got {self.two_hop_below!r}")
+        if self.strategy not in STRATEGIES:
+            raise InvalidArgument(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+
+
+_BUILD = {
+    "M": 16,
+    "ef_construction": 200,
+    "max_elements": None,
+    "seed": 100,
+    "num_threads": 1,
+    "extend_candidates": False,
+    "keep_pruned": False,
+}
+
+
+def _run_threads(fn, n_threads: int) -> None:
+    """Run ``fn()`` on ``n_threads`` Python threads (each releases the GIL in native code)."""
+    if n_threads <= 1:
+        fn()
+        return
+    errors: list[BaseException] = []
+
+    def body():
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+            errors.append(e)
+
+    ts = [threading.Thread(target=body) for _ in range(n_threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+class HNSWIndex(Index):
+    """Hierarchical navigable small-world graph over slots, tenant-aware.
+
+    ``M`` links per node (2M on level 0), ``ef_construction`` beam width at insert, ``seed`` for
+    the level draws, ``num_threads`` default threads for ``add``; ``max_elements`` only pre-sizes
+    (capacity grows on demand). ``extend_candidates``/``keep_pruned`` are the paper's options of
+    the neighbour-selection heuristic.
+    """
+
+    kind = "hnsw"
+    params_class = HNSWSearchParams
+
+    def __init__(self, dim: int, metric: str = "l2", **params: Any):
+        super().__init__(dim, metric)
+        p = check_build_params(type(self).__name__, params, _BUILD)
+        for name in ("M", "ef_construction", "num_threads"):
+            v = p[name]
+            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 1:
+                raise InvalidArgument(f"{name} must be a positive integer, got {v!r}")
+        if not 2 <= p["M"] <= 64:
+            raise InvalidArgument(f"M must be in [2, 64], got {p['M']}")
+        if p["max_elements"] is not None and (
+            not isinstance(p["max_elements"], int | np.integer) or p["max_elements"] < 0
+        ):
+            raise InvalidArgument(
+                f"max_elements must be a non-negative integer, got {p['max_elements']!r}")
+        if not isinstance(p["seed"], int | np.integer):
+            raise InvalidArgument(f"seed must be an integer, got {p['seed']!r}")
+        self.params = {k: (v if not isinstance(v, np.integer) else int(v)) for k, v in p.items()}
+        self.M = int(p["M"])
+        self.ef_construction = int(p["ef_construction"])
+        self._code = metric_code(self.metric)
+        self._core = _hnsw.HNSWCore(self.dim, self._code, self.M, self.ef_construction,
+                                    bool(p["extend_candidates"]), bool(p["keep_pruned"]))
+        cap = max(1024, int(p["max_elements"] or 0))
+        self._core.reserve(cap)
+        self._acl = AccessLists(cap)
+        self._live = np.zeros(cap, dtype=bool)
+        self._high = 0  # 1 + largest slot ever used
+        self._count = 0
+        self._free: list[int] = []  # deleted slots, reused by add(slots=None)
+        self._draws = 0  # level draws so far (the level RNG stream is (seed, draws))
+        self._mult = 1.0 / np.log(self.M)
+        self._lock = threading.Lock()  # orders writers; searches never take it
+
+    # -- writes ---------------------------------------------------------------------------
+    def _grow(self, max_slot: int) -> None:
+        cap = len(self._live)
+        if max_slot < cap:
+            return
+        while cap <= max_slot:
+            cap *= 2
+        self._core.reserve(cap)
+        live = np.zeros(cap, dtype=bool)
+        live[: len(self._live)] = self._live
+        self._live = live
+
+    def _levels(self, n: int) -> np.ndarray:
+        rng = np.random.default_rng([int(self.params["seed"]), self._draws])
+        self._draws += 1
+        u = rng.random(n)
+        return np.minimum(-np.log(1.0 - u) * self._mult, 30).astype(np.int32)
+
+    def add(self, vectors, slots=None, acl=None, num_threads: int | None = None) -> np.ndarray:
+        """Insert (or replace, for a live slot) vectors; returns their slots."""
+        X = self._prepare(vectors)
+        n = X.shape[0]
+        if slots is not None:
+            s = self._slots(slots, n)
+        indptr, indices = normalize_acl(acl, n)
+        nt = self.params["num_threads"] if num_threads is None else num_threads
+        if not isinstance(nt, int | np.integer) or nt < 1:
+            raise InvalidArgument(f"num_threads must be a positive integer, got {nt!r}")
+        if n == 0:
+            return np.zeros(0, dtype=np.int64) if slots is None else s
+        with self._lock:
+            if slots is None:
+                reuse = [self._free.pop() for _ in range(min(n, len(self._free)))]
+                fresh = np.arange(self._high, self._high + n - len(reuse), dtype=np.int64)
+                s = np.concatenate([np.array(reuse, dtype=np.int64), fresh])
+            if s.size and s.max() >= 2**31 - 1:
+                raise InvalidArgument("slots must be < 2**31 - 1")
+            self._grow(int(s.max()))
+            live = s[self._live[s]]
+            if len(live):  # replace = delete + insert
+                self._core.remove(np.ascontiguousarray(live))
+                for x in live.tolist():
+                    self._acl.clear(x)
+                self._count -= len(live)
+            if self._free:
+                taken = set(s.tolist())
+                self._free = [f for f in self._free if f not in taken]
+            levels = self._levels(n)
+            counter = np.zeros(1, dtype=np.int64)
+            _run_threads(lambda: self._core.add_batch(X, s, levels, counter), min(int(nt), n))
+            self._live[s] = True
+            self._count += n
+            self._high = max(self._high, int(s.max()) + 1)
+            self._acl.add_csr(s, indptr, indices)
+        return s
+
+    def remove(self, slots) -> None:
+        s = self._slots(slots)
+        with self._lock:
+            s = s[s < self._high]
+            s = s[self._live[s]]
+            if not len(s):
+                return
+            self._live[s] = False
+            self._count -= len(s)
+            for x in s.tolist():
+                self._acl.clear(x)
+            self._core.remove(np.ascontiguousarray(s))
+            self._free.extend(s.tolist())
+
+    def _check_live(self, slot: int) -> None:
+        if not (0 <= slot < self._high and self._live[slot]):
+            raise InvalidArgument(f"slot {slot} is not in the index")
+
+    def grant(self, slot: int, tenant: int) -> None:
+        self._check_live(int(slot))
+        self._acl.grant(int(slot), int(tenant))
+
+    def revoke(self, slot: int, tenant: int) -> None:
+        self._check_live(int(slot))
+        self._acl.revoke(int(slot), int(tenant))
+
+    # -- reads ----------------------------------------------------------------------------
+    def plan(self, tenant: int | None, params: HNSWSearchParams | None = None) -> str:
+        """The strategy a search for ``tenant`` will use: graph, two_hop or exact."""
+        p = self._params(params)
+        if tenant is None:
+            return "graph"
+        if p.strategy != "auto":
+            return p.strategy
+        c = self._acl.count(int(tenant))
+        if c <= p.exact_threshold:
+            return "exact"
+        if c < p.two_hop_below * max(1, self._count):
+            return "two_hop"
+        return "graph"
+
+    def search(self, queries, k: int, tenant: int | None = None, params=None):
+        p = self._params(params)
+        k = self._k(k)
+        Q = self._prepare(queries, "queries")
+        nq = Q.shape[0]
+        if tenant is not None and (not isinstance(tenant, int | np.integer) or tenant < 0):
+            raise InvalidArgument(f"tenant must be a non-negative integer, got {tenant!r}")
+        out_i, out_d = pad_results(nq, k)
+        if nq == 0 or self._count == 0:
+            return out_i, out_d
+        strategy = self.plan(tenant, p)
+        bitmap = members = None
+        if tenant is not None:
+            members = self._acl.members(int(tenant))
+            if len(members) == 0:
+                return out_i, out_d
+            if strategy == "exact":
+                return self._core.exact(Q, k, members)
+            bitmap = self._acl.bitmap(int(tenant))
+        mode = _hnsw.TWO_HOP if strategy == "two_hop" else _hnsw.GRAPH
+        counter = np.zeros(1, dtype=np.int64)
+        stats = np.zeros(2, dtype=np.int64)
+        _run_threads(
+            lambda: self._core.search_batch(Q, k, int(p.ef), bitmap, mode, members, out_i, out_d,
+                                            counter, stats),
+            min(p.num_threads, nq),
+        )
+        self.last_stats = {"distances": int(stats[0]), "exact_fallbacks": int(stats[1]),
+                           "strategy": strategy}
+        return out_i, out_d
+
+    def vectors(self, slots) -> np.ndarray:
+        """Stored (normalised, for cosine) vectors of live slots."""
+        s = self._slots(slots)
+        for x in s.tolist():
+            self._check_live(x)
+        return self._core.vectors(np.ascontiguousarray(s))
+
+    @property
+    def acl(self) -> AccessLists:
+        return self._acl
+
+    def memory_bytes(self) -> int:
+        return int(self._core.memory_bytes()) + self._live.nbytes + self._acl.memory_bytes()
+
+    def __len__(self) -> int:
+        return self._count
+
+    # -- persistence ----------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        with self._lock:
+            levels, states, vecs, l0, upper = self._core.export(self._high)
+            meta = {
+                "params": self.params,
+                "high": self._high,
+                "draws": self._draws,
+                "entry": int(self._core.entry),
+                "maxlevel": int(self._core.maxlevel),
+                "free": list(self._free),
+            }
+            arrays = {"levels": levels, "states": states, "vectors": vecs, "links0": l0,
+                      "links_up": upper, **self._acl.to_arrays()}
+        return meta, arrays
+
+    @classmethod
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> HNSWIndex:
+        idx = cls(meta["dim"], meta["metric"], **meta["params"])
+        high = int(meta["high"])
+        if high:
+            idx._grow(high - 1)
+        states = np.ascontiguousarray(arrays["states"], dtype=np.uint8)
+        idx._core.restore(np.ascontiguousarray(arrays["levels"], dtype=np.int32), states,
+                          np.ascontiguousarray(arrays["vectors"], dtype=np.float32),
+                          np.ascontiguousarray(arrays["links0"], dtype=np.int32),
+                          np.ascontiguousarray(arrays["links_up"], dtype=np.int32),
+                          int(meta["entry"]), int(meta["maxlevel"]))
+        idx._live[:high] = states == 1
+        idx._count = int((states == 1).sum())
+        idx._high = high
+        idx._draws = int(meta["draws"])
+        idx._free = [int(x) for x in meta["free"]]
+        idx._acl = AccessLists.from_arrays(arrays, len(idx._live))
+        return idx
