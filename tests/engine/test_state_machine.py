@@ -10,6 +10,7 @@ change nothing, which the next invariant check verifies.
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import tempfile
 
@@ -38,11 +39,13 @@ def vec(seed: int) -> np.ndarray:
 
 
 class EngineMachine(RuleBasedStateMachine):
+    KIND = "flat"  # exact top-k; subclasses below run approximate kinds (recall >= 0.9)
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="vecdb-sm-")
         self.db = vecdb.open(self.dir, background_checkpoints=False)
-        self.col = self.db.create_collection("c", dim=DIM, metric="l2")
+        self.col = self.db.create_collection("c", dim=DIM, metric="l2", index=self.KIND)
         # model: id -> [vector, owner, set(granted), payload]
         self.model: dict[int, list] = {}
         self.tenants: set[str] = set()
@@ -245,6 +248,11 @@ class EngineMachine(RuleBasedStateMachine):
             m = min(k, len(vis))
             want_ids = np.array(vis)[order[:, :m]]
             want_d = np.take_along_axis(D, order[:, :m], axis=1)
+            if self.KIND != "flat":
+                hits = sum(len(np.intersect1d(f, w)) for f, w in zip(res.ids, want_ids,
+                                                                       strict=True))
+                assert hits / want_ids.size >= 0.9, f"recall {hits / want_ids.size:.2f}"
+                continue
             np.testing.assert_allclose(res.distances[:, :m], want_d, rtol=1e-4, atol=1e-5)
             assert (res.ids[:, m:] == -1).all()
             for q in range(len(QUERIES)):  # ids must match except within float ties
@@ -265,7 +273,31 @@ class EngineMachine(RuleBasedStateMachine):
 
 
 EngineMachine.TestCase.settings = settings(
-    max_examples=40, stateful_step_count=40, deadline=None,
+    max_examples=30, stateful_step_count=35, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestEngine = EngineMachine.TestCase
+
+
+def _approximate_machine(kind: str):
+    """The same machine over an approximate index kind, if it exists in this checkout."""
+    try:
+        importlib.import_module(f"vecdb.index.{kind}")
+    except ImportError:
+        return None
+    machine = type(f"{kind.title()}Machine", (EngineMachine,), {"KIND": kind})
+    machine.TestCase.settings = settings(
+        max_examples=6, stateful_step_count=20, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    return machine.TestCase
+
+
+def _register() -> None:
+    for kind in ("hnsw", "curator", "spann"):
+        case = _approximate_machine(kind)
+        if case is not None:
+            globals()[f"Test{kind.title()}Engine"] = case
+
+
+_register()
