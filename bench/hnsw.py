@@ -121,7 +121,8 @@ def unfiltered(name, X, Q, gt, metric, M, efc, efs, mt_n, repeat):
         "hnswlib_speedup": h1 / h2,
     }
     print(
-        f"[{name}] 2-thread build speed-up on {len(Xm)}: vecdb {t1 / t2:.2f}x hnswlib {h1 / h2:.2f}x",
+        f"[{name}] 2-thread build speed-up on {len(Xm)}: "
+        f"vecdb {t1 / t2:.2f}x hnswlib {h1 / h2:.2f}x",
         flush=True,
     )
     for ef in efs:
