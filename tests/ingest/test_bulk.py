@@ -141,3 +141,25 @@ def test_duplicate_ids_refused(ray_local, tmp_path):
                        tmp_path / f"d{j}.parquet")
     with pytest.raises(InvalidArgument, match="duplicate ids"):
         bulk_build_spann(str(tmp_path), str(tmp_path / "out"), params=PARAMS, progress=False)
+
+
+def test_cli_bulk_then_import(ray_local, tmp_path, capsys):
+    from vecdb.ingest import main
+
+    X = np.random.default_rng(4).standard_normal((2000, 8)).astype(np.float32)
+    X[5, 5] = np.inf
+    np.save(tmp_path / "a.npy", X)
+    rc = main(["bulk", str(tmp_path / "a.npy"), "--out", str(tmp_path / "out"),
+               "--params", '{"head_ratio": 0.1, "background": false}', "--tenant", "t"])
+    assert rc == 3  # one row rejected, listed on stderr
+    assert "a.npy: row 5: non-finite" in capsys.readouterr().err
+    assert main(["import", "--data", str(tmp_path / "d"), "--collection", "c",
+                 "--bulk", str(tmp_path / "out")]) == 0
+    assert main(["import", "--data", str(tmp_path / "d"), "--collection", "c",
+                 "--bulk", str(tmp_path / "out")]) == 2  # AlreadyExists
+    db = vecdb.open(str(tmp_path / "d"))
+    try:
+        col = db.collection("c")
+        assert len(col) == 1999 and 5 not in col.ids("t").tolist()
+    finally:
+        db.close()
