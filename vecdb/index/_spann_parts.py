@@ -210,18 +210,19 @@ class HeadIndex:
     def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
         with self._lock:
             ids = np.asarray(ids, dtype=np.int64)
+            need = self._n + max(0, len(ids) - len(self._free))
+            if need > len(self._rid):  # grow once, to the exact size for a bulk add
+                cap = need if len(ids) > len(self._rid) else 2 * len(self._rid)
+                V = np.zeros((cap, self.dim), dtype=np.float32)
+                V[: self._n] = self._V[: self._n]
+                rid = np.full(cap, -1, dtype=np.int64)
+                rid[: self._n] = self._rid[: self._n]
+                self._V, self._rid = V, rid
             rows = []
             for i in ids.tolist():
                 if self._free:
                     r = self._free.pop()
                 else:
-                    if self._n == len(self._rid):
-                        cap = 2 * len(self._rid)
-                        V = np.zeros((cap, self.dim), dtype=np.float32)
-                        V[: self._n] = self._V[: self._n]
-                        rid = np.full(cap, -1, dtype=np.int64)
-                        rid[: self._n] = self._rid[: self._n]
-                        self._V, self._rid = V, rid
                     r = self._n
                     self._n += 1
                 self._row[i] = r

@@ -1,0 +1,393 @@
+"""SPANN on disk vs faiss IVF-Flat (OnDiskInvertedLists), DiskANN (diskannpy) and an in-memory HNSW.
+
+Question: how much recall per millisecond does vecdb's SPANN give when only a small fraction of
+the raw vector bytes may stay in RAM (<= 15% and <= 30%), and what does it read from disk per
+query? Also: build time and peak build memory, update throughput, and search latency while a
+stream of inserts/deletes (with background splits) runs.
+
+- Every system is measured in the same run, on the same data, single-threaded search, one query
+  per call (latency = one query). The machine is shared with other jobs: compare ratios.
+- SPANN's posting lists live in a RocksDB (``RocksKVStore``) opened with O_DIRECT reads and a small
+  block cache (counted in its RAM), so list reads really go to the device (SSD/virtual disk).
+  faiss's on-disk lists and DiskANN read through mmap/their own readers (page cache not bypassed).
+- DiskANN runs in its own virtualenv (its wheel pins numpy < 2): ``--diskann-python``.
+- vecdb's own HNSW does not exist yet; hnswlib stands in as the unconstrained in-memory reference.
+
+    python -m bench.spann --smoke                 # seconds: tiny synthetic set, CI
+    python -m bench.spann                         # GloVe-50 (390k x 50, ip) + synthetic stream
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import peak_rss_bytes, plot_curves, recall_at_k, write_results
+from bench.datasets import clustered_stream, load
+from vecdb.index.flat import exact_topk
+from vecdb.index.spann import SPANNIndex
+from vecdb.kernels import metric_code
+from vecdb.storage.rocks import RocksKVStore
+
+HERE = Path(__file__).resolve().parent
+DISKANN_PY = os.environ.get("VECDB_DISKANN_PYTHON", "/tmp/spann_dkenv/bin/python")
+BLOCK_CACHE = 1 << 20  # SPANN's RocksDB block cache (bytes, counted in its RAM)
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def latencies(fn, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``fn(q) -> ids[k]`` one query at a time; returns (ids [nq, k], seconds [nq])."""
+    out, t = [], np.zeros(len(Q))
+    for i, q in enumerate(Q):
+        t0 = time.perf_counter()
+        out.append(fn(q))
+        t[i] = time.perf_counter() - t0
+    return np.stack(out), t
+
+
+def row(system: str, knob: str, I: np.ndarray, t: np.ndarray, gt: np.ndarray, ram: int,
+        raw: int, **extra) -> dict:
+    r = {"system": system, "knob": knob, "recall": recall_at_k(I, gt, 10),
+         "mean_ms": float(t.mean() * 1e3), "p99_ms": float(np.percentile(t, 99) * 1e3),
+         "qps": float(1 / t.mean()), "ram_bytes": int(ram), "ram_frac": ram / raw, **extra}
+    print(f"  {system:24s} {knob:18s} recall {r['recall']:.3f}  mean {r['mean_ms']:.3f} ms  "
+          f"p99 {r['p99_ms']:.3f} ms  ram {r['ram_frac']:.3f}"
+          + "".join(f"  {k} {v:.4g}" for k, v in extra.items() if isinstance(v, float)), flush=True)
+    return r
+
+
+# -- SPANN ----------------------------------------------------------------------------------------
+
+
+def spann_build(X: np.ndarray, metric: str, path: Path, head_ratio: float, threads: int,
+                chunk: int | None = None, **kw) -> tuple[SPANNIndex, RocksKVStore, dict]:
+    if path.exists():
+        shutil.rmtree(path)
+    store = RocksKVStore(path, block_cache_bytes=BLOCK_CACHE, direct_reads=True)
+    r0, t0 = rss(), time.perf_counter()
+    idx = SPANNIndex(X.shape[1], metric, store, head_ratio=head_ratio, threads=threads, **kw)
+    if chunk is None:
+        idx.add(X)
+    else:  # streaming build: the first chunk bulk-builds, the rest goes through the update path
+        for s in range(0, len(X), chunk):
+            idx.add(X[s:s + chunk])
+    idx.flush()
+    build_s = time.perf_counter() - t0
+    store.flush()
+    info = {"build_s": build_s, "build_rss_growth": max(0, rss() - r0),
+            "peak_rss_after_build": peak_rss_bytes(), "lists": idx.num_lists(),
+            "disk_bytes": store.disk_bytes()}
+    return idx, store, info
+
+
+def spann_sweep(idx: SPANNIndex, Q, gt, raw: int, label: str, grid) -> list[dict]:
+    rows = []
+    ram = idx.memory_bytes() + BLOCK_CACHE
+    for ml, eps in grid:
+        p = {"max_lists": ml, "eps": eps}
+        stats = []
+
+        def one(q, p=p, stats=stats):
+            i, _ = idx.search(q[None, :], 10, params=p)
+            stats.append(idx.last_search_stats())
+            return i[0]
+
+        I, t = latencies(one, Q)
+        lists = np.mean([s["lists_read"][0] for s in stats])
+        byts = np.mean([s["bytes_read"][0] for s in stats])
+        rows.append(row(label, f"lists={ml},eps={eps}", I, t, gt, ram, raw,
+                        lists_per_q=float(lists), kb_per_q=float(byts / 1024)))
+    return rows
+
+
+# -- faiss IVF-Flat with on-disk inverted lists ---------------------------------------------------
+
+
+def faiss_ivf_ondisk(X, Q, gt, metric, raw, nlist: int, tmp: Path, nprobes) -> list[dict]:
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    d = X.shape[1]
+    mt = faiss.METRIC_INNER_PRODUCT if metric != "l2" else faiss.METRIC_L2
+    quant = faiss.IndexFlat(d, mt)
+    ivf = faiss.IndexIVFFlat(quant, d, nlist, mt)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    ivf.train(X[rng.choice(len(X), min(len(X), nlist * 64), replace=False)])
+    ivf.add(X)
+    invl = faiss.OnDiskInvertedLists(nlist, ivf.code_size, str(tmp / "ivf.ondisk"))
+    src = ivf.invlists  # move the lists to disk, list by list
+    for li in range(nlist):
+        n = src.list_size(li)
+        if n:
+            invl.add_entries(li, n, src.get_ids(li), src.get_codes(li))
+    ivf.replace_invlists(invl, True)
+    invl.this.disown()  # the index owns the on-disk lists now (no double free)
+    build_s = time.perf_counter() - t0
+    ram = nlist * d * 4
+    rows = []
+    for npb in nprobes:
+        ivf.nprobe = npb
+
+        def one(q):
+            _, i = ivf.search(q[None, :], 10)
+            return i[0]
+
+        I, t = latencies(one, Q)
+        rows.append(row("faiss-ivf-ondisk", f"nprobe={npb}", I, t, gt, ram, raw,
+                        build_s=build_s))
+    return rows
+
+
+# -- hnswlib (in-memory reference) ----------------------------------------------------------------
+
+
+def hnsw_ref(X, Q, gt, metric, raw, threads: int, efs) -> list[dict]:
+    import hnswlib
+
+    g = hnswlib.Index(space="l2" if metric == "l2" else "ip", dim=X.shape[1])
+    t0 = time.perf_counter()
+    g.init_index(len(X), M=16, ef_construction=100, random_seed=0)
+    g.add_items(X, num_threads=threads)
+    build_s = time.perf_counter() - t0
+    g.set_num_threads(1)
+    ram = len(X) * (4 * X.shape[1] + 8 * 16 + 12)
+    rows = []
+    for ef in efs:
+        g.set_ef(ef)
+
+        def one(q):
+            return g.knn_query(q[None, :], k=10)[0][0].astype(np.int64)
+
+        I, t = latencies(one, Q)
+        rows.append(row("hnswlib-in-memory", f"ef={ef}", I, t, gt, ram, raw, build_s=build_s))
+    return rows
+
+
+# -- DiskANN (separate venv) ----------------------------------------------------------------------
+
+_DISKANN_SCRIPT = r"""
+import json, sys, time, numpy as np, diskannpy as dap
+X = np.load(sys.argv[1]); Q = np.load(sys.argv[2]); out = sys.argv[3]
+metric, mem_gb, threads = sys.argv[4], float(sys.argv[5]), int(sys.argv[6])
+Ls = [int(x) for x in sys.argv[7].split(",")]
+t0 = time.perf_counter()
+dap.build_disk_index(X, metric, out, complexity=100, graph_degree=32,
+                     search_memory_maximum=mem_gb, build_memory_maximum=4.0,
+                     num_threads=threads)
+build_s = time.perf_counter() - t0
+idx = dap.StaticDiskIndex(out, num_threads=1, num_nodes_to_cache=0)
+res = []
+for L in Ls:
+    ids, ts = [], []
+    for q in Q:
+        t = time.perf_counter()
+        r = idx.search(q, 10, L, beam_width=4)
+        ts.append(time.perf_counter() - t)
+        ids.append(np.asarray(r.identifiers, dtype=np.int64))
+    res.append({"L": L, "ids": np.stack(ids).tolist(), "t": ts})
+json.dump({"build_s": build_s, "runs": res}, open(out + "/result.json", "w"))
+"""
+
+
+def diskann(X, Q, gt, metric, raw, budget, tmp: Path, threads: int, Ls) -> tuple[list, str]:
+    if not os.path.exists(DISKANN_PY):
+        return [], f"diskannpy venv not found at {DISKANN_PY}"
+    d = tmp / f"diskann-{budget}"
+    d.mkdir(parents=True, exist_ok=True)
+    np.save(tmp / "X.npy", X)
+    np.save(tmp / "Q.npy", Q)
+    (tmp / "dk.py").write_text(_DISKANN_SCRIPT)
+    mem_gb = budget * raw / 2**30
+    p = subprocess.run([DISKANN_PY, str(tmp / "dk.py"), str(tmp / "X.npy"), str(tmp / "Q.npy"),
+                        str(d), "mips" if metric != "l2" else "l2", f"{mem_gb:.6f}",
+                        str(threads), ",".join(map(str, Ls))],
+                       capture_output=True, text=True, timeout=3000)
+    if p.returncode != 0:
+        return [], f"diskannpy failed: {p.stderr[-800:]}"
+    res = json.loads((d / "result.json").read_text())
+    ram = sum(f.stat().st_size for f in d.glob("*pq_compressed.bin")) + sum(
+        f.stat().st_size for f in d.glob("*pq_pivots.bin"))
+    rows = [row(f"diskann-{int(budget * 100)}%", f"L={r['L']}", np.array(r["ids"]),
+                np.array(r["t"]), gt, ram, raw, build_s=res["build_s"]) for r in res["runs"]]
+    return rows, "ok"
+
+
+# -- update stream --------------------------------------------------------------------------------
+
+
+def update_stream(idx: SPANNIndex, X_new: np.ndarray, new_slots: np.ndarray, dead: np.ndarray,
+                  Q: np.ndarray, batch: int) -> dict:
+    """Insert ``X_new`` and delete ``dead`` in batches in a writer thread while this thread runs
+    single-query searches; returns throughput and search latencies during the stream."""
+    done = threading.Event()
+    t_upd = {}
+
+    def writer():
+        t0 = time.perf_counter()
+        nb = -(-len(X_new) // batch)
+        for b in range(nb):
+            s = slice(b * batch, (b + 1) * batch)
+            idx.add(X_new[s], new_slots[s])
+            idx.remove(dead[b * len(dead) // nb:(b + 1) * len(dead) // nb])
+        t_upd["ingest_s"] = time.perf_counter() - t0
+        idx.flush()
+        t_upd["with_maintenance_s"] = time.perf_counter() - t0
+        done.set()
+
+    th = threading.Thread(target=writer)
+    lat = []
+    th.start()
+    i = 0
+    while not done.is_set():
+        q = Q[i % len(Q)]
+        t0 = time.perf_counter()
+        idx.search(q[None, :], 10, params={"max_lists": 32})
+        lat.append(time.perf_counter() - t0)
+        i += 1
+    th.join()
+    lat = np.array(lat)
+    n = len(X_new) + len(dead)
+    return {"updates": n, "ingest_s": t_upd["ingest_s"],
+            "updates_per_s": n / t_upd["with_maintenance_s"],
+            "searches_during": len(lat), "search_mean_ms": float(lat.mean() * 1e3),
+            "search_p99_ms": float(np.percentile(lat, 99) * 1e3), **idx.stats}
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+def run_set(name: str, X, Q, gt, metric, args, tmp: Path, budgets, stream_chunk=None) -> list:
+    raw = X.nbytes
+    rows: list[dict] = []
+    extra: dict = {"set": name, "n": len(X), "dim": X.shape[1], "raw_bytes": raw}
+    grid = [(ml, eps) for ml in args.lists for eps in (args.eps,)]
+    for budget, hr in budgets:
+        print(f"[{name}] SPANN head_ratio={hr} (RAM budget {budget:.0%})", flush=True)
+        idx, store, info = spann_build(X, metric, tmp / f"spann-{budget}", hr, args.threads,
+                                       chunk=stream_chunk)
+        info["ram_frac"] = (idx.memory_bytes() + BLOCK_CACHE) / raw
+        print("  build", {k: round(v, 3) if isinstance(v, float) else v
+                          for k, v in info.items()}, flush=True)
+        extra[f"spann_build_{budget}"] = info
+        for r in spann_sweep(idx, Q, gt, raw, f"spann-{int(budget * 100)}%", grid):
+            rows.append({**r, "budget": budget})
+        store.close()
+    if not args.no_peers:
+        print(f"[{name}] faiss IVF-Flat on-disk", flush=True)
+        nlist = args.nlist or int(np.clip(4 * np.sqrt(len(X)), 16, 4096))
+        rows += faiss_ivf_ondisk(X, Q, gt, metric, raw, nlist, tmp, args.nprobes)
+        print(f"[{name}] hnswlib in-memory reference", flush=True)
+        rows += hnsw_ref(X, Q, gt, metric, raw, args.threads, args.efs)
+        if not args.no_diskann:
+            for budget, _ in budgets:
+                print(f"[{name}] diskann at {budget:.0%}", flush=True)
+                r, status = diskann(X, Q, gt, metric, raw, budget, tmp, args.threads, args.Ls)
+                extra[f"diskann_{budget}"] = status
+                print("  ", status[:300], flush=True)
+                rows += r
+    return rows, extra
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--sets", default="glove-50,synthetic")
+    ap.add_argument("--synthetic-n", type=int, default=200_000)
+    ap.add_argument("--nq", type=int, default=1000)
+    ap.add_argument("--lists", type=lambda s: [int(x) for x in s.split(",")],
+                    default=[8, 16, 24, 32, 48, 64, 96])
+    ap.add_argument("--eps", type=float, default=10.0)
+    ap.add_argument("--nprobes", type=lambda s: [int(x) for x in s.split(",")],
+                    default=[4, 8, 16, 32, 64])
+    ap.add_argument("--efs", type=lambda s: [int(x) for x in s.split(",")],
+                    default=[16, 32, 64, 128])
+    ap.add_argument("--Ls", type=lambda s: [int(x) for x in s.split(",")],
+                    default=[10, 20, 40, 80, 160])
+    ap.add_argument("--nlist", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="build threads (search is 1 thread)")
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--no-diskann", action="store_true")
+    ap.add_argument("--tmp", default=str(HERE / "data" / "spann-tmp"))
+    args = ap.parse_args(argv)
+    tmp = Path(args.tmp if not args.smoke else tempfile.mkdtemp(prefix="spann-smoke-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    extra: dict = {"block_cache_bytes": BLOCK_CACHE}
+    budgets = [(0.15, 0.045), (0.30, 0.10)]
+    if args.smoke:
+        args.lists, args.nprobes, args.efs, args.Ls = [8, 32], [4, 16], [16, 64], [20, 40]
+        args.no_diskann = True  # its index build alone takes longer than the whole smoke run
+        X = np.concatenate(list(clustered_stream(4000, 32, chunk=1000, seed=1)))
+        Q = X[:50] + 0.05
+        gt, _ = exact_topk(Q, X, 10, metric_code("l2"))
+        r, e = run_set("smoke", X, Q, gt, "l2", args, tmp, budgets)
+        rows += r
+        extra["smoke"] = e
+        st = SPANNIndex(32, "l2", background=True, head_ratio=0.1, posting_limit=40)
+        st.add(X[:3000])
+        extra["smoke_updates"] = update_stream(st, X[3000:], np.arange(3000, 4000),
+                                               np.arange(0, 500), Q, 200)
+        print("  updates", extra["smoke_updates"], flush=True)
+        write_results("spann-smoke", rows, extra)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    for name in args.sets.split(","):
+        if name == "glove-50":
+            ds = load("glove-50")
+            X, Q, gt, metric = ds.base, ds.queries[: args.nq], ds.gt[: args.nq], ds.metric
+            r, e = run_set(name, X, Q, gt, metric, args, tmp, budgets)
+            rows += [{**x, "set": name} for x in r]
+            extra[name] = e
+            # updates: 90% built, then insert the last 10% while deleting 10% of the old ones
+            n0 = int(len(X) * 0.9)
+            store = RocksKVStore(tmp / "spann-upd", block_cache_bytes=BLOCK_CACHE,
+                                 direct_reads=True)
+            upd = SPANNIndex(X.shape[1], metric, store, head_ratio=0.045, threads=args.threads)
+            upd.add(X[:n0])
+            rng = np.random.default_rng(0)
+            dead = rng.choice(n0, len(X) - n0, replace=False)
+            u = update_stream(upd, X[n0:], np.arange(n0, len(X)), dead, Q, 1000)
+            alive = np.setdiff1d(np.arange(len(X)), dead)
+            g, _ = exact_topk(Q, X[alive], 10, metric_code(metric))
+            I, _ = upd.search(Q, 10, params={"max_lists": 32, "eps": args.eps})
+            u["recall_after_lists32"] = recall_at_k(I, alive[g], 10)
+            u["deleted_returned"] = int(np.isin(I, dead).sum())
+            print("  updates", u, flush=True)
+            extra[f"{name}_updates"] = u
+            store.close()
+        elif name == "synthetic":
+            n, d = args.synthetic_n, 128
+            chunks = list(clustered_stream(n, d, chunk=50_000, seed=7))
+            X = np.concatenate(chunks)
+            del chunks
+            rng = np.random.default_rng(1)
+            Q = X[rng.choice(n, args.nq, replace=False)] + rng.standard_normal(
+                (args.nq, d)).astype(np.float32) * 0.05
+            gt, _ = exact_topk(Q, X, 10, metric_code("l2"))
+            r, e = run_set(f"synthetic-{n}x{d}", X, Q, gt, "l2", args, tmp, budgets,
+                           stream_chunk=50_000)
+            rows += [{**x, "set": f"synthetic-{n}x{d}"} for x in r]
+            extra[f"synthetic-{n}x{d}"] = e
+    write_results("spann", rows, extra)
+    for s in sorted({r["set"] for r in rows}):
+        sub = [r for r in rows if r["set"] == s]
+        plot_curves(f"spann-{s}", sub, title=f"{s}: recall@10 vs QPS (1 thread, 1 query/call)")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
