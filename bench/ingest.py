@@ -1,6 +1,6 @@
 """Embedded ingest, recovery and disk footprint of the engine (issue 4).
 
-    python -m bench.ingest                 # full: 1M x 128 flat (sync off/on); 200k HNSW if present
+    python -m bench.ingest                 # full: 1M x 128 flat (sync off/on); 50k HNSW if present
     python -m bench.ingest --smoke         # seconds; what CI runs
     python -m bench.ingest --n 300000 --hnsw-n 100000
 
@@ -125,8 +125,8 @@ def add_ratios(r: dict, raw: float, raw_cpu: float) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000, help="vectors for flat (default 1M)")
-    ap.add_argument("--hnsw-n", type=int, default=200_000,
-                    help="vectors for HNSW (default 200k: a 1M build takes too long here)")
+    ap.add_argument("--hnsw-n", type=int, default=50_000,
+                    help="vectors for HNSW (default 50k: a 1M build takes too long here)")
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--batch", type=int, default=50_000)
     ap.add_argument("--dir", default=None, help="where to put the databases (default: a temp dir)")
