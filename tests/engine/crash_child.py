@@ -1,6 +1,6 @@
 """Child process of test_crash.py: ingest batches into a database and report each acknowledged one.
 
-Usage: python crash_child.py DBPATH FIRST_BATCH
+Usage: python crash_child.py DBPATH FIRST_BATCH [INDEX_KIND]
 
 Batch b upserts ids [b*1000, b*1000 + size(b)) with vectors derived from b (the parent regenerates
 them). After ``upsert`` returns, the child prints ``ACK b`` (flushed): from that moment the batch
@@ -28,11 +28,12 @@ def batch(b: int) -> tuple[np.ndarray, np.ndarray]:
 
 def main() -> None:
     path, first = sys.argv[1], int(sys.argv[2])
+    kind = sys.argv[3] if len(sys.argv) > 3 else "flat"
     db = vecdb.open(path, checkpoint_every_ops=700, checkpoint_every_s=0.05)
     if "c" in db.list_collections():
         col = db.collection("c")
     else:
-        col = db.create_collection("c", dim=DIM, metric="l2")
+        col = db.create_collection("c", dim=DIM, metric="l2", index=kind)
     for t in ("owner", "reader"):
         if t not in col.list_tenants():
             col.create_tenant(t)

@@ -13,6 +13,7 @@ with SIGKILL, then reopens the database in this process and checks:
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import signal
@@ -21,6 +22,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 import vecdb
 
@@ -31,9 +33,11 @@ CHILD = os.path.join(os.path.dirname(__file__), "crash_child.py")
 ROUNDS = 22
 
 
-def run_round(path: str, first: int, rng: random.Random) -> tuple[set[int], str]:
+def run_round(path: str, first: int, rng: random.Random, kind: str = "flat"
+              ) -> tuple[set[int], str]:
     """Run one child from batch ``first``; kill it; return the acknowledged batches."""
-    proc = subprocess.Popen([sys.executable, CHILD, path, str(first)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, CHILD, path, str(first), kind],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, bufsize=1)
     acked: set[int] = set()
     mode = rng.choice(["acks", "ckpt", "sleep"])
@@ -68,7 +72,7 @@ def run_round(path: str, first: int, rng: random.Random) -> tuple[set[int], str]
     return acked, how
 
 
-def check(path: str, acked: set[int], max_batch: int) -> set[int]:
+def check(path: str, acked: set[int], max_batch: int, exact: bool = True) -> set[int]:
     """Reopen and verify; returns the set of batches present."""
     db = vecdb.open(path, background_checkpoints=False, checkpoint_on_close=False)
     try:
@@ -101,7 +105,8 @@ def check(path: str, acked: set[int], max_batch: int) -> set[int]:
         ids = np.array([batches[b][0][j] for b, j in rows])
         X = np.stack([batches[b][1][j] for b, j in rows])
         r = col.search(X, k=1, tenant="owner")
-        assert (r.ids[:, 0] == ids.astype(np.int64)).all(), "acknowledged vectors not searchable"
+        found = (r.ids[:, 0] == ids.astype(np.int64)).mean()
+        assert found >= (1.0 if exact else 0.95), f"only {found:.3f} of acknowledged vectors found"
         shared = set(col.get(all_ids, tenant="reader").ids.tolist())
         for b in present:  # the grant of each batch is a separate call: all-or-nothing as well
             want = set(batches[b][0][::7].tolist())
@@ -114,19 +119,32 @@ def check(path: str, acked: set[int], max_batch: int) -> set[int]:
         db.close()
 
 
-def test_kill_minus_nine_rounds(tmp_path):
+def _have(kind: str) -> bool:
+    try:
+        importlib.import_module(f"vecdb.index.{kind}")
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.mark.parametrize("kind, rounds", [("flat", ROUNDS), ("hnsw", 8)])
+def test_kill_minus_nine_rounds(tmp_path, kind, rounds):
+    """flat: 22 rounds, exact search; hnsw (when present): 8 rounds of the same, with the graph
+    restored from checkpoint + oplog replay (self-search found >= 95%)."""
+    if not _have(kind):
+        pytest.skip(f"vecdb.index.{kind} not present")
     path = str(tmp_path / "db")
     rng = random.Random(int(os.environ.get("VECDB_CRASH_SEED", "7")))
     acked: set[int] = set()
     first = 0
     modes = []
     t0 = time.time()
-    for _ in range(ROUNDS):
-        new, how = run_round(path, first, rng)
+    for _ in range(rounds):
+        new, how = run_round(path, first, rng, kind)
         modes.append(how)
         acked |= new
         max_b = max(acked | {first}) + 1
-        present = check(path, acked, max_b)
+        present = check(path, acked, max_b, exact=kind == "flat")
         # the next child starts after everything that might exist (acknowledged or in flight)
         first = max(present | acked | {first}) + 2
     assert len(acked) >= modes.count("acks")  # each "acks" round waits for >= 1 ack
