@@ -169,6 +169,7 @@ class Collection:
             self._dirty_rows = 0
             self._dirty_since = 0.0
             self.recovery: dict[str, Any] = {}
+            self.last_checkpoint_error: str | None = None  # set by the background checkpointer
             self._recover()
         except BaseException:
             try:

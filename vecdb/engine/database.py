@@ -23,6 +23,7 @@ import re
 import shutil
 import threading
 import uuid
+import warnings
 from typing import Any
 
 from vecdb.engine.collection import Collection
@@ -143,8 +144,12 @@ class Database:
                     return
                 try:
                     c._maybe_checkpoint()
-                except Exception:  # a failed background checkpoint is retried next period
-                    pass
+                    c.last_checkpoint_error = None
+                except Exception as e:  # retried next period; visible on the collection
+                    if c.last_checkpoint_error is None:
+                        warnings.warn(f"background checkpoint of {c.name!r} failed: {e!r}",
+                                      RuntimeWarning, stacklevel=1)
+                    c.last_checkpoint_error = repr(e)
 
     def checkpoint(self) -> None:
         """Checkpoint every open collection now."""
