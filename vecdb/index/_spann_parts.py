@@ -53,10 +53,17 @@ def pair_dist(Q: np.ndarray, X: np.ndarray, code: int) -> np.ndarray:
     return _native.pairwise(np.ascontiguousarray(Q), np.ascontiguousarray(X), code)
 
 
-def within(d: np.ndarray, d0: np.ndarray | float, eps: float) -> np.ndarray:
-    """``d <= (1+eps) * d0`` for non-negative distances, generalised to negated inner products
-    (which can be negative) as ``d <= d0 + eps * |d0|``."""
-    return d <= d0 + eps * np.abs(d0)
+def within(d: np.ndarray, d0: np.ndarray | float, eps: float, code: int = 0) -> np.ndarray:
+    """``d <= (1+eps) * d0``: the closeness rule of replicas (eps1) and query pruning (eps).
+
+    For squared L2 as is. For negated inner products (cosine data is unit length) the rule is
+    applied to ``2 + 2d``, the squared L2 distance between unit vectors, so that eps means the
+    same for both metrics (a plain ratio of negative numbers would be meaningless).
+    """
+    if code == 1:
+        d = np.maximum(2 + 2 * np.asarray(d, dtype=np.float32), 0)
+        d0 = np.maximum(2 + 2 * np.asarray(d0, dtype=np.float32), 0)
+    return d <= (1 + eps) * d0
 
 
 # -- balanced k-means ---------------------------------------------------------------------------
@@ -149,7 +156,7 @@ def rng_select(X: np.ndarray, cand: np.ndarray, cdist: np.ndarray, head_vecs_of,
         e = min(n, s + block)
         c = cand[s:e]
         d = cdist[s:e]
-        valid = (c >= 0) & within(d, d[:, :1], eps1)
+        valid = (c >= 0) & within(d, d[:, :1], eps1, code)
         H = head_vecs_of(np.maximum(c, 0))  # [b, C, dim]
         ip = np.matmul(H, H.transpose(0, 2, 1))  # [b, C, C]
         if code == 1:

@@ -528,7 +528,7 @@ class SPANNIndex(Index):
         rec_t = self._rec
         for i in range(nq):
             ids = hid[i]
-            keep = (ids >= 0) & within(hd[i], hd[i, 0], p.eps)
+            keep = (ids >= 0) & within(hd[i], hd[i, 0], p.eps, self._code)
             blocks = self.store.multi_get(CF, [_key(b"P", x) for x in ids[keep].tolist()])
             buf = b"".join(b for b in blocks if b)
             lists_read[i] = int(keep.sum())
