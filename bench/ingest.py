@@ -167,7 +167,7 @@ def main() -> None:
                 print(r, flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    name = "ingest_smoke" if a.smoke else "ingest"
+    name = "ingest-smoke" if a.smoke else "ingest"
     write_results(name, rows, {"peak_rss_bytes": peak_rss_bytes(), "curve": curve})
     plot_curves(name, curve, title="engine ingest: cumulative vectors/s", x="n",
                 y="vectors_per_s", logy=False)
