@@ -194,6 +194,7 @@ class HeadIndex:
         self._V = np.zeros((16, dim), dtype=np.float32)
         self._rid = np.full(16, -1, dtype=np.int64)  # row -> list id (-1: free)
         self._row: dict[int, int] = {}
+        self._row_of = np.full(16, -1, dtype=np.int64)  # list id -> row (-1: none), vectorised
         self._free: list[int] = []
         self._n = 0  # rows used
         self._lock = threading.RLock()
@@ -233,6 +234,11 @@ class HeadIndex:
                     r = self._n
                     self._n += 1
                 self._row[i] = r
+                if i >= len(self._row_of):
+                    grown = np.full(max(2 * len(self._row_of), i + 1), -1, dtype=np.int64)
+                    grown[: len(self._row_of)] = self._row_of
+                    self._row_of = grown
+                self._row_of[i] = r
                 self._rid[r] = i
                 rows.append(r)
             self._V[rows] = vecs
@@ -249,6 +255,7 @@ class HeadIndex:
                 r = self._row.pop(i, None)
                 if r is None:
                     continue
+                self._row_of[i] = -1
                 self._rid[r] = -1
                 self._free.append(r)
                 if self._g is not None:
@@ -258,7 +265,7 @@ class HeadIndex:
         """Head vectors for an array of ids (any shape); unknown ids give zeros."""
         with self._lock:
             ids = np.asarray(ids, dtype=np.int64)
-            rows = np.array([self._row.get(i, -1) for i in ids.ravel().tolist()], dtype=np.int64)
+            rows = self._rows(ids.ravel())
             out = self._V[np.maximum(rows, 0)]
             out[rows < 0] = 0
             return out.reshape(*ids.shape, self.dim)
@@ -285,20 +292,27 @@ class HeadIndex:
                 return ids, dist
             lab, _ = self._g.knn_query(Q, k=kk, num_threads=self.threads)
             lab = lab.astype(np.int64)
-            rows = np.array([self._row.get(i, -1) for i in lab.ravel().tolist()],
-                            dtype=np.int64).reshape(lab.shape)
-            H = self._V[np.maximum(rows, 0)]
-        if self.code == 1:
-            d = -np.einsum("qkd,qd->qk", H, Q)
-        else:
-            diff = H - Q[:, None, :]
-            d = np.einsum("qkd,qkd->qk", diff, diff)
-        d = np.where(rows >= 0, d, np.inf).astype(np.float32)
-        order = np.argsort(d, axis=1, kind="stable")
-        ids[:, :kk] = np.where(np.isfinite(np.take_along_axis(d, order, 1)),
-                               np.take_along_axis(lab, order, 1), -1)
-        dist[:, :kk] = np.take_along_axis(d, order, 1)
+            rows = self._rows(lab.ravel()).reshape(lab.shape)
+            for s in range(0, nq, 4096):  # exact re-rank in blocks, under the lock (rows of
+                # removed heads get reused)
+                e = min(nq, s + 4096)
+                H = self._V[np.maximum(rows[s:e], 0)]
+                if self.code == 1:
+                    d = -np.einsum("qkd,qd->qk", H, Q[s:e])
+                else:
+                    diff = H - Q[s:e, None, :]
+                    d = np.einsum("qkd,qkd->qk", diff, diff)
+                d = np.where(rows[s:e] >= 0, d, np.inf).astype(np.float32)
+                order = np.argsort(d, axis=1, kind="stable")
+                ds = np.take_along_axis(d, order, 1)
+                best = np.take_along_axis(lab[s:e], order, 1)
+                ids[s:e, :kk] = np.where(np.isfinite(ds), best, -1)
+                dist[s:e, :kk] = ds
         return ids, dist
+
+    def _rows(self, ids: np.ndarray) -> np.ndarray:
+        ok = (ids >= 0) & (ids < len(self._row_of))
+        return np.where(ok, self._row_of[np.where(ok, ids, 0)], -1)
 
     def graph_bytes(self) -> np.ndarray | None:
         """The HNSW graph serialised (hnswlib's own format) as uint8, or None for flat."""
@@ -337,7 +351,7 @@ class HeadIndex:
         return [i for i in g.get_ids_list() if _is_deleted(g, i)]
 
     def memory_bytes(self) -> int:
-        b = self._V.nbytes + self._rid.nbytes + 100 * len(self._row)  # dict entries
+        b = self._V.nbytes + self._rid.nbytes + self._row_of.nbytes + 100 * len(self._row)
         if self._g is not None:
             cap = self._g.get_max_elements()
             # hnswlib level 0: data + 2M links + count + label; upper levels ~1/M of nodes
