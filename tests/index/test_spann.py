@@ -250,3 +250,25 @@ def test_search_during_background_updates(sift5k):
     assert idx.stats["splits"] > 0
     I, _ = idx.search(X[:4000:40], 1, params={"max_lists": 32})
     assert (I[:, 0] == np.arange(0, 4000, 40)).mean() > 0.95
+
+
+def test_engine_collection_roundtrip(tmp_path):
+    """The engine builds SPANN over the collection's RocksDB store and reopens it from its
+    checkpoint with the same results."""
+    import vecdb
+
+    X = np.random.default_rng(0).standard_normal((1500, 16)).astype(np.float32)
+    db = vecdb.open(str(tmp_path))
+    c = db.create_collection("c", 16, "l2", index="spann",
+                             params={"head_ratio": 0.1, "bulk_min": 100})
+    c.create_tenant("a")
+    c.upsert(np.arange(1500), X, tenant="a")
+    c.delete(np.arange(10), tenant="a")
+    r1 = c.search(X[:20], 3, tenant="a")
+    assert not np.isin(r1.ids, np.arange(10)).any()
+    assert (r1.ids[10:, 0] == np.arange(10, 20)).all()
+    db.close()
+    db = vecdb.open(str(tmp_path))
+    r2 = db.collection("c").search(X[:20], 3, tenant="a")
+    np.testing.assert_array_equal(r1.ids, r2.ids)
+    db.close()
