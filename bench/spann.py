@@ -75,10 +75,11 @@ def row(system: str, knob: str, I: np.ndarray, t: np.ndarray, gt: np.ndarray, ra
 
 
 def spann_build(X: np.ndarray, metric: str, path: Path, head_ratio: float, threads: int,
-                chunk: int | None = None, **kw) -> tuple[SPANNIndex, RocksKVStore, dict]:
+                chunk: int | None = None, direct: bool = True, **kw
+                ) -> tuple[SPANNIndex, RocksKVStore, dict]:
     if path.exists():
         shutil.rmtree(path)
-    store = RocksKVStore(path, block_cache_bytes=BLOCK_CACHE, direct_reads=True)
+    store = RocksKVStore(path, block_cache_bytes=BLOCK_CACHE, direct_reads=direct)
     r0, t0 = rss(), time.perf_counter()
     idx = SPANNIndex(X.shape[1], metric, store, head_ratio=head_ratio, threads=threads, **kw)
     if chunk is None:
@@ -280,12 +281,14 @@ def run_set(name: str, X, Q, gt, metric, args, tmp: Path, budgets, stream_chunk=
     for budget, hr in budgets:
         print(f"[{name}] SPANN head_ratio={hr} (RAM budget {budget:.0%})", flush=True)
         idx, store, info = spann_build(X, metric, tmp / f"spann-{budget}", hr, args.threads,
-                                       chunk=stream_chunk, **SPANN_KW)
+                                       chunk=stream_chunk, direct=not args.page_cache,
+                                       **SPANN_KW)
         info["ram_frac"] = (idx.memory_bytes() + BLOCK_CACHE) / raw
         print("  build", {k: round(v, 3) if isinstance(v, float) else v
                           for k, v in info.items()}, flush=True)
         extra[f"spann_build_{budget}"] = info
-        for r in spann_sweep(idx, Q, gt, raw, f"spann-{int(budget * 100)}%", grid):
+        label = f"spann-{int(budget * 100)}%" + ("-pagecache" if args.page_cache else "")
+        for r in spann_sweep(idx, Q, gt, raw, label, grid):
             rows.append({**r, "budget": budget})
         store.close()
     if not args.no_peers:
@@ -324,12 +327,18 @@ def main(argv=None) -> None:
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--no-diskann", action="store_true")
     ap.add_argument("--tmp", default=str(HERE / "data" / "spann-tmp"))
+    ap.add_argument("--budgets", default="0.15,0.30", help="RAM budgets (fractions of raw)")
+    ap.add_argument("--page-cache", action="store_true",
+                    help="RocksDB without O_DIRECT (reads may hit the OS page cache, like mmap)")
+    ap.add_argument("--no-updates", action="store_true")
+    ap.add_argument("--name", default="spann", help="results file name")
     args = ap.parse_args(argv)
     tmp = Path(args.tmp if not args.smoke else tempfile.mkdtemp(prefix="spann-smoke-"))
     tmp.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     extra: dict = {"block_cache_bytes": BLOCK_CACHE}
-    budgets = [(0.15, 0.035), (0.30, 0.075)]  # (RAM budget, head_ratio that fits it)
+    ratio = {0.15: 0.035, 0.30: 0.075}  # RAM budget -> head_ratio that fits it (GloVe-50)
+    budgets = [(b, ratio[b]) for b in map(float, args.budgets.split(","))]
     if args.smoke:
         args.lists, args.nprobes, args.efs, args.Ls = [8, 32], [4, 16], [16, 64], [20, 40]
         args.no_diskann = True  # its index build alone takes longer than the whole smoke run
@@ -354,6 +363,8 @@ def main(argv=None) -> None:
             r, e = run_set(name, X, Q, gt, metric, args, tmp, budgets)
             rows += [{**x, "set": name} for x in r]
             extra[name] = e
+            if args.no_updates:
+                continue
             # updates: 90% built, then insert the last 10% while deleting 10% of the old ones
             n0 = int(len(X) * 0.9)
             store = RocksKVStore(tmp / "spann-upd", block_cache_bytes=BLOCK_CACHE,
@@ -385,10 +396,11 @@ def main(argv=None) -> None:
                            stream_chunk=50_000)
             rows += [{**x, "set": f"synthetic-{n}x{d}"} for x in r]
             extra[f"synthetic-{n}x{d}"] = e
-    write_results("spann", rows, extra)
+    write_results(args.name, rows, extra)
     for s in sorted({r["set"] for r in rows}):
         sub = [r for r in rows if r["set"] == s]
-        plot_curves(f"spann-{s}", sub, title=f"{s}: recall@10 vs QPS (1 thread, 1 query/call)")
+        plot_curves(f"{args.name}-{s}", sub,
+                    title=f"{s}: recall@10 vs QPS (1 thread, 1 query/call)")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
