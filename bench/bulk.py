@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--shard", type=int, default=100_000)
     ap.add_argument("--online-n", type=int, default=100_000)
+    ap.add_argument("--into-n", type=int, default=2_000,
+                    help="rows the online path adds to the imported collection (every append "
+                         "to a full list splits it, so this is slow: keep it small)")
     ap.add_argument("--head-ratio", type=float, default=0.12)
     ap.add_argument("--replicas", type=int, default=8)
     ap.add_argument("--sample-rows", type=int, default=200_000)
@@ -169,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.smoke:
         a.n, a.dim, a.shard, a.online_n, a.nq, a.sample_rows = 20_000, 32, 5_000, 4_000, 100, 10_000
+        a.into_n = 1_000
     from vecdb.ingest.bulk import bulk_build_spann, import_bulk
     from vecdb.ingest.online import init_ray
 
@@ -205,8 +209,9 @@ def main(argv: list[str] | None = None) -> None:
         online = [online_rate(paths, min(a.online_n, a.n), a.dim, w, params, tmp, batch)
                   for w in (1, 2)]
         # the online path's steady state: more vectors into the imported N-vector collection
-        into = [online_into(os.path.join(tmp, "data"), a.online_n, a.dim, w, tmp, batch,
-                            id_start=a.n + i * a.online_n, seed=100 + w)
+        into = [online_into(os.path.join(tmp, "data"), a.into_n, a.dim, w, tmp,
+                            min(batch, max(100, a.into_n // 8)),
+                            id_start=a.n + i * a.into_n, seed=100 + w)
                 for i, w in enumerate((1, 2))]
         offline_vps = man["rows"] / build_s
         per_core_ratio = (offline_vps / 2) / online[0]["vectors_per_s"]

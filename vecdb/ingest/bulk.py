@@ -120,14 +120,17 @@ def _sample_task(shard: Shard, dim: int, metric: str, p: float, seed: int, batch
             "tenants": sorted(tenants), "rss": _rss()}
 
 
-def train_heads(sample: np.ndarray, n_heads: int, cfg: dict[str, Any]) -> np.ndarray:
-    """Heads [H, dim] from ``sample`` with SPANN's build functions: balanced hierarchical k-means
-    down to leaves of ~len(sample)/n_heads points; each leaf's member nearest its centroid."""
+def train_heads(sample: np.ndarray, n_total: int, cfg: dict[str, Any]) -> np.ndarray:
+    """Heads [H, dim] from ``sample`` (of ``n_total`` valid rows) with SPANN's build functions:
+    balanced hierarchical k-means down to leaves of SPANN's leaf size (``round(1/head_ratio)``)
+    scaled by the sampling rate, so H ~ what the serial build makes on all rows; each leaf's
+    member nearest its centroid becomes a head."""
     from vecdb.index._spann_parts import hierarchical_balanced_clusters, nearest_member
 
     if len(sample) == 0:
         raise FailedPrecondition("no valid vectors to train heads on")
-    leaf = max(2, int(round(len(sample) / max(1, n_heads))))
+    leaf_full = max(2, int(round(1 / cfg["head_ratio"])))
+    leaf = max(2, int(round(leaf_full * len(sample) / max(1, n_total))))
     clusters = hierarchical_balanced_clusters(sample, leaf, cfg["balance"], cfg["seed"])
     rows = np.array([nearest_member(sample, c) for c in clusters], dtype=np.int64)
     return np.ascontiguousarray(sample[rows])
@@ -362,9 +365,8 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     sample = np.concatenate([r["sample"] for r in res if "sample" in r]) if res else \
         np.zeros((0, dim), np.float32)
     n_good = sum(r.get("good", 0) for r in res)
-    n_heads = max(1, int(round(cfg["head_ratio"] * n_good)))
     t1 = time.perf_counter()
-    heads = train_heads(sample, n_heads, cfg)
+    heads = train_heads(sample, n_good, cfg)
     stages["sample"] = {"seconds": t1 - t0, "rows": int(len(sample)),
                         "worker_peak_rss": max((r.get("rss", 0) for r in res), default=0)}
     stages["heads"] = {"seconds": time.perf_counter() - t1, "heads": int(len(heads)),
