@@ -9,6 +9,8 @@
     vecdb keys list | vecdb keys revoke KEY_ID
     vecdb collections list | create NAME --dim D [--metric l2 --index flat --params JSON] | drop
     vecdb ingest FILE.npy|.fvecs|.parquet --collection C --tenant T [--start-id N --batch 5000]
+    vecdb ingest online|bulk|import ...                      # Ray jobs, extra [ingest]
+    vecdb import --data DIR --collection C --bulk OUT        # = vecdb ingest import ...
     vecdb search --collection C --tenant T --query FILE.npy|"0.1,0.2,..." [-k 10]
     vecdb bench grpc --smoke                                 # python -m bench.grpc --smoke
 
@@ -295,6 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vecdb`` command; errors print one line and exit 1."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The Ray ingestion jobs have their own command line (vecdb.ingest.cli); single-file
+    # ``vecdb ingest FILE`` stays here.
+    if argv[:1] == ["ingest"] and argv[1:2] and argv[1] in ("online", "bulk", "import"):
+        from vecdb.ingest.cli import main as ingest_main
+
+        return ingest_main(argv[1:])
+    if argv[:1] == ["import"]:
+        from vecdb.ingest.cli import main as ingest_main
+
+        return ingest_main(argv)
     a = build_parser().parse_args(argv)
     try:
         return a.fn(a)
