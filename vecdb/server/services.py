@@ -195,11 +195,9 @@ class PointsService(points_pb2_grpc.PointsServicer):
     def Scroll(self, req, ctx):
         ctx.principal.require_read(req.tenant)
         col = self.db.collection(req.collection)
-        ids = visible_ids(col, req.tenant)
-        if req.has_start_after:
-            ids = ids[ids > req.start_after]
-        if req.limit:
-            ids = ids[: req.limit]
+        # ids are < 2**63, so capping the cursor there keeps it in range and returns nothing
+        start = min(req.start_after + 1, 1 << 63) if req.has_start_after else 0
+        ids = col.ids(req.tenant, start=start, limit=req.limit or None)
         page = req.page_size or 1000
         if page > 100_000:
             raise InvalidArgument("page_size must be at most 100000")
@@ -216,24 +214,6 @@ class PointsService(points_pb2_grpc.PointsServicer):
             else:
                 msg.ids.extend(chunk.tolist())
             yield msg
-
-
-def visible_ids(col, tenant: str) -> np.ndarray:
-    """Sorted external ids ``tenant`` may see in ``col`` (a snapshot under the read lock).
-
-    The engine has no enumeration API yet, so this reads its state maps under its read lock;
-    proposed for the engine as ``Collection.ids(tenant)``."""
-    with col._rw.read():
-        col._check_open()
-        t = col._tid(tenant)
-        st = col._state
-        owned = np.flatnonzero(st.slot_owner[: st.high] == t)
-        granted = np.fromiter(st.granted.get(t, ()), dtype=np.int64)
-        slots = np.concatenate([owned, granted]) if len(granted) else owned
-        ids = st.slot_id[slots]
-    ids = ids[ids >= 0].astype(np.uint64)
-    ids.sort()
-    return ids
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
@@ -279,5 +259,4 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return admin_pb2.ApiKeyInfo(key_id=p.key_id, role=p.role, tenants=sorted(p.tenants))
 
 
-__all__ = ["CollectionsService", "TenantsService", "PointsService", "AdminService",
-           "visible_ids"]
+__all__ = ["CollectionsService", "TenantsService", "PointsService", "AdminService"]
