@@ -278,7 +278,7 @@ def run_set(name: str, X, Q, gt, metric, args, tmp: Path, budgets, stream_chunk=
     rows: list[dict] = []
     extra: dict = {"set": name, "n": len(X), "dim": X.shape[1], "raw_bytes": raw}
     grid = [(ml, eps) for ml in args.lists for eps in (args.eps,)]
-    for budget, hr in budgets:
+    for budget, hr in budgets if "spann" in args.parts else ():
         print(f"[{name}] SPANN head_ratio={hr} (RAM budget {budget:.0%})", flush=True)
         idx, store, info = spann_build(X, metric, tmp / f"spann-{budget}", hr, args.threads,
                                        chunk=stream_chunk, direct=not args.page_cache,
@@ -292,12 +292,14 @@ def run_set(name: str, X, Q, gt, metric, args, tmp: Path, budgets, stream_chunk=
             rows.append({**r, "budget": budget})
         store.close()
     if not args.no_peers:
-        print(f"[{name}] faiss IVF-Flat on-disk", flush=True)
-        nlist = args.nlist or int(np.clip(4 * np.sqrt(len(X)), 16, 4096))
-        rows += faiss_ivf_ondisk(X, Q, gt, metric, raw, nlist, tmp, args.nprobes)
-        print(f"[{name}] hnswlib in-memory reference", flush=True)
-        rows += hnsw_ref(X, Q, gt, metric, raw, args.threads, args.efs)
-        if not args.no_diskann:
+        if "faiss" in args.parts:
+            print(f"[{name}] faiss IVF-Flat on-disk", flush=True)
+            nlist = args.nlist or int(np.clip(4 * np.sqrt(len(X)), 16, 4096))
+            rows += faiss_ivf_ondisk(X, Q, gt, metric, raw, nlist, tmp, args.nprobes)
+        if "hnsw" in args.parts:
+            print(f"[{name}] hnswlib in-memory reference", flush=True)
+            rows += hnsw_ref(X, Q, gt, metric, raw, args.threads, args.efs)
+        if not args.no_diskann and "diskann" in args.parts:
             for budget, _ in budgets:
                 print(f"[{name}] diskann at {budget:.0%}", flush=True)
                 r, status = diskann(X, Q, gt, metric, raw, budget, tmp, args.threads, args.Ls)
@@ -331,6 +333,9 @@ def main(argv=None) -> None:
     ap.add_argument("--page-cache", action="store_true",
                     help="RocksDB without O_DIRECT (reads may hit the OS page cache, like mmap)")
     ap.add_argument("--no-updates", action="store_true")
+    ap.add_argument("--parts", type=lambda s: set(s.split(",")),
+                    default={"spann", "faiss", "hnsw", "diskann", "updates"},
+                    help="which measurements to run (spann,faiss,hnsw,diskann,updates)")
     ap.add_argument("--name", default="spann", help="results file name")
     args = ap.parse_args(argv)
     tmp = Path(args.tmp if not args.smoke else tempfile.mkdtemp(prefix="spann-smoke-"))
@@ -363,7 +368,7 @@ def main(argv=None) -> None:
             r, e = run_set(name, X, Q, gt, metric, args, tmp, budgets)
             rows += [{**x, "set": name} for x in r]
             extra[name] = e
-            if args.no_updates:
+            if args.no_updates or "updates" not in args.parts:
                 continue
             # updates: 90% built, then insert the last 10% while deleting 10% of the old ones
             n0 = int(len(X) * 0.9)
