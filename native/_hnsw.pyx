@@ -34,6 +34,7 @@ cdef extern from "_hnsw_impl.h" nogil:
                         int64_t *next, int64_t *stats)
     void hn_exact(hn_t *h, const float *Q, int64_t nq, int32_t k, const int64_t *rows,
                   int64_t nrows, int64_t *out_id, float *out_d)
+    void hn_gather(hn_t *h, const int64_t *rows, int64_t n, float *out)
     int64_t hn_memory(const hn_t *h)
     int32_t hn_entry(const hn_t *h)
     int32_t hn_maxlevel(const hn_t *h)
@@ -134,6 +135,15 @@ cdef class HNSWCore:
             hn_exact(self.h, &Q[0, 0], Q.shape[0], k, &rows[0], rows.shape[0], &oi[0, 0],
                      &od[0, 0])
         return out_id, out_d
+
+    def gather(self, const int64_t[::1] rows):
+        """Copies of the vectors of ``rows`` (all < capacity), taken under the read lock."""
+        out = np.empty((rows.shape[0], self.dim), dtype=np.float32)
+        cdef float[:, ::1] o = out
+        if rows.shape[0]:
+            with nogil:
+                hn_gather(self.h, &rows[0], rows.shape[0], &o[0, 0])
+        return out
 
     def memory_bytes(self) -> int:
         return hn_memory(self.h)

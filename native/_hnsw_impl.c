@@ -784,6 +784,13 @@ void hn_exact(hn_t *h, const float *Q, int64_t nq, int32_t k, const int64_t *row
     pthread_rwlock_unlock(&h->grow);
 }
 
+void hn_gather(hn_t *h, const int64_t *rows, int64_t n, float *out) {
+    pthread_rwlock_rdlock(&h->grow);
+    for (int64_t i = 0; i < n; i++)
+        memcpy(out + (size_t)i * h->dim, h->vec + (size_t)rows[i] * h->dim, (size_t)h->dim * 4);
+    pthread_rwlock_unlock(&h->grow);
+}
+
 /* ---------------------------------------------------------------- introspection */
 int64_t hn_memory(const hn_t *h) {
     int64_t b = sizeof(hn_t) + h->cap * ((int64_t)h->dim * 4 + (int64_t)(h->M0 + 1) * 4 + 8 + 4 + 1);

@@ -42,6 +42,9 @@ int hn_search_batch(hn_t *h, const float *Q, int64_t nq, int32_t k, int32_t ef,
 void hn_exact(hn_t *h, const float *Q, int64_t nq, int32_t k, const int64_t *rows, int64_t nrows,
               int64_t *out_id, float *out_d);
 
+/* Copy the vectors of rows (< capacity) to out [n, dim] (read lock). */
+void hn_gather(hn_t *h, const int64_t *rows, int64_t n, float *out);
+
 /* Introspection / persistence. */
 int64_t hn_memory(const hn_t *h);
 int32_t hn_entry(const hn_t *h);

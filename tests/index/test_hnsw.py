@@ -294,3 +294,22 @@ def test_empty_and_small():
     s, d = idx.search(rand(2, 3), 4)
     assert (s[:, :2] >= 0).all() and (s[:, 2:] == -1).all()
     assert idx.add(np.zeros((0, 3), np.float32)).size == 0
+
+
+def test_batched_exact_scan_matches_flat(monkeypatch):
+    import vecdb.index.hnsw as hmod
+
+    monkeypatch.setattr(hmod, "_EXACT_BLOCK", 97)  # several GEMM blocks + the merge
+    monkeypatch.setattr(hmod, "_GEMM_MIN_MEMBERS", 0)
+    X, Q = rand(1000, 12, 41), rand(20, 12, 42)
+    acl = [[0] if i % 3 else [1] for i in range(len(X))]
+    idx, ref = HNSWIndex(12, "ip", M=8), FlatIndex(12, "ip")
+    idx.add(X, acl=acl)
+    ref.add(X, acl=acl)
+    idx.remove([1, 2, 4])
+    ref.remove([1, 2, 4])
+    for nq in (20, 3):  # batched GEMM path and the per-query C scan
+        got = idx.search(Q[:nq], 10, tenant=0, params=HNSWSearchParams(strategy="exact"))
+        want = ref.search(Q[:nq], 10, tenant=0)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)

@@ -33,6 +33,7 @@ from vecdb import _hnsw
 from vecdb.errors import InvalidArgument
 from vecdb.index.acl import AccessLists, normalize_acl
 from vecdb.index.base import Index, SearchParams, check_build_params, pad_results
+from vecdb.index.flat import exact_topk
 from vecdb.kernels import metric_code
 
 # Planner defaults, measured with ``python -m bench.hnsw`` on GloVe-50 (390k x 50, 1 thread; the
@@ -44,6 +45,8 @@ from vecdb.kernels import metric_code
 EXACT_THRESHOLD = 32768
 TWO_HOP_BELOW = 0.05
 STRATEGIES = ("auto", "graph", "two_hop", "exact")
+_EXACT_BLOCK = 16384  # members gathered per GEMM block in the batched exact scan
+_GEMM_MIN_MEMBERS = 16384  # below this the per-query C scan is faster (see HNSWIndex._exact)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,7 +272,7 @@ class HNSWIndex(Index):
             if len(members) == 0:
                 return out_i, out_d
             if strategy == "exact":
-                return self._core.exact(Q, k, members)
+                return self._exact(Q, k, members)
             bitmap = self._acl.bitmap(int(tenant))
         mode = _hnsw.TWO_HOP if strategy == "two_hop" else _hnsw.GRAPH
         counter = np.zeros(1, dtype=np.int64)
@@ -282,6 +285,27 @@ class HNSWIndex(Index):
         self.last_stats = {"distances": int(stats[0]), "exact_fallbacks": int(stats[1]),
                            "strategy": strategy}
         return out_i, out_d
+
+    def _exact(self, Q: np.ndarray, k: int, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact k-NN over the tenant's members. A few queries: the per-query SIMD scan in C; a
+        batch over many members: members gathered in blocks and scanned with one GEMM per block
+        (the FlatIndex path). GloVe-50, 200 queries: C scan 16.5k vs GEMM 12.7k QPS at 4k
+        members, 1.4k vs 1.9k QPS at 40k members."""
+        if Q.shape[0] < 8 or len(members) < _GEMM_MIN_MEMBERS:
+            return self._core.exact(Q, k, members)
+        best_i = best_d = None
+        for s in range(0, len(members), _EXACT_BLOCK):
+            rows = np.ascontiguousarray(members[s : s + _EXACT_BLOCK])
+            ci, cd = exact_topk(Q, self._core.gather(rows), k, self._code)
+            ci = np.where(ci >= 0, rows[np.maximum(ci, 0)], -1)
+            if best_i is None:
+                best_i, best_d = ci, cd
+                continue
+            mi, md = np.concatenate([best_i, ci], axis=1), np.concatenate([best_d, cd], axis=1)
+            order = np.argsort(md, axis=1, kind="stable")[:, :k]
+            best_i, best_d = np.take_along_axis(mi, order, 1), np.take_along_axis(md, order, 1)
+        best_i[~np.isfinite(best_d)] = -1
+        return best_i, best_d
 
     def vectors(self, slots) -> np.ndarray:
         """Stored (normalised, for cosine) vectors of live slots."""
