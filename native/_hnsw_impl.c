@@ -323,7 +323,14 @@ int64_t hn_capacity(const hn_t *h) { return h->cap; }
 /* ---------------------------------------------------------------- neighbour selection */
 /* Paper's heuristic over c->tmp[0..n) (pairs of (distance to base, id)); writes up to m ids to out
  * and returns how many. Sorts tmp ascending. */
+static int32_t select_heuristic_k(const hn_t *h, hn_pair *cand, int32_t n, int32_t m, int32_t *out,
+                                  int keep);
 static int32_t select_heuristic(const hn_t *h, hn_pair *cand, int32_t n, int32_t m, int32_t *out) {
+    return select_heuristic_k(h, cand, n, m, out, h->keep);
+}
+/* keep: keepPrunedConnections (fill up to m with the nearest pruned candidates). */
+static int32_t select_heuristic_k(const hn_t *h, hn_pair *cand, int32_t n, int32_t m, int32_t *out,
+                                  int keep) {
     qsort(cand, (size_t)n, sizeof(hn_pair), cmp_pair);
     int32_t kept = 0;
     if (n <= m && !h->keep) {
@@ -345,7 +352,7 @@ static int32_t select_heuristic(const hn_t *h, hn_pair *cand, int32_t n, int32_t
         else
             cand[npruned++] = cand[i]; /* compact pruned ones at the front (i >= npruned) */
     }
-    if (h->keep)
+    if (keep)
         for (int32_t i = 0; i < npruned && kept < m; i++) out[kept++] = cand[i].id;
     return kept;
 }
@@ -643,7 +650,9 @@ static void repair_node(hn_t *h, hn_ctx *c, int32_t n, int l) {
         }
     }
     int32_t out[256];
-    int32_t k = select_heuristic(h, c->tmp, m, mm, out);
+    /* keepPrunedConnections here: a repaired list stays full, so nodes that were reachable only
+     * through the deleted node keep an in-link (fewer unreachable nodes after heavy deletes) */
+    int32_t k = select_heuristic_k(h, c->tmp, m, mm, out, 1);
     memcpy(ln + 1, out, (size_t)k * 4);
     ln[0] = k;
 }

