@@ -57,8 +57,11 @@ def peak_rss_bytes() -> int:
 
 
 def machine() -> dict:
-    info = {"python": platform.python_version(), "machine": platform.machine(),
-            "cpus": os.cpu_count()}
+    info = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
     try:
         from vecdb.kernels import info as kinfo
 
@@ -76,9 +79,13 @@ def write_results(name: str, rows: list[dict], extra: dict | None = None) -> Pat
     path = RESULTS / f"{name}.json"
     main = sys.modules.get("__main__")
     mod = getattr(getattr(main, "__spec__", None), "name", None) or Path(sys.argv[0]).stem
-    doc = {"command": " ".join(["python -m", mod, *sys.argv[1:]]),
-           "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
-           "rows": rows, **(extra or {})}
+    doc = {
+        "command": " ".join(["python -m", mod, *sys.argv[1:]]),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "rows": rows,
+        **(extra or {}),
+    }
     path.write_text(json.dumps(doc, indent=1, default=_json_default))
     return path
 
@@ -94,7 +101,7 @@ def _json_default(o):
 
 
 def interpolate_qps(rows: list[dict], target_recall: float) -> float | None:
-    """QPS at ``target_recall`` on one system's recall/QPS curve (linear in recall); None if unreached."""
+    """QPS at ``target_recall`` on one recall/QPS curve (linear in recall); None if unreached."""
     pts = sorted((r["recall"], r["qps"]) for r in rows)
     for (r0, q0), (r1, q1) in zip(pts, pts[1:], strict=False):
         if r0 <= target_recall <= r1:
@@ -106,8 +113,15 @@ def interpolate_qps(rows: list[dict], target_recall: float) -> float | None:
     return None
 
 
-def plot_curves(name: str, rows: list[dict], title: str = "", x: str = "recall", y: str = "qps",
-                group: str = "system", logy: bool = True) -> Path | None:
+def plot_curves(
+    name: str,
+    rows: list[dict],
+    title: str = "",
+    x: str = "recall",
+    y: str = "qps",
+    group: str = "system",
+    logy: bool = True,
+) -> Path | None:
     """Recall-vs-QPS curves, one line per ``group`` value, to ``bench/results/<name>.png``."""
     try:
         import matplotlib

@@ -53,8 +53,11 @@ class Dataset:
         order = np.argsort(ix, kind="stable")
         t_sorted, r_sorted = ix[order], rows[order]
         bounds = np.flatnonzero(np.diff(t_sorted)) + 1
-        return {int(t[0]): r for t, r in zip(np.split(t_sorted, bounds), np.split(r_sorted, bounds),
-                                             strict=True) if len(t)}
+        return {
+            int(t[0]): r
+            for t, r in zip(np.split(t_sorted, bounds), np.split(r_sorted, bounds), strict=True)
+            if len(t)
+        }
 
 
 def _load_dir(path: Path) -> dict:
@@ -65,12 +68,22 @@ def load(name: str) -> Dataset:
     """Load a data set by name: sift-5k, mnist-10k, glove-wordnet, glove-50."""
     if name in ("sift-5k", "mnist-10k"):
         d = _load_dir(SHARED / name)
-        return Dataset(name, d["base"].astype(np.float32), d["queries"].astype(np.float32),
-                       d["gt"], "l2")
+        return Dataset(
+            name, d["base"].astype(np.float32), d["queries"].astype(np.float32), d["gt"], "l2"
+        )
     if name == "glove-wordnet":
         d = _load_dir(SHARED / name)
-        return Dataset(name, d["base"], d["queries"], d["gt"], "ip", d["acl_indptr"],
-                       d["acl_indices"], d["query_tenant"], d["tenant_sizes"])
+        return Dataset(
+            name,
+            d["base"],
+            d["queries"],
+            d["gt"],
+            "ip",
+            d["acl_indptr"],
+            d["acl_indices"],
+            d["query_tenant"],
+            d["tenant_sizes"],
+        )
     if name == "glove-50":
         path = fetch_glove50()
         d = _load_dir(path)
@@ -91,8 +104,10 @@ def fetch_glove50() -> Path:
 
 # -------------------------------------------------------------------------- ground truth
 
-def exact_gt(base: np.ndarray, queries: np.ndarray, k: int, metric: str,
-             rows: list[np.ndarray] | None = None) -> np.ndarray:
+
+def exact_gt(
+    base: np.ndarray, queries: np.ndarray, k: int, metric: str, rows: list[np.ndarray] | None = None
+) -> np.ndarray:
     """Exact top-k positions into ``base`` (optionally each query restricted to ``rows[i]``)."""
     from vecdb.index.flat import exact_topk
     from vecdb.kernels import metric_code
@@ -110,9 +125,11 @@ def exact_gt(base: np.ndarray, queries: np.ndarray, k: int, metric: str,
 
 # -------------------------------------------------------------------------- synthetic data
 
-def clustered(n: int, d: int, n_clusters: int = 256, spread: float = 0.35, seed: int = 0,
-              dtype=np.float32) -> np.ndarray:
-    """Gaussian blobs around random centres (a crude but non-uniform embedding-like distribution)."""
+
+def clustered(
+    n: int, d: int, n_clusters: int = 256, spread: float = 0.35, seed: int = 0, dtype=np.float32
+) -> np.ndarray:
+    """Gaussian blobs around random centres (a crude, non-uniform embedding-like distribution)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((n_clusters, d)).astype(np.float32)
     sizes = rng.dirichlet(np.full(n_clusters, 2.0))
@@ -121,8 +138,9 @@ def clustered(n: int, d: int, n_clusters: int = 256, spread: float = 0.35, seed:
     return x.astype(dtype)
 
 
-def clustered_stream(n: int, d: int, chunk: int = 100_000, n_clusters: int = 256,
-                     spread: float = 0.35, seed: int = 0):
+def clustered_stream(
+    n: int, d: int, chunk: int = 100_000, n_clusters: int = 256, spread: float = 0.35, seed: int = 0
+):
     """Yield ``clustered`` data chunk by chunk (same centres), for sets larger than memory."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((n_clusters, d)).astype(np.float32)
@@ -134,9 +152,17 @@ def clustered_stream(n: int, d: int, chunk: int = 100_000, n_clusters: int = 256
         yield (centres[labels] + spread * r.standard_normal((m, d)).astype(np.float32))
 
 
-def multitenant(n: int = 100_000, d: int = 128, n_tenants: int = 1000, share: float = 8.0,
-                zipf_a: float = 1.2, n_queries: int = 1000, k: int = 10, seed: int = 0,
-                clustered_membership: bool = True) -> Dataset:
+def multitenant(
+    n: int = 100_000,
+    d: int = 128,
+    n_tenants: int = 1000,
+    share: float = 8.0,
+    zipf_a: float = 1.2,
+    n_queries: int = 1000,
+    k: int = 10,
+    seed: int = 0,
+    clustered_membership: bool = True,
+) -> Dataset:
     """Synthetic multi-tenant workload: clustered vectors, Zipf-sized tenants, ~``share`` tenants
     per vector (like the Curator paper's YFCC set), queries scoped to one tenant, exact filtered GT.
 
@@ -156,7 +182,9 @@ def multitenant(n: int = 100_000, d: int = 128, n_tenants: int = 1000, share: fl
     pairs_t, pairs_r = [], []
     for t, sz in enumerate(sizes):
         if clustered_membership:
-            home = rng.choice(n_clusters, size=max(1, min(n_clusters, int(sz // 200) + 2)), replace=False)
+            home = rng.choice(
+                n_clusters, size=max(1, min(n_clusters, int(sz // 200) + 2)), replace=False
+            )
             pool = np.concatenate([by_cluster[c] for c in home])
             if len(pool) < sz:
                 pool = np.arange(n)
@@ -178,8 +206,17 @@ def multitenant(n: int = 100_000, d: int = 128, n_tenants: int = 1000, share: fl
     anchors = np.array([rng.choice(members[int(t)]) for t in qt])
     queries = base[anchors] + 0.35 * rng.standard_normal((n_queries, d)).astype(np.float32)
     gt = exact_gt(base, queries, k, "l2", rows=[members[int(t)] for t in qt])
-    return Dataset(f"mt-{n}x{d}-t{n_tenants}", base, queries.astype(np.float32), gt, "l2", indptr,
-                   pt, qt, tenant_sizes)
+    return Dataset(
+        f"mt-{n}x{d}-t{n_tenants}",
+        base,
+        queries.astype(np.float32),
+        gt,
+        "l2",
+        indptr,
+        pt,
+        qt,
+        tenant_sizes,
+    )
 
 
 def save(ds: Dataset, path: Path) -> None:

@@ -39,17 +39,7 @@ import numpy as np  # noqa: E402
 import vecdb  # noqa: E402
 from bench.common import peak_rss_bytes, plot_curves, recall_at_k, write_results  # noqa: E402
 from bench.datasets import clustered_stream, exact_gt  # noqa: E402
-
-
-def folder_bytes(path: str) -> int:
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.path.getsize(os.path.join(root, f))
-            except OSError:
-                pass
-    return total
+from vecdb.storage.rocks import folder_bytes  # noqa: E402
 
 
 def raw_rate(kind: str, X: np.ndarray, batch: int, params: dict) -> tuple[float, float]:

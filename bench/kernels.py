@@ -78,10 +78,17 @@ def bench_one_to_many(dims, sizes, rows, rng):
                     t_np = best_time(lambda: X @ q)  # noqa: B023
                 else:
                     t_np = best_time(lambda: xn - 2.0 * (X @ q) + q @ q)  # noqa: B023
-                row = {"bench": "one_to_many", "metric": metric, "n": n, "d": d,
-                       "native_s": t_nat, "numpy_s": t_np,
-                       "native_GBps": X.nbytes / t_nat / 1e9, "numpy_GBps": X.nbytes / t_np / 1e9,
-                       "speedup_vs_numpy": t_np / t_nat}
+                row = {
+                    "bench": "one_to_many",
+                    "metric": metric,
+                    "n": n,
+                    "d": d,
+                    "native_s": t_nat,
+                    "numpy_s": t_np,
+                    "native_GBps": X.nbytes / t_nat / 1e9,
+                    "numpy_GBps": X.nbytes / t_np / 1e9,
+                    "speedup_vs_numpy": t_np / t_nat,
+                }
                 try:
                     f = faiss_one_to_many(metric)
                     t_f = best_time(lambda: f(q, X, out))  # noqa: B023
@@ -89,9 +96,11 @@ def bench_one_to_many(dims, sizes, rows, rng):
                 except ImportError:
                     pass
                 rows.append(row)
-                print(f"one-to-many {metric} n={n:>8} d={d:>4}: native {row['native_GBps']:.1f} GB/s,"
-                      f" x{row['speedup_vs_numpy']:.2f} numpy, x{row.get('speedup_vs_faiss', float('nan')):.2f} faiss")
-            del X
+                print(
+                    f"one-to-many {metric} n={n:>8} d={d:>4}: native {row['native_GBps']:.1f} GB/s,"
+                    f" x{row['speedup_vs_numpy']:.2f} numpy,"
+                    f" x{row.get('speedup_vs_faiss', float('nan')):.2f} faiss"
+                )
 
 
 def bench_gather(dims, n, rows, rng, n_rows: int = 64):
@@ -118,13 +127,27 @@ def bench_gather(dims, n, rows, rng, n_rows: int = 64):
         t_nat, t_np, t_ip = (best_time(f) / len(sets) for f in (nat, npy, npy_ip))
         # in-C cost per gather, as index loops pay it (256 gathers per call, no Python between)
         t_c = best_time(lambda: _native.distances_gather_many(q, X, many, 0)) / len(sets)  # noqa: B023
-        rows.append({"bench": "gather64", "n": n, "d": d, "native_call_s": t_nat, "native_in_c_s": t_c,
-                     "numpy_l2_s": t_np, "numpy_ip_s": t_ip,
-                     "speedup_call_vs_numpy_l2": t_np / t_nat, "speedup_call_vs_numpy_ip": t_ip / t_nat,
-                     "speedup_in_c_vs_numpy_l2": t_np / t_c, "speedup_in_c_vs_numpy_ip": t_ip / t_c})
-        print(f"gather64 n={n} d={d:>4}: native call {t_nat * 1e6:.2f} us (x{t_np / t_nat:.1f} numpy l2,"
-              f" x{t_ip / t_nat:.1f} numpy ip); in C {t_c * 1e6:.2f} us (x{t_np / t_c:.1f} l2,"
-              f" x{t_ip / t_c:.1f} ip)")
+        rows.append(
+            {
+                "bench": "gather64",
+                "n": n,
+                "d": d,
+                "native_call_s": t_nat,
+                "native_in_c_s": t_c,
+                "numpy_l2_s": t_np,
+                "numpy_ip_s": t_ip,
+                "speedup_call_vs_numpy_l2": t_np / t_nat,
+                "speedup_call_vs_numpy_ip": t_ip / t_nat,
+                "speedup_in_c_vs_numpy_l2": t_np / t_c,
+                "speedup_in_c_vs_numpy_ip": t_ip / t_c,
+            }
+        )
+        print(
+            f"gather64 n={n} d={d:>4}: native call {t_nat * 1e6:.2f} us"
+            f" (x{t_np / t_nat:.1f} numpy l2,"
+            f" x{t_ip / t_nat:.1f} numpy ip); in C {t_c * 1e6:.2f} us (x{t_np / t_c:.1f} l2,"
+            f" x{t_ip / t_c:.1f} ip)"
+        )
 
 
 def bench_bandwidth(rows, rng, nbytes: int):
@@ -135,11 +158,20 @@ def bench_bandwidth(rows, rng, nbytes: int):
         q = rng.standard_normal(d, dtype=np.float32)
         t = best_time(lambda: _native.distances(q, X, 0), min_time=1.0, repeat=3)  # noqa: B023
         scan = X.nbytes / t
-        rows.append({"bench": "bandwidth", "bytes": X.nbytes, "d": d, "copy_GBps": bw / 1e9,
-                     "scan_GBps": scan / 1e9, "copy_over_scan": bw / scan})
-        print(f"bandwidth {X.nbytes / 2**20:.0f} MiB d={d}: scan {scan / 1e9:.1f} GB/s vs copy "
-              f"{bw / 1e9:.1f} GB/s (copy/scan = {bw / scan:.2f}, goal <= 1.5)")
-        del X
+        rows.append(
+            {
+                "bench": "bandwidth",
+                "bytes": X.nbytes,
+                "d": d,
+                "copy_GBps": bw / 1e9,
+                "scan_GBps": scan / 1e9,
+                "copy_over_scan": bw / scan,
+            }
+        )
+        print(
+            f"bandwidth {X.nbytes / 2**20:.0f} MiB d={d}: scan {scan / 1e9:.1f} GB/s vs copy "
+            f"{bw / 1e9:.1f} GB/s (copy/scan = {bw / scan:.2f}, goal <= 1.5)"
+        )
 
 
 def bench_pairwise_topk(rows, rng, n: int):
@@ -156,12 +188,30 @@ def bench_pairwise_topk(rows, rng, n: int):
             return np.take_along_axis(p, np.argsort(np.take_along_axis(D, p, 1), 1), 1)  # noqa: B023
 
         t_nptk = best_time(np_topk)
-        rows.append({"bench": "pairwise100", "n": n, "d": d, "native_s": t_nat, "numpy_gemm_s": t_np,
-                     "speedup_vs_numpy": t_np / t_nat})
-        rows.append({"bench": "topk10", "n": n, "nq": 100, "native_s": t_tk, "numpy_s": t_nptk,
-                     "speedup_vs_numpy": t_nptk / t_tk})
-        print(f"pairwise 100x{n} d={d}: native x{t_np / t_nat:.2f} of numpy GEMM; top-10 native "
-              f"x{t_nptk / t_tk:.1f} numpy argpartition")
+        rows.append(
+            {
+                "bench": "pairwise100",
+                "n": n,
+                "d": d,
+                "native_s": t_nat,
+                "numpy_gemm_s": t_np,
+                "speedup_vs_numpy": t_np / t_nat,
+            }
+        )
+        rows.append(
+            {
+                "bench": "topk10",
+                "n": n,
+                "nq": 100,
+                "native_s": t_tk,
+                "numpy_s": t_nptk,
+                "speedup_vs_numpy": t_nptk / t_tk,
+            }
+        )
+        print(
+            f"pairwise 100x{n} d={d}: native x{t_np / t_nat:.2f} of numpy GEMM; top-10 native "
+            f"x{t_nptk / t_tk:.1f} numpy argpartition"
+        )
 
 
 def bench_gpu(rows, rng, nq: int, n: int, d: int = 128, k: int = 10):
@@ -181,13 +231,28 @@ def bench_gpu(rows, rng, nq: int, n: int, d: int = 128, k: int = 10):
     cp.cuda.Device().synchronize()
     t = time.perf_counter() - t0
     flops = 2.0 * nq * n * d
-    rows.append({"bench": "gpu_bruteforce_topk", "nq": nq, "n": n, "d": d, "k": k, "s": t,
-                 "qps": nq / t, "TFLOPs": flops / t / 1e12, "GBps": X.nbytes / t / 1e9})
-    print(f"gpu brute-force top-{k}: {nq} x {n} x {d} in {t:.3f} s = {flops / t / 1e12:.1f} TFLOP/s")
+    rows.append(
+        {
+            "bench": "gpu_bruteforce_topk",
+            "nq": nq,
+            "n": n,
+            "d": d,
+            "k": k,
+            "s": t,
+            "qps": nq / t,
+            "TFLOPs": flops / t / 1e12,
+            "GBps": X.nbytes / t / 1e9,
+        }
+    )
+    print(
+        f"gpu brute-force top-{k}: {nq} x {n} x {d} in {t:.3f} s = {flops / t / 1e12:.1f} TFLOP/s"
+    )
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     ap.add_argument("--gpu", action="store_true", help="also run the cupy brute-force benchmark")
     args = ap.parse_args(argv)

@@ -84,7 +84,7 @@ def test_property_matches_model(n, dim, k, metric, data):
         found, dist = idx.search(q, k, tenant=tenant)
         want = brute(model, q.astype(np.float64), k, metric, allowed)
         assert found[0][: len(want)].tolist() == want
-        assert (found[0][len(want):] == -1).all() and np.isinf(dist[0][len(want):]).all()
+        assert (found[0][len(want) :] == -1).all() and np.isinf(dist[0][len(want) :]).all()
 
 
 def test_remove_and_reuse_slot():

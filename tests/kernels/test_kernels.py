@@ -41,7 +41,9 @@ def ref_dist(q: np.ndarray, X: np.ndarray, metric: str) -> np.ndarray:
 def assert_close(got, ref, q, X):
     # 1e-4 relative, with an absolute floor scaled by the magnitude of the summed terms
     # (a distance near 0 that is the difference of large terms has no relative precision).
-    scale = (np.abs(q.astype(np.float64)).max() * np.abs(X.astype(np.float64)).max(axis=-1)) * q.shape[-1]
+    scale = (
+        np.abs(q.astype(np.float64)).max() * np.abs(X.astype(np.float64)).max(axis=-1)
+    ) * q.shape[-1]
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * np.max(scale) + 1e-30)
 
 
@@ -95,7 +97,9 @@ def test_float32_edge_magnitudes(level, scale, d):
     X, q = data(d, n=33, scale=scale)
     for metric in ("l2", "ip"):
         got = K.distances(q, X, metric)
-        assert np.isfinite(got).all() or scale > 1e16  # squares of 1e17 overflow float32, as in numpy
+        assert (
+            np.isfinite(got).all() or scale > 1e16
+        )  # squares of 1e17 overflow float32, as in numpy
         ref = ref_dist(q, X, metric)
         finite = np.isfinite(got)
         np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-4, atol=1e-30)
@@ -119,15 +123,23 @@ def test_env_variable_forces_level(tmp_path):
     import sys
 
     code = "import vecdb.kernels as K; print(K.info()['simd'])"
-    out = subprocess.run([sys.executable, "-c", code], env={"VECDB_SIMD": "scalar", "PATH": ""},
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"VECDB_SIMD": "scalar", "PATH": ""},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "scalar"
 
 
 @settings(max_examples=200, deadline=None)
 @given(
-    hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(0, 60)),
-               elements=st.floats(-1e6, 1e6, width=32) | st.just(np.float32(np.nan))),
+    hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 4), st.integers(0, 60)),
+        elements=st.floats(-1e6, 1e6, width=32) | st.just(np.float32(np.nan)),
+    ),
     st.integers(1, 70),
 )
 def test_topk_matches_numpy_reference(dist, k):
@@ -169,6 +181,7 @@ def test_kmeans_assign():
 
 
 # ------------------------------------------------------------------------------ bad input
+
 
 def test_bad_input_raises_documented_errors():
     X = np.ones((4, 8), dtype=np.float32)
@@ -215,6 +228,7 @@ def test_cupy_backend_unavailable_is_clear():
 
 
 # ------------------------------------------------------------------------------ GPU
+
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("d", DIMS)

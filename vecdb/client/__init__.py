@@ -2,7 +2,7 @@
 
 from vecdb.client.client import Client, RemoteCollection
 from vecdb.client.errors import RemoteError
-from vecdb.client.results import GetResult, SearchResult, UpsertResult
+from vecdb.results import GetResult, SearchResult, UpsertResult
 
 __all__ = ["Client", "RemoteCollection", "RemoteError", "SearchResult", "GetResult",
            "UpsertResult"]

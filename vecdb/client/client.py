@@ -39,8 +39,8 @@ from vecdb._proto.v1 import (
     tenants_pb2_grpc,
 )
 from vecdb.client.errors import RemoteError, from_rpc_error
-from vecdb.client.results import GetResult, SearchResult, UpsertResult
 from vecdb.errors import InvalidArgument
+from vecdb.results import GetResult, SearchResult, UpsertResult
 
 _STATUS = {common_pb2.CREATED: "created", common_pb2.UPDATED: "updated"}
 _RETRY = (grpc.StatusCode.UNAVAILABLE,)

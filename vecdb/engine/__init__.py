@@ -17,6 +17,6 @@ See ``collection.py`` for the write path and recovery, ``codec.py`` for the on-d
 from vecdb.engine.collection import Collection
 from vecdb.engine.database import Database
 from vecdb.engine.options import Options
-from vecdb.engine.results import GetResult, SearchResult, UpsertResult
+from vecdb.results import GetResult, SearchResult, UpsertResult
 
 __all__ = ["Database", "Collection", "Options", "SearchResult", "GetResult", "UpsertResult"]

@@ -40,7 +40,6 @@ import numpy as np
 
 from vecdb.engine import codec
 from vecdb.engine.options import Options
-from vecdb.engine.results import CREATED, UPDATED, GetResult, SearchResult, UpsertResult
 from vecdb.engine.rwlock import RWLock
 from vecdb.engine.state import CollectionState
 from vecdb.errors import (
@@ -54,8 +53,9 @@ from vecdb.errors import (
 from vecdb.index import index_class
 from vecdb.index.base import Index, SearchParams
 from vecdb.kernels import check_k, check_metric, prepare
+from vecdb.results import CREATED, UPDATED, GetResult, SearchResult, UpsertResult
 from vecdb.storage import MemoryKVStore, WriteBatch
-from vecdb.storage.rocks import RocksKVStore
+from vecdb.storage.rocks import RocksKVStore, folder_bytes
 
 MAX_ID = (1 << 63) - 1  # ids are uint64 on the wire, limited to int63 so int64 results hold them
 MAX_TENANT_NAME = 128
@@ -822,14 +822,7 @@ class Collection:
 
     def disk_bytes(self) -> int:
         """Bytes on disk: the store plus the current checkpoint."""
-        total = 0
-        for root, _, files in os.walk(self.path):
-            for f in files:
-                try:
-                    total += os.path.getsize(os.path.join(root, f))
-                except OSError:
-                    pass
-        return total
+        return folder_bytes(self.path)
 
     def flush(self) -> None:
         """Flush RocksDB memtables to SST files (for measuring on-disk size)."""

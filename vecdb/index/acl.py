@@ -32,11 +32,15 @@ def normalize_acl(acl, n: int) -> tuple[np.ndarray, np.ndarray]:
         indptr = np.ascontiguousarray(acl[0], dtype=np.int64)
         indices = np.ascontiguousarray(acl[1], dtype=np.int32)
         if indptr[0] != 0 or indptr[-1] != len(indices) or (np.diff(indptr) < 0).any():
-            raise InvalidArgument("acl: malformed CSR (indptr must start at 0, be monotone, end at len(indices))")
+            raise InvalidArgument(
+                "acl: malformed CSR (indptr must start at 0, be monotone, end at len(indices))"
+            )
     else:
         if len(acl) != n:
             raise InvalidArgument(f"acl: expected {n} access lists, got {len(acl)}")
-        lists = [np.unique(np.asarray(a, dtype=np.int64).ravel()) for a in acl]  # ravel: int -> [int]
+        lists = [
+            np.unique(np.asarray(a, dtype=np.int64).ravel()) for a in acl
+        ]  # ravel: int -> [int]
         indptr = np.zeros(n + 1, dtype=np.int64)
         indptr[1:] = np.cumsum([len(a) for a in lists])
         indices = (np.concatenate(lists) if lists else np.zeros(0)).astype(np.int64)
@@ -94,8 +98,9 @@ class AccessLists:
     def add_csr(self, slots: np.ndarray, indptr: np.ndarray, indices: np.ndarray) -> None:
         if len(slots):
             self._ensure(int(np.max(slots)))
-        if len(slots) > 64 and self._add_csr_fresh(np.asarray(slots, dtype=np.int64),
-                                                   indptr, indices):
+        if len(slots) > 64 and self._add_csr_fresh(
+            np.asarray(slots, dtype=np.int64), indptr, indices
+        ):
             return
         for i, s in enumerate(np.asarray(slots).tolist()):
             self.set(s, indices[indptr[i] : indptr[i + 1]])
@@ -135,8 +140,11 @@ class AccessLists:
             lists = list(ten32.reshape(-1, 1))
         else:
             lists = np.split(ten32, indptr[1:-1] - indptr[0])
-        st.update((s, lst) for s, lst, ok in zip(slots.tolist(), lists, nonempty.tolist(),
-                                                   strict=True) if ok)
+        st.update(
+            (s, lst)
+            for s, lst, ok in zip(slots.tolist(), lists, nonempty.tolist(), strict=True)
+            if ok
+        )
         return True
 
     def clear(self, slot: int) -> None:
@@ -157,7 +165,9 @@ class AccessLists:
         self._ensure(slot)
         self._bm(tenant)[slot >> 3] |= np.uint8(1 << (slot & 7))
         self._counts[tenant] += 1
-        self._slot_tenants[slot] = np.sort(np.append(ts if ts is not None else [], tenant)).astype(np.int32)
+        self._slot_tenants[slot] = np.sort(np.append(ts if ts is not None else [], tenant)).astype(
+            np.int32
+        )
         return True
 
     def revoke(self, slot: int, tenant: int) -> bool:
@@ -189,7 +199,7 @@ class AccessLists:
         return [t for t, c in self._counts.items() if c > 0]
 
     def bitmap(self, tenant: int) -> np.ndarray:
-        """Packed little-endian bitmap (uint8) of the tenant's slots; all zeros for an unknown tenant."""
+        """Packed little-endian uint8 bitmap of the tenant's slots (zeros for an unknown tenant)."""
         bm = self._bitmaps.get(tenant)
         return bm if bm is not None else np.zeros(self._cap_bytes, dtype=np.uint8)
 
@@ -202,7 +212,9 @@ class AccessLists:
 
     def members(self, tenant: int) -> np.ndarray:
         """Sorted int64 slots the tenant may see."""
-        return np.flatnonzero(np.unpackbits(self.bitmap(tenant), bitorder="little")).astype(np.int64)
+        return np.flatnonzero(np.unpackbits(self.bitmap(tenant), bitorder="little")).astype(
+            np.int64
+        )
 
     def memory_bytes(self) -> int:
         return sum(b.nbytes for b in self._bitmaps.values()) + sum(

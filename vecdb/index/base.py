@@ -53,7 +53,9 @@ def check_build_params(cls_name: str, given: dict[str, Any], allowed: dict[str, 
     """Validate creation knobs against ``allowed`` (name -> default); returns the full dict."""
     unknown = sorted(set(given) - set(allowed))
     if unknown:
-        raise InvalidArgument(f"unknown parameter(s) {unknown} for {cls_name}; known: {sorted(allowed)}")
+        raise InvalidArgument(
+            f"unknown parameter(s) {unknown} for {cls_name}; known: {sorted(allowed)}"
+        )
     out = dict(allowed)
     out.update(given)
     return out
@@ -83,7 +85,8 @@ class Index(ABC):
             return self.params_class.from_dict(params)
         if not isinstance(params, self.params_class):
             raise InvalidArgument(
-                f"{type(self).__name__} expects {self.params_class.__name__}, got {type(params).__name__}"
+                f"{type(self).__name__} expects {self.params_class.__name__}, "
+                f"got {type(params).__name__}"
             )
         return params
 
@@ -110,7 +113,7 @@ class Index(ABC):
     # -- the contract ---------------------------------------------------------------------
     @abstractmethod
     def add(self, vectors, slots=None, acl=None) -> np.ndarray:
-        """Insert (or replace) vectors at ``slots`` (default: next free slots); returns the slots."""
+        """Insert (or replace) vectors at ``slots`` (default: the next free ones); returns slots."""
 
     @abstractmethod
     def remove(self, slots) -> None:

@@ -1,4 +1,4 @@
-"""Exact (brute-force) index: the ground truth for every other index and the fallback for tiny tenants.
+"""Exact (brute-force) index: ground truth for every other index, fallback for tiny tenants.
 
 Vectors live in one growable float32 matrix indexed by slot; a search scans either all live slots
 (blocked GEMM-shaped pairwise distances through the kernel layer) or, with a tenant, only the
@@ -20,8 +20,15 @@ from vecdb.kernels import metric_code, numpy_backend
 FlatSearchParams = SearchParams  # the flat index has no search knobs
 
 
-def exact_topk(Q: np.ndarray, X: np.ndarray, k: int, code: int, rows: np.ndarray | None = None,
-               dead: np.ndarray | None = None, block: int = 32768) -> tuple[np.ndarray, np.ndarray]:
+def exact_topk(
+    Q: np.ndarray,
+    X: np.ndarray,
+    k: int,
+    code: int,
+    rows: np.ndarray | None = None,
+    dead: np.ndarray | None = None,
+    block: int = 32768,
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of validated queries over ``X`` (or over ``X[rows]``), blocked to bound memory.
 
     Returned ids are row numbers of X (mapped back through ``rows`` when given). ``dead`` is an
@@ -90,7 +97,11 @@ class FlatIndex(Index):
     def add(self, vectors, slots=None, acl=None) -> np.ndarray:
         X = self._prepare(vectors)
         n = X.shape[0]
-        s = np.arange(self._high, self._high + n, dtype=np.int64) if slots is None else self._slots(slots, n)
+        s = (
+            np.arange(self._high, self._high + n, dtype=np.int64)
+            if slots is None
+            else self._slots(slots, n)
+        )
         indptr, indices = normalize_acl(acl, n)
         if n == 0:
             return s
@@ -154,7 +165,11 @@ class FlatIndex(Index):
     # -- persistence ----------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         live = np.flatnonzero(self._live[: self._high]).astype(np.int64)
-        return {"high": self._high}, {"slots": live, "vectors": self._vecs[live], **self._acl.to_arrays()}
+        return {"high": self._high}, {
+            "slots": live,
+            "vectors": self._vecs[live],
+            **self._acl.to_arrays(),
+        }
 
     @classmethod
     def _from_state(cls, meta, arrays) -> FlatIndex:

@@ -80,7 +80,9 @@ def _backend(name: str | None) -> tuple[str, ModuleType]:
     if name == "cupy":
         mod = importlib.import_module("vecdb.kernels.cupy_backend")
         if not mod.available():
-            raise BackendUnavailable("backend 'cupy' needs cupy and a CUDA GPU; pip install vecdb[gpu]")
+            raise BackendUnavailable(
+                "backend 'cupy' needs cupy and a CUDA GPU; pip install vecdb[gpu]"
+            )
         return name, mod
     raise InvalidArgument(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
 
@@ -101,7 +103,9 @@ def distances(query, base, metric: str = "l2", backend: str | None = None) -> np
     return _backend(backend)[1].distances(q, X, code)
 
 
-def distances_gather(query, base, rows, metric: str = "l2", backend: str | None = None) -> np.ndarray:
+def distances_gather(
+    query, base, rows, metric: str = "l2", backend: str | None = None
+) -> np.ndarray:
     """Distances from one query to ``base[rows]`` without copying the rows (float32 [len(rows)])."""
     q, X, code = _inputs(query, base, metric, "query", one=True)
     r = as_rows(rows, X.shape[0])
@@ -121,7 +125,9 @@ def topk(dist, k: int, backend: str | None = None) -> tuple[np.ndarray, np.ndarr
     """
     k = check_k(k)
     d = np.asarray(dist)
-    if d.ndim not in (1, 2) or not (np.issubdtype(d.dtype, np.floating) or np.issubdtype(d.dtype, np.integer)):
+    if d.ndim not in (1, 2) or not (
+        np.issubdtype(d.dtype, np.floating) or np.issubdtype(d.dtype, np.integer)
+    ):
         raise InvalidArgument("dist must be a 1-D or 2-D numeric array")
     one = d.ndim == 1
     d2 = np.ascontiguousarray(d.reshape(1, -1) if one else d, dtype=np.float32)
@@ -129,8 +135,9 @@ def topk(dist, k: int, backend: str | None = None) -> tuple[np.ndarray, np.ndarr
     return (idx[0], out[0]) if one else (idx, out)
 
 
-def search(queries, base, k: int, metric: str = "l2", backend: str | None = None,
-           block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def search(
+    queries, base, k: int, metric: str = "l2", backend: str | None = None, block: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of each query over ``base``: the flat-index scan, blocked to bound memory."""
     k = check_k(k)
     Q, X, code = _inputs(queries, base, metric, "queries", one=False)
@@ -178,7 +185,7 @@ def kmeans_assign(X, centroids, metric: str = "l2", backend: str | None = None):
 
 
 def info() -> dict:
-    """Which SIMD level runs, which are compiled in / supported, and whether the GPU backend is usable."""
+    """The SIMD level in use, the levels compiled in / supported, and whether cupy is usable."""
     out = {"backend": "native" if _native is not None else "numpy"}
     if _native is not None:
         out.update(

@@ -16,7 +16,7 @@ METRIC_CODE = {"l2": 0, "ip": 1, "cosine": 1}
 
 
 def check_metric(metric: str) -> str:
-    """Return ``metric`` if it is one of ``l2``, ``ip``, ``cosine``; raise InvalidArgument otherwise."""
+    """Return ``metric`` if it is ``l2``, ``ip`` or ``cosine``; raise InvalidArgument otherwise."""
     if metric not in METRIC_CODE:
         raise InvalidArgument(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
     return metric

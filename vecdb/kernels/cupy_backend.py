@@ -89,8 +89,14 @@ def _pad(idx: np.ndarray, d: np.ndarray, k: int):
     return out_i, out_d
 
 
-def search(Q: np.ndarray, X: np.ndarray, k: int, metric_code: int, chunk_rows: int = 1 << 20,
-           query_batch: int = 4096):
+def search(
+    Q: np.ndarray,
+    X: np.ndarray,
+    k: int,
+    metric_code: int,
+    chunk_rows: int = 1 << 20,
+    query_batch: int = 4096,
+):
     """Exact top-k of every query over X, streaming X in chunks (X may exceed GPU memory)."""
     _require()
     nq, n = Q.shape[0], X.shape[0]
@@ -116,8 +122,9 @@ def search(Q: np.ndarray, X: np.ndarray, k: int, metric_code: int, chunk_rows: i
     return res_i, res_d
 
 
-def kmeans_assign(X: np.ndarray, centroids: np.ndarray, metric_code: int = 0,
-                  chunk_rows: int = 1 << 20):
+def kmeans_assign(
+    X: np.ndarray, centroids: np.ndarray, metric_code: int = 0, chunk_rows: int = 1 << 20
+):
     """Nearest centroid of every row of X (the k-means assignment step), streamed in chunks."""
     _require()
     C = cp.asarray(centroids)

@@ -34,8 +34,7 @@ from vecdb.storage.kv import COLUMN_FAMILIES, WriteBatch
 _INCOMPRESSIBLE = ("vectors", "postings", "oplog")
 
 
-def _cf_options(name: str, cache: rocksdict.Cache | None, direct_reads: bool
-                ) -> rocksdict.Options:
+def _cf_options(name: str, cache: rocksdict.Cache | None, direct_reads: bool) -> rocksdict.Options:
     o = rocksdict.Options(raw_mode=True)
     if name in _INCOMPRESSIBLE:
         o.set_compression_type(rocksdict.DBCompressionType.none())
@@ -60,9 +59,16 @@ class RocksKVStore:
     not exist (otherwise opening a missing one raises ``FailedPrecondition``).
     """
 
-    def __init__(self, path: str | os.PathLike, *, sync: bool = False,
-                 block_cache_bytes: int = 64 << 20, direct_reads: bool = False,
-                 create: bool = True, extra_column_families: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        sync: bool = False,
+        block_cache_bytes: int = 64 << 20,
+        direct_reads: bool = False,
+        create: bool = True,
+        extra_column_families: tuple[str, ...] = (),
+    ) -> None:
         self.path = os.fspath(path)
         if block_cache_bytes < 0:
             raise InvalidArgument("block_cache_bytes must be >= 0")
@@ -141,8 +147,9 @@ class RocksKVStore:
             raise InvalidArgument(f"unknown column family {e.args[0]!r}") from None
         self._db.write(wb)
 
-    def iterate(self, cf: str, prefix: bytes = b"", start: bytes | None = None
-                ) -> Iterator[tuple[bytes, bytes]]:
+    def iterate(
+        self, cf: str, prefix: bytes = b"", start: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
         """Keys in bytewise order that start with ``prefix``, from ``start`` (or the prefix) on."""
         lo = max(prefix, start) if start is not None else prefix
         it = self._cf(cf).iter()
@@ -176,14 +183,7 @@ class RocksKVStore:
 
     def disk_bytes(self) -> int:
         """Bytes of the database folder on disk (SST + WAL + manifest)."""
-        total = 0
-        for root, _, files in os.walk(self.path):
-            for f in files:
-                try:
-                    total += os.path.getsize(os.path.join(root, f))
-                except OSError:
-                    pass
-        return total
+        return folder_bytes(self.path)
 
     def close(self) -> None:
         if self._closed:
@@ -203,3 +203,15 @@ class RocksKVStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def folder_bytes(path: str) -> int:
+    """Bytes of every file below ``path`` (files vanishing meanwhile are skipped)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total

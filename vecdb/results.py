@@ -1,4 +1,5 @@
-"""Result objects of the embedded API (the gRPC server mirrors their fields)."""
+"""Result objects shared by the embedded API and the client SDK (same fields on both sides; the SDK
+imports this module, never the engine)."""
 
 from __future__ import annotations
 
