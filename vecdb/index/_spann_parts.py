@@ -181,10 +181,10 @@ def rng_select(X: np.ndarray, cand: np.ndarray, cdist: np.ndarray, head_vecs_of,
 class HeadIndex:
     """Heads (list id -> vector) with nearest-head search.
 
-    ``kind="flat"``: exact scan (small head sets, tests). ``kind="hnsw"``: an HNSW graph over the
-    heads (hnswlib until vecdb's own HNSW lands; same interface), with exact distances recomputed
-    from the stored head vectors. All access goes through one lock: head searches are short and
-    splits only add/remove a few heads at a time.
+    ``kind="flat"``: exact scan (small head sets, tests). ``kind="hnsw"``: vecdb's own HNSW graph
+    over the heads (slot = list id), which returns exact distances of the stored float32 head
+    vectors. All access goes through one lock: head searches are short and splits only add/remove
+    a few heads at a time.
     """
 
     def __init__(self, dim: int, code: int, kind: str = "flat", M: int = 16, ef: int = 128,
@@ -200,13 +200,13 @@ class HeadIndex:
         self._lock = threading.RLock()
         self._g = None
         if kind == "hnsw":
-            import hnswlib  # lazily: only the hnsw head index needs it
+            self._g = self._new_graph()
 
-            self._g = hnswlib.Index(space="ip" if code == 1 else "l2", dim=dim)
-            self._g.init_index(max_elements=1024, M=M, ef_construction=ef_construction,
-                               random_seed=seed, allow_replace_deleted=True)
-            self._g.set_ef(ef)  # fixed at creation; per-query k > ef widens it (hnswlib max(ef,k))
-            self._g.set_num_threads(threads)
+    def _new_graph(self):
+        from vecdb.index.hnsw import HNSWIndex  # lazily: only the hnsw head index needs it
+
+        return HNSWIndex(self.dim, "ip" if self.code == 1 else "l2", M=self.M,
+                         ef_construction=self.efc, seed=self.seed, num_threads=self.threads)
 
     def __len__(self) -> int:
         return len(self._row)
@@ -243,11 +243,7 @@ class HeadIndex:
                 rows.append(r)
             self._V[rows] = vecs
             if self._g is not None and len(ids):
-                need = len(self._row)
-                if need > self._g.get_max_elements():
-                    self._g.resize_index(max(need, 2 * self._g.get_max_elements()))
-                self._g.add_items(np.ascontiguousarray(vecs, dtype=np.float32), ids,
-                                  replace_deleted=True)
+                self._g.add(np.ascontiguousarray(vecs, dtype=np.float32), slots=ids)
 
     def remove(self, ids) -> None:
         with self._lock:
@@ -258,8 +254,8 @@ class HeadIndex:
                 self._row_of[i] = -1
                 self._rid[r] = -1
                 self._free.append(r)
-                if self._g is not None:
-                    self._g.mark_deleted(i)
+            if self._g is not None:
+                self._g.remove(np.asarray(ids, dtype=np.int64))
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """Head vectors for an array of ids (any shape); unknown ids give zeros."""
@@ -290,24 +286,12 @@ class HeadIndex:
                     dist[s:s + 1024, :kk] = d
                 ids[~np.isfinite(dist)] = -1
                 return ids, dist
-            lab, _ = self._g.knn_query(Q, k=kk, num_threads=self.threads)
-            lab = lab.astype(np.int64)
-            rows = self._rows(lab.ravel()).reshape(lab.shape)
-            for s in range(0, nq, 4096):  # exact re-rank in blocks, under the lock (rows of
-                # removed heads get reused)
-                e = min(nq, s + 4096)
-                H = self._V[np.maximum(rows[s:e], 0)]
-                if self.code == 1:
-                    d = -np.einsum("qkd,qd->qk", H, Q[s:e])
-                else:
-                    diff = H - Q[s:e, None, :]
-                    d = np.einsum("qkd,qkd->qk", diff, diff)
-                d = np.where(rows[s:e] >= 0, d, np.inf).astype(np.float32)
-                order = np.argsort(d, axis=1, kind="stable")
-                ds = np.take_along_axis(d, order, 1)
-                best = np.take_along_axis(lab[s:e], order, 1)
-                ids[s:e, :kk] = np.where(np.isfinite(ds), best, -1)
-                dist[s:e, :kk] = ds
+            from vecdb.index.hnsw import HNSWSearchParams
+
+            params = HNSWSearchParams(ef=max(self.ef, kk), num_threads=self.threads)
+            lab, d = self._g.search(Q, kk, params=params)
+            ids[:, :kk] = lab
+            dist[:, :kk] = d
         return ids, dist
 
     def _rows(self, ids: np.ndarray) -> np.ndarray:
@@ -315,14 +299,14 @@ class HeadIndex:
         return np.where(ok, self._row_of[np.where(ok, ids, 0)], -1)
 
     def graph_bytes(self) -> np.ndarray | None:
-        """The HNSW graph serialised (hnswlib's own format) as uint8, or None for flat."""
+        """The HNSW graph serialised (vecdb's index file format) as uint8, or None for flat."""
         if self._g is None:
             return None
         import tempfile
 
         with self._lock, tempfile.TemporaryDirectory() as d:
             p = os.path.join(d, "g")
-            self._g.save_index(p)
+            self._g.save(p)
             return np.fromfile(p, dtype=np.uint8)
 
     def load_graph(self, raw: np.ndarray) -> bool:
@@ -331,37 +315,30 @@ class HeadIndex:
             return False
         import tempfile
 
-        import hnswlib
+        from vecdb.errors import InvalidArgument
+        from vecdb.index.hnsw import HNSWIndex
 
         with self._lock, tempfile.TemporaryDirectory() as d:
             p = os.path.join(d, "g")
             raw.tofile(p)
-            g = hnswlib.Index(space="ip" if self.code == 1 else "l2", dim=self.dim)
-            g.load_index(p, allow_replace_deleted=True)
-            if set(np.asarray(g.get_ids_list(), dtype=np.int64).tolist()) - set(
-                    np.asarray(self._deleted_of(g), dtype=np.int64).tolist()) != set(self._row):
+            g = HNSWIndex.load(p)
+            ids = np.array(sorted(self._row), dtype=np.int64)
+            if len(g) != len(ids):
                 return False
-            g.set_ef(self.ef)
-            g.set_num_threads(self.threads)
+            try:  # every current head is in the saved graph, with the same vector
+                same = np.array_equal(g.vectors(ids), self._V[self._rows(ids)])
+            except InvalidArgument:
+                return False
+            if not same:
+                return False
+            g.params["num_threads"] = self.threads
             self._g = g
             return True
-
-    @staticmethod
-    def _deleted_of(g) -> list[int]:
-        return [i for i in g.get_ids_list() if _is_deleted(g, i)]
 
     def memory_bytes(self) -> int:
         b = self._V.nbytes + self._rid.nbytes + self._row_of.nbytes + 100 * len(self._row)
         if self._g is not None:
-            cap = self._g.get_max_elements()
-            # hnswlib level 0: data + 2M links + count + label; upper levels ~1/M of nodes
-            b += cap * (4 * self.dim + 8 * self.M + 4 + 8) + cap // self.M * (4 * self.M + 4)
+            b += self._g.memory_bytes()
         return b
 
 
-def _is_deleted(g, label: int) -> bool:
-    try:
-        g.get_items([label])
-        return False
-    except RuntimeError:  # hnswlib refuses to return items marked deleted
-        return True
