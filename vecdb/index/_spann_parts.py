@@ -202,11 +202,12 @@ class HeadIndex:
         if kind == "hnsw":
             self._g = self._new_graph()
 
-    def _new_graph(self):
+    def _new_graph(self, max_elements: int | None = None):
         from vecdb.index.hnsw import HNSWIndex  # lazily: only the hnsw head index needs it
 
         return HNSWIndex(self.dim, "ip" if self.code == 1 else "l2", M=self.M,
-                         ef_construction=self.efc, seed=self.seed, num_threads=self.threads)
+                         ef_construction=self.efc, seed=self.seed, num_threads=self.threads,
+                         max_elements=max_elements)
 
     def __len__(self) -> int:
         return len(self._row)
@@ -243,6 +244,10 @@ class HeadIndex:
                 rows.append(r)
             self._V[rows] = vecs
             if self._g is not None and len(ids):
+                if len(self._g) == 0 and len(ids) > 1024:
+                    # bulk build: size the graph to the list ids exactly (growth doubles, which
+                    # would hold up to 2x the head RAM the budget planned for)
+                    self._g = self._new_graph(max_elements=int(ids.max()) + 1)
                 self._g.add(np.ascontiguousarray(vecs, dtype=np.float32), slots=ids)
 
     def remove(self, ids) -> None:
