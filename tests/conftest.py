@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import vecdb
+
 DATA = Path(os.environ.get("VECDB_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
@@ -59,3 +61,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# -- a real ``vecdb serve`` process per test module (server and client tests) -----------------
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A ``vecdb serve`` process on 127.0.0.1 (free port, bootstrap admin key)."""
+    from vecdb.server.testing import ServerProcess
+
+    with ServerProcess(str(tmp_path_factory.mktemp("srv") / "data")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def admin(server):
+    """An admin SDK client of ``server``."""
+    with vecdb.Client(server.address, api_key=server.api_key, retry_s=2) as c:
+        yield c
