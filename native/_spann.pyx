@@ -1,0 +1,87 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""vecdb._spann: the native posting scan of the SPANN index (C core in native/_spann_impl.c).
+
+``scan`` takes the posting lists one ``multi_get`` returned (a list of ``bytes``, ``None`` for a
+missing list), checks every record's slot against the live flags, the version map and an
+optional tenant bitmap, computes distances with the vd SIMD kernels and keeps a bounded top-k
+with replica dedupe by slot, all without the GIL and with no Python object per record.
+Validation of arguments is the caller's (``vecdb.index.spann``); this layer only checks what it
+must to stay memory-safe (lengths, dims).
+"""
+import numpy as np
+cimport numpy as cnp
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdint cimport int64_t, int32_t, uint8_t
+from libc.stdlib cimport malloc, free
+from vd_kernels cimport *
+
+cnp.import_array()
+vd_init()
+
+cdef extern from "_spann_impl.h" nogil:
+    int64_t sp_scan(const float *q, int32_t dim, int32_t metric, const uint8_t *const *blocks,
+                    const int64_t *lens, int64_t nblocks, const uint8_t *live,
+                    const uint8_t *ver, int64_t nslots, const uint8_t *bitmap, int64_t bm_bytes,
+                    int32_t k, int64_t *out_slot, float *out_dist, int64_t *stats)
+
+
+def scan(const float[::1] q, list blocks, const uint8_t[::1] live, const uint8_t[::1] ver,
+         bitmap, int k, int metric, int64_t[::1] out_slot, float[::1] out_dist,
+         int64_t[::1] stats):
+    """Top-k of the valid records in ``blocks`` for query ``q`` (see module doc).
+
+    ``live``/``ver``: uint8 per slot (same length). ``bitmap``: packed little-endian uint8
+    tenant bits or None. Writes ``out_slot``/``out_dist`` (length >= k, -1/inf padded) and
+    ``stats`` = [bytes fetched, records scanned, records that passed the filter]; returns the
+    number of results found.
+    """
+    cdef Py_ssize_t nb = len(blocks), i
+    cdef int64_t got, nbytes = 0
+    cdef const uint8_t[::1] bm
+    cdef const uint8_t *bmp = NULL
+    cdef int64_t bm_bytes = 0
+    cdef int64_t st[2]
+    if live.shape[0] != ver.shape[0]:
+        raise ValueError("live and ver must have the same length")
+    if k < 0 or out_slot.shape[0] < k or out_dist.shape[0] < k or stats.shape[0] < 3:
+        raise ValueError("output arrays are too short")
+    if bitmap is not None:
+        bm = bitmap
+        bmp = &bm[0] if bm.shape[0] else NULL
+        bm_bytes = bm.shape[0]
+        if bmp == NULL:  # an empty bitmap admits nothing
+            out_slot[:k] = -1
+            out_dist[:k] = np.inf
+            stats[0] = stats[1] = stats[2] = 0
+            return 0
+    cdef const uint8_t **ptrs = <const uint8_t **> malloc(max(nb, 1) * sizeof(uint8_t *))
+    cdef int64_t *lens = <int64_t *> malloc(max(nb, 1) * sizeof(int64_t))
+    if ptrs == NULL or lens == NULL:
+        free(ptrs)
+        free(lens)
+        raise MemoryError()
+    try:
+        for i in range(nb):
+            b = blocks[i]
+            if b is None:
+                ptrs[i] = NULL
+                lens[i] = 0
+            elif type(b) is bytes:
+                ptrs[i] = <const uint8_t *> PyBytes_AS_STRING(b)
+                lens[i] = PyBytes_GET_SIZE(b)
+            else:
+                raise TypeError(f"posting block {i} is {type(b).__name__}, not bytes")
+            nbytes += lens[i]
+        with nogil:  # ``blocks`` keeps every buffer alive for the call
+            got = sp_scan(&q[0], <int32_t> q.shape[0], metric, ptrs, lens, nb, &live[0],
+                          &ver[0], live.shape[0], bmp, bm_bytes, k, &out_slot[0], &out_dist[0],
+                          st)
+    finally:
+        free(ptrs)
+        free(lens)
+    if got < 0:
+        raise ValueError("a posting block is not a whole number of records (corrupt list?)")
+    stats[0] = nbytes
+    stats[1] = st[0]
+    stats[2] = st[1]
+    return got

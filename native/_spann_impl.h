@@ -1,0 +1,36 @@
+/* SPANN posting scan (vecdb._spann): the per-query inner loop of SPANNIndex.search.
+ *
+ * A posting list is a run of packed records (no header), see vecdb/index/_spann_parts.py:
+ *
+ *     offset 0   int64  slot      (little endian)
+ *     offset 8   uint8  version   (must equal ver[slot], else the record is stale)
+ *     offset 9   3 pad bytes
+ *     offset 12  float32[dim]     the vector
+ *
+ * sp_scan walks the records of every fetched list once: a record counts only if its slot is live,
+ * its version is the slot's current one and (with a tenant bitmap) the tenant's bit is set; its
+ * distance goes into a bounded max-heap of k that keeps one entry per slot (a vector replicated
+ * to several lists has the same vector, hence the same distance, in each: the first one wins).
+ * No allocation, no Python, callable without the GIL.
+ */
+#ifndef VD_SPANN_IMPL_H
+#define VD_SPANN_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SP_HEADER 12 /* bytes before the vector in a record */
+
+/* Scan ``nblocks`` blocks (``blocks[i]`` of ``lens[i]`` bytes; NULL/0 = a missing list).
+ * ``live``/``ver``: one byte per slot for ``nslots`` slots. ``bitmap``: packed little-endian
+ * tenant bits over ``bm_bytes`` bytes, or NULL for no tenant filter. Writes the k best
+ * (distance ascending, slot ascending on ties) to out_slot/out_dist, padded with -1/+inf.
+ * Returns the number of distinct results (<= k), or -1 if a block length is not a whole number
+ * of records. ``stats`` (may be NULL) receives [records scanned, records that passed the filter].
+ */
+int64_t sp_scan(const float *q, int32_t dim, int32_t metric, const uint8_t *const *blocks,
+                const int64_t *lens, int64_t nblocks, const uint8_t *live, const uint8_t *ver,
+                int64_t nslots, const uint8_t *bitmap, int64_t bm_bytes, int32_t k,
+                int64_t *out_slot, float *out_dist, int64_t *stats);
+
+#endif
