@@ -275,3 +275,110 @@ def test_engine_collection_roundtrip(tmp_path):
     r2 = db.collection("c").search(X[:20], 3, tenant="a")
     np.testing.assert_array_equal(r1.ids, r2.ids)
     db.close()
+
+
+# -- the native posting scan -----------------------------------------------------------------
+
+
+def _scan_reference(q, blocks, rec_dtype, live, ver, bitmap, k, code):
+    """Exact filtered top-k over the fetched records, in numpy: valid (live, current version,
+    tenant bit), one result per slot, (distance, slot) ascending."""
+    rec = np.concatenate([np.frombuffer(b, rec_dtype) for b in blocks if b])
+    s = rec["slot"]
+    ok = (s >= 0) & (s < len(live))
+    sc = np.where(ok, s, 0)
+    ok &= live[sc].astype(bool) & (ver[sc] == rec["ver"])
+    if bitmap is not None:
+        bits = np.unpackbits(bitmap, bitorder="little")
+        ok &= (sc < len(bits)) & bits[np.minimum(sc, len(bits) - 1)].astype(bool)
+    v = rec["vec"][ok].astype(np.float64)
+    d = ((v - q) ** 2).sum(1) if code == 0 else -(v @ q)
+    best: dict[int, float] = {}
+    for slot, dist in zip(s[ok].tolist(), d.tolist(), strict=True):
+        best[slot] = min(dist, best.get(slot, np.inf))
+    order = sorted(best.items(), key=lambda t: (t[1], t[0]))[:k]
+    return np.array([o[0] for o in order], dtype=np.int64), np.array([o[1] for o in order])
+
+
+@pytest.mark.parametrize("dim", [1, 15, 16, 50, 97])
+@pytest.mark.parametrize("code", [0, 1])
+@pytest.mark.parametrize("tenant", [False, True])
+def test_native_scan_matches_exact_filtered_topk(dim, code, tenant):
+    """vecdb._spann.scan over blocks with replicas (the same slot in several lists), stale
+    versions, tombstones, out-of-range slots, a missing list and tenant bits equals the exact
+    filtered top-k of a numpy reference over the same records."""
+    from vecdb import _spann
+    from vecdb.index._spann_parts import pack_records, record_dtype
+
+    rng = np.random.default_rng(dim * 4 + code * 2 + tenant)
+    n_slots, k = 400, 10
+    V = rng.standard_normal((n_slots, dim)).astype(np.float32)
+    live = (rng.random(n_slots) < 0.8).astype(np.uint8)  # ~20% tombstones
+    ver = rng.integers(1, 256, n_slots).astype(np.uint8)
+    rd = record_dtype(dim)
+    blocks: list[bytes | None] = []
+    for _ in range(7):
+        s = rng.choice(n_slots, 60, replace=False)  # slots repeat across blocks: replicas
+        v = ver[s].copy()
+        stale = rng.random(60) < 0.15
+        v[stale] = v[stale] % 255 + 1  # an older version of a re-inserted vector
+        X = V[s].copy()
+        X[stale] += 3.0  # its old vector differs, so a stale record would show
+        blocks.append(pack_records(rd, s, v, X))
+    blocks.append(None)  # a list deleted between head search and fetch
+    blocks.append(pack_records(rd, np.array([n_slots + 5]), np.array([1]), V[:1]))  # unknown
+    bitmap = None
+    if tenant:
+        bitmap = np.packbits(rng.random(n_slots - 40) < 0.3, bitorder="little")  # short bitmap
+    q = rng.standard_normal(dim).astype(np.float32)
+    out_s = np.empty(k, dtype=np.int64)
+    out_d = np.empty(k, dtype=np.float32)
+    st = np.zeros(3, dtype=np.int64)
+    got = _spann.scan(q, blocks, live, ver, bitmap, k, code, out_s, out_d, st)
+    ref_s, ref_d = _scan_reference(q, blocks, rd, live, ver, bitmap, k, code)
+    assert got == len(ref_s)
+    np.testing.assert_array_equal(out_s[:got], ref_s)
+    np.testing.assert_allclose(out_d[:got], ref_d, rtol=1e-4, atol=1e-4)
+    assert (out_s[got:] == -1).all() and np.isinf(out_d[got:]).all()
+    assert st[0] == sum(len(b) for b in blocks if b) and st[1] == st[0] // rd.itemsize
+    with pytest.raises(ValueError):  # a torn block is refused, not read past its end
+        _spann.scan(q, [blocks[0][:-1]], live, ver, None, k, code, out_s, out_d, st)
+
+
+def test_io_threads_same_results(sift_index, sift5k):
+    Q = sift5k["queries"][:30]
+    I1, D1 = sift_index.search(Q, 10, params=SIFT_SEARCH)
+    I4, D4 = sift_index.search(Q, 10, params={"max_lists": 64, "io_threads": 4})
+    np.testing.assert_array_equal(I1, I4)
+    np.testing.assert_array_equal(D1, D4)
+    with pytest.raises(InvalidArgument):
+        sift_index.search(Q, 10, params={"io_threads": 0})
+
+
+def test_head_index_loads_saved_graph(monkeypatch, sift5k):
+    """HeadIndex.add(..., graph=) loads a matching saved graph instead of building one, and
+    ignores (builds) when the graph does not hold exactly these heads."""
+    from vecdb.index import hnsw as hnsw_mod
+    from vecdb.index._spann_parts import HeadIndex
+
+    X = sift5k["base"][:600]
+    ids = np.arange(600, dtype=np.int64) * 3
+    h = HeadIndex(128, 0, "hnsw")
+    h.add(ids, X)
+    raw = h.graph_bytes()
+    want = h.search(sift5k["queries"][:20], 5)
+    builds = []
+    real_add = hnsw_mod.HNSWIndex.add
+    monkeypatch.setattr(hnsw_mod.HNSWIndex, "add",
+                        lambda self, *a, **kw: builds.append(1) or real_add(self, *a, **kw))
+    h2 = HeadIndex(128, 0, "hnsw")
+    h2.add(ids, X, graph=raw)
+    assert not builds
+    got = h2.search(sift5k["queries"][:20], 5)
+    np.testing.assert_array_equal(want[0], got[0])
+    h3 = HeadIndex(128, 0, "hnsw")
+    h3.add(ids, X + 1.0, graph=raw)  # other vectors: the graph is ignored and built
+    assert builds
+    h4 = HeadIndex(128, 0, "hnsw")
+    h4.add(ids, X, graph=np.zeros(10, dtype=np.uint8))  # not a graph file: built
+    assert (h4.search(sift5k["queries"][:20], 5)[0] == want[0]).mean() > 0.9

@@ -216,7 +216,12 @@ class HeadIndex:
         with self._lock:
             return np.array(sorted(self._row), dtype=np.int64)
 
-    def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, vecs: np.ndarray, graph: np.ndarray | None = None) -> None:
+        """Add heads ``ids`` with vectors ``vecs``. ``graph``: a saved head graph (``graph_bytes()``
+        of an index holding exactly these ids/vectors, or an ``HNSWIndex`` file's bytes as uint8)
+        loaded instead of built when the graph is empty and it matches (same count, same
+        vectors); otherwise ignored and the graph is built as usual (reopen/import skip a build
+        that takes minutes for a million heads)."""
         with self._lock:
             ids = np.asarray(ids, dtype=np.int64)
             need = self._n + max(0, len(ids) - len(self._free))
@@ -243,6 +248,11 @@ class HeadIndex:
                 self._rid[r] = i
                 rows.append(r)
             self._V[rows] = vecs
+            if graph is not None and self._g is not None and len(self._g) == 0 and len(ids):
+                g = self._matching_graph(graph)
+                if g is not None:
+                    self._g = g
+                    return
             if self._g is not None and len(ids):
                 if len(self._g) == 0 and len(ids) > 1024:
                     # bulk build: size the graph to the list ids exactly (growth doubles, which
@@ -318,6 +328,15 @@ class HeadIndex:
         """Replace the graph by a saved one if it holds exactly the current heads."""
         if self._g is None:
             return False
+        with self._lock:
+            g = self._matching_graph(raw)
+            if g is None:
+                return False
+            self._g = g
+            return True
+
+    def _matching_graph(self, raw: np.ndarray):
+        """The ``HNSWIndex`` saved in ``raw`` if it holds exactly the current heads, else None."""
         import tempfile
 
         from vecdb.errors import InvalidArgument
@@ -325,20 +344,22 @@ class HeadIndex:
 
         with self._lock, tempfile.TemporaryDirectory() as d:
             p = os.path.join(d, "g")
-            raw.tofile(p)
-            g = HNSWIndex.load(p)
+            np.asarray(raw, dtype=np.uint8).tofile(p)
+            try:
+                g = HNSWIndex.load(p)
+            except (ValueError, OSError):  # not a graph file (vecdb errors are ValueErrors)
+                return None
             ids = np.array(sorted(self._row), dtype=np.int64)
             if len(g) != len(ids):
-                return False
+                return None
             try:  # every current head is in the saved graph, with the same vector
                 same = np.array_equal(g.vectors(ids), self._V[self._rows(ids)])
             except InvalidArgument:
-                return False
+                return None
             if not same:
-                return False
+                return None
             g.params["num_threads"] = self.threads
-            self._g = g
-            return True
+            return g
 
     def memory_bytes(self) -> int:
         b = self._V.nbytes + self._rid.nbytes + self._row_of.nbytes + 100 * len(self._row)

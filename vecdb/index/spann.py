@@ -670,9 +670,9 @@ class SPANNIndex(Index):
         if meta["head_kind"] == "hnsw":
             idx._heads = idx._new_heads("hnsw")
         if heads:
-            idx._heads.add(np.array(heads, dtype=np.int64), np.stack(hv))
-            if "head_graph" in arrays:  # the same graph (identical results), if still current
-                idx._heads.load_graph(arrays["head_graph"])
+            # the saved graph (identical results, no rebuild) if it still holds these heads
+            idx._heads.add(np.array(heads, dtype=np.int64), np.stack(hv),
+                           graph=arrays.get("head_graph"))
             idx._next_list = max(heads) + 1
             for k, v in store.iterate(CF, prefix=b"P"):
                 idx._sizes[int.from_bytes(k[1:], "big")] = len(v) // idx._rec.itemsize
