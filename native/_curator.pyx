@@ -41,6 +41,14 @@ cdef extern from *:
                           const int64_t **ids);
     int32_t cur_slot_tenants(const cur_t *c, int64_t s, const int32_t **t);
     int32_t cur_leaf_members(const cur_t *c, int32_t leaf, const int64_t **ids);
+    typedef struct cur_gate cur_gate;
+    cur_gate *cur_gate_new(void);
+    void cur_gate_free(cur_gate *g);
+    int cur_gate_read(cur_gate *g);
+    void cur_gate_read_done(cur_gate *g);
+    void cur_gate_write(cur_gate *g);
+    int cur_gate_write_done(cur_gate *g);
+    int cur_gate_is_writer(cur_gate *g);
     """
     ctypedef struct cur_t:
         pass
@@ -69,6 +77,15 @@ cdef extern from *:
                           const int64_t **ids) nogil
     int32_t cur_slot_tenants(const cur_t *c, int64_t s, const int32_t **t) nogil
     int32_t cur_leaf_members(const cur_t *c, int32_t leaf, const int64_t **ids) nogil
+    ctypedef struct cur_gate:
+        pass
+    cur_gate *cur_gate_new() nogil
+    void cur_gate_free(cur_gate *g) nogil
+    int cur_gate_read(cur_gate *g) nogil
+    void cur_gate_read_done(cur_gate *g) nogil
+    void cur_gate_write(cur_gate *g) nogil
+    int cur_gate_write_done(cur_gate *g) nogil
+    int cur_gate_is_writer(cur_gate *g) nogil
 
 
 cdef class CuratorCore:
@@ -326,3 +343,202 @@ cdef class CuratorCore:
         for i in range(self.nnodes):
             o[i] = cur_leaf_members(self.c, i, &ids)
         return out
+
+
+from libc.math cimport isfinite, sqrt
+from libc.stdlib cimport malloc, free
+from cpython.long cimport PyLong_AsLongLong
+from cpython.float cimport PyFloat_AS_DOUBLE
+
+cdef int64_t _INT32_MAX = 2147483647
+cdef int64_t _MAX_K = 1 << 20
+
+
+cdef class Gate:
+    """The index's readers-writer lock plus the structure and vectors a search uses.
+
+    ``search1`` is the per-query fast path: for the common call (a C-contiguous float32 query
+    array, int ``k``, int or None tenant, params None / a dict of plain numbers / a
+    ``params_class`` instance) it checks the input in C, takes the read side, searches and
+    releases in one GIL-free stretch, with no Python-level lock or validation objects. Anything
+    else returns None and the caller takes the general path (``vecdb.kernels.prepare``), which
+    raises the proper ``vecdb.errors`` error; a query the fast path accepts is exactly one the
+    general path accepts, and the results are the same.
+
+    ``bind`` must be called by the holder of the write side (or before the index is shared)
+    whenever the structure or the vector matrix object changes.
+    """
+
+    cdef cur_gate *g
+    cdef object core_obj, base_obj, params_class
+    cdef cur_t *cp
+    cdef const float *bp
+    cdef readonly int dim
+    cdef bint cosine
+    cdef double g1_default, g2_default
+
+    def __cinit__(self, int dim, bint cosine, params_class, double gamma1, double gamma2):
+        self.g = cur_gate_new()
+        if self.g == NULL:
+            raise MemoryError("Gate: allocation failed")
+        self.dim = dim
+        self.cosine = cosine
+        self.params_class = params_class
+        self.g1_default = gamma1
+        self.g2_default = gamma2
+        self.cp = NULL
+        self.bp = NULL
+
+    def __dealloc__(self):
+        if self.g != NULL:
+            cur_gate_free(self.g)
+            self.g = NULL
+
+    def bind(self, CuratorCore core, cnp.ndarray base):
+        """Searches from now on use ``core`` over ``base`` (float32 C-contiguous [cap, dim])."""
+        if cnp.PyArray_TYPE(base) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(base) \
+                or cnp.PyArray_NDIM(base) != 2 or base.shape[1] != self.dim or core.dim != self.dim:
+            raise TypeError("Gate.bind: expected a C-contiguous float32 [n, dim] matrix")
+        self.core_obj = core
+        self.base_obj = base
+        self.cp = core.c
+        self.bp = <const float*>cnp.PyArray_DATA(base)
+
+    # -- the lock, for the Python side ------------------------------------------------------
+    def acquire_read(self) -> bool:
+        """Take the read side; False (nothing taken) for the thread holding the write side."""
+        cdef int r
+        with nogil:
+            r = cur_gate_read(self.g)
+        return bool(r)
+
+    def release_read(self):
+        cur_gate_read_done(self.g)
+
+    def acquire_write(self):
+        """Take the write side (reentrant for the holding thread)."""
+        with nogil:
+            cur_gate_write(self.g)
+
+    def release_write(self):
+        if cur_gate_write_done(self.g):
+            raise RuntimeError("Gate.release_write: the write side is not held by this thread")
+
+    def is_writer(self) -> bool:
+        return bool(cur_gate_is_writer(self.g))
+
+    # -- the fast search path ---------------------------------------------------------------
+    cdef bint _gammas(self, object params, double *g1, double *g2):
+        """Read (gamma1, gamma2) from params; False when the general path must parse them."""
+        cdef double v
+        g1[0] = self.g1_default
+        g2[0] = self.g2_default
+        if params is None:
+            return True
+        if type(params) is self.params_class:  # a validated frozen dataclass
+            g1[0] = float(params.gamma1)
+            g2[0] = float(params.gamma2)
+            return True
+        if type(params) is not dict or len(<dict>params) > 2:
+            return False
+        for key, val in (<dict>params).items():
+            if type(val) is float:
+                v = PyFloat_AS_DOUBLE(val)
+            elif type(val) is int and -(1 << 53) < val < (1 << 53):  # not bool: type() is exact
+                v = <double>PyLong_AsLongLong(val)
+            else:
+                return False
+            if not isfinite(v) or v < 1:
+                return False
+            if key == "gamma1":
+                g1[0] = v
+            elif key == "gamma2":
+                g2[0] = v
+            else:
+                return False
+        return True
+
+    def search1(self, object queries, object k, object tenant, object params):
+        """(ids int64 [nq, k], dist float32 [nq, k]), or None when the general path must run."""
+        cdef double g1, g2
+        cdef int64_t kk, t
+        cdef Py_ssize_t nq, i, j, d = self.dim
+        cdef cnp.ndarray arr
+        if not cnp.PyArray_CheckExact(queries):
+            return None
+        arr = <cnp.ndarray>queries
+        if cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(arr) \
+                or not cnp.PyArray_ISALIGNED(arr):
+            return None
+        if cnp.PyArray_NDIM(arr) == 1:
+            if arr.shape[0] != d:
+                return None
+            nq = 1
+        elif cnp.PyArray_NDIM(arr) == 2:
+            if arr.shape[1] != d or arr.shape[0] < 1:
+                return None
+            nq = arr.shape[0]
+        else:
+            return None
+        if type(k) is not int or not 1 <= k <= _MAX_K:
+            return None
+        kk = k
+        if tenant is None:
+            t = -1
+        elif type(tenant) is int and 0 <= tenant <= _INT32_MAX:
+            t = tenant
+        else:
+            return None
+        if not self._gammas(params, &g1, &g2):
+            return None
+        cdef const float *qp = <const float*>cnp.PyArray_DATA(arr)
+        cdef float *norm = NULL
+        cdef double ss
+        cdef bint ok = True
+        with nogil:
+            for i in range(nq * d):
+                if not isfinite(qp[i]):
+                    ok = False
+                    break
+            if ok and self.cosine:
+                norm = <float*>malloc(sizeof(float) * nq * d)
+                if norm != NULL:
+                    for i in range(nq):
+                        ss = 0
+                        for j in range(d):
+                            ss += <double>qp[i * d + j] * qp[i * d + j]
+                        if ss == 0:
+                            ok = False
+                            break
+                        ss = sqrt(ss)
+                        for j in range(d):
+                            norm[i * d + j] = <float>(qp[i * d + j] / ss)
+        if not ok:
+            free(norm)
+            return None
+        if self.cosine:
+            if norm == NULL:
+                raise MemoryError("Gate.search1")
+            qp = norm
+        cdef cnp.npy_intp dims[2]
+        dims[0] = nq
+        dims[1] = kk
+        cdef cnp.ndarray ids = cnp.PyArray_EMPTY(2, dims, cnp.NPY_INT64, 0)
+        cdef cnp.ndarray dist = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
+        cdef int64_t *ip = <int64_t*>cnp.PyArray_DATA(ids)
+        cdef float *dp = <float*>cnp.PyArray_DATA(dist)
+        cdef int64_t stats[2]
+        cdef int rc, taken
+        stats[0] = 0
+        stats[1] = 0
+        with nogil:
+            taken = cur_gate_read(self.g)
+            # the bound structure is read only under the lock: a writer may rebind it
+            rc = cur_search(self.cp, self.bp, qp, nq, <int32_t>t, <int32_t>kk, g1, g2, ip, dp,
+                            stats)
+            if taken:
+                cur_gate_read_done(self.g)
+        free(norm)
+        if rc:
+            raise MemoryError("CuratorCore.search")
+        return ids, dist

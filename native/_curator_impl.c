@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include <pthread.h>
 
 #include "vd_simd.h"
 
@@ -46,6 +47,7 @@ typedef struct {
     int32_t dim, metric, tmetric, nnodes, maxdepth; /* tmetric: tree routing metric */
     float *cent;
     int32_t *parent, *cptr, *child, *depth;
+    uint8_t *ccontig; /* 1: node's children are consecutive ids (centroids one block) */
     /* bloom filters: nnodes x bwords 64-bit words */
     int32_t bwords, bk;
     uint64_t *bloom;
@@ -228,15 +230,17 @@ cur_t *cur_new(int32_t dim, int32_t metric, int32_t tmetric, int32_t nnodes, con
     c->cptr = malloc(sizeof(int32_t) * (size_t)(nnodes + 1));
     c->child = malloc(sizeof(int32_t) * (size_t)(nch > 0 ? nch : 1));
     c->depth = malloc(sizeof(int32_t) * (size_t)nnodes);
+    c->ccontig = calloc((size_t)nnodes, 1);
     c->bloom = calloc((size_t)nnodes * c->bwords, sizeof(uint64_t));
     c->leaf = calloc((size_t)nnodes, sizeof(cur_list));
     c->hcap = 1024;
     c->hkey = malloc(sizeof(uint64_t) * (size_t)c->hcap);
     c->hval = malloc(sizeof(int32_t) * (size_t)c->hcap);
-    if (!c->cent || !c->parent || !c->cptr || !c->child || !c->depth || !c->bloom || !c->leaf
-        || !c->hkey || !c->hval) {
+    if (!c->cent || !c->parent || !c->cptr || !c->child || !c->depth || !c->ccontig || !c->bloom
+        || !c->leaf || !c->hkey || !c->hval) {
         /* partial allocation: free what we have */
         free(c->cent); free(c->parent); free(c->cptr); free(c->child); free(c->depth);
+        free(c->ccontig);
         free(c->bloom); free(c->leaf); free(c->hkey); free(c->hval); free(c);
         return NULL;
     }
@@ -253,6 +257,10 @@ cur_t *cur_new(int32_t dim, int32_t metric, int32_t tmetric, int32_t nnodes, con
         if (d > c->maxdepth) c->maxdepth = d;
         c->leaf[n].node = n;
         c->leaf[n].tenant = -1;
+        int contig = 1;
+        for (int32_t j = cptr[n] + 1; j < cptr[n + 1]; j++)
+            if (child[j] != child[j - 1] + 1) contig = 0;
+        c->ccontig[n] = (uint8_t)contig;
     }
     return c;
 }
@@ -265,6 +273,7 @@ void cur_free(cur_t *c) {
     free(c->sl); free(c->freel); free(c->hkey); free(c->hval); free(c->leaf);
     free(c->sleaf); free(c->spos); free(c->sten);
     free(c->cent); free(c->parent); free(c->cptr); free(c->child); free(c->depth); free(c->bloom);
+    free(c->ccontig);
     free(c);
 }
 
@@ -604,103 +613,168 @@ static int bucket_cmp(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* Per-thread search scratch, grown on demand and kept between calls: the per-query path does no
+ * allocation once a thread has warmed up (a search is ~10-20 us, so even a few malloc/free
+ * pairs per call are a visible share). Freed by the pthread key destructor at thread exit. */
+typedef struct {
+    cur_pqe *pq;
+    cur_bucket *bk;
+    float *hd, *cd, *dist;
+    int64_t *hi, *ids;
+    int64_t pqcap, bkcap, hdcap, hicap, cdcap, dcap, idcap;
+} cur_scratch;
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static int scratch_key_ok = 0;
+
+static void scratch_free(void *p) {
+    cur_scratch *s = p;
+    if (!s) return;
+    free(s->pq); free(s->bk); free(s->hd); free(s->cd); free(s->dist); free(s->hi); free(s->ids);
+    free(s);
+}
+
+static void scratch_key_init(void) {
+    scratch_key_ok = pthread_key_create(&scratch_key, scratch_free) == 0;
+}
+
+static cur_scratch *scratch_get(void) {
+    pthread_once(&scratch_once, scratch_key_init);
+    if (!scratch_key_ok) return NULL;
+    cur_scratch *s = pthread_getspecific(scratch_key);
+    if (s) return s;
+    s = calloc(1, sizeof(cur_scratch));
+    if (!s) return NULL;
+    if (pthread_setspecific(scratch_key, s)) { free(s); return NULL; }
+    return s;
+}
+
+/* Grow *p (elements of `size` bytes) to hold at least `need`; 0 ok, -1 out of memory. */
+static int grow_buf(void **p, int64_t *cap, int64_t need, size_t size) {
+    if (need <= *cap) return 0;
+    int64_t c = *cap ? *cap : 64;
+    while (c < need) c *= 2;
+    void *q = realloc(*p, size * (size_t)c);
+    if (!q) return -1;
+    *p = q;
+    *cap = c;
+    return 0;
+}
+#define GROW(s, f, cap, need) grow_buf((void **)&(s)->f, &(s)->cap, (need), sizeof(*(s)->f))
+
+/* Bloom probe with the tenant's hashes computed once per query (not once per node). */
+static inline int bloom_has_h(const cur_t *c, int32_t node, uint64_t h1, uint64_t h2) {
+    uint64_t mask = (uint64_t)c->bwords * 64 - 1;
+    const uint64_t *b = c->bloom + (size_t)node * c->bwords;
+    for (int i = 0; i < c->bk; i++) {
+        uint64_t bit = (h1 + (uint64_t)i * h2) & mask;
+        if (!(b[bit >> 6] & (1ull << (bit & 63)))) return 0;
+    }
+    return 1;
+}
+
+/* One query (see cur_search). */
+static int search_one(const cur_t *c, cur_scratch *s, const float *base, const float *q,
+                      int32_t tenant, int32_t k, double collect, double scan_budget,
+                      int64_t *out_id, float *out_d, int64_t *stats) {
+    size_t d = (size_t)c->dim;
+    uint64_t h = mix64((uint64_t)(uint32_t)tenant ^ 0x5bd1e995ull);
+    uint64_t h1 = h & 0xffffffffull, h2 = (h >> 32) | 1;
+    int filtered = tenant >= 0;
+    int32_t psz = 0, nb = 0;
+    int64_t total = 0;
+    if (!filtered || bloom_has_h(c, 0, h1, h2))
+        pq_push(s->pq, &psz, vd_dist(q, c->cent, d, c->tmetric), 0);
+    while (psz && (double)total < collect) {
+        cur_pqe e = pq_pop(s->pq, &psz);
+        int32_t n = e.node;
+        stats[1]++;
+        if (nb == s->bkcap && GROW(s, bk, bkcap, nb + 1)) return -2;
+        if (filtered) {
+            int64_t id = h_find(c, n, tenant);
+            if (id >= 0) {
+                s->bk[nb].d = e.d;
+                s->bk[nb++].l = &c->sl[id];
+                total += c->sl[id].n;
+                continue;
+            }
+        } else if (is_leaf(c, n)) {
+            if (c->leaf[n].n) {
+                s->bk[nb].d = e.d;
+                s->bk[nb++].l = &c->leaf[n];
+                total += c->leaf[n].n;
+            }
+            continue;
+        }
+        int32_t j0 = c->cptr[n], nch = c->cptr[n + 1] - j0;
+        if (!nch) continue;
+        if (GROW(s, pq, pqcap, psz + nch) || GROW(s, cd, cdcap, nch)) return -2;
+        if (c->ccontig[n]) {
+            /* children's centroids are one contiguous block: one blocked kernel call */
+            int32_t first = c->child[j0];
+            vd_dist_block(q, c->cent + (size_t)first * d, (size_t)nch, d, c->tmetric, s->cd);
+            for (int32_t j = 0; j < nch; j++)
+                if (!filtered || bloom_has_h(c, first + j, h1, h2))
+                    pq_push(s->pq, &psz, s->cd[j], first + j);
+        } else {
+            for (int32_t j = j0; j < j0 + nch; j++) {
+                int32_t ch = c->child[j];
+                if (filtered && !bloom_has_h(c, ch, h1, h2)) continue;
+                pq_push(s->pq, &psz, vd_dist(q, c->cent + (size_t)ch * d, d, c->tmetric), ch);
+            }
+        }
+    }
+    if (nb > 1) qsort(s->bk, (size_t)nb, sizeof(cur_bucket), bucket_cmp);
+    /* the nearest buckets up to the scan budget, concatenated into one slot list */
+    int64_t m = 0;
+    int32_t b;
+    for (b = 0; b < nb && (double)m < scan_budget; b++) m += s->bk[b].l->n;
+    if (GROW(s, ids, idcap, m) || GROW(s, dist, dcap, m)) return -2;
+    int64_t w = 0;
+    for (int32_t i = 0; i < b; i++) {
+        const cur_list *l = s->bk[i].l;
+        memcpy(s->ids + w, l->ids, sizeof(int64_t) * (size_t)l->n);
+        w += l->n;
+    }
+    vd_dist_gather(q, base, s->ids, (size_t)m, d, c->metric, s->dist);
+    vd_heap heap = {s->hd, s->hi, 0, (size_t)k};
+    for (int64_t i = 0; i < m; i++) vd_heap_push_bounded(&heap, s->dist[i], s->ids[i]);
+    stats[0] += m;
+    vd_heap_sort(&heap);
+    for (int32_t i = 0; i < k; i++) {
+        if ((size_t)i < heap.size) {
+            out_id[i] = s->hi[i];
+            out_d[i] = s->hd[i];
+        } else {
+            out_id[i] = -1;
+            out_d[i] = INFINITY;
+        }
+    }
+    return 0;
+}
+
 /* k nearest of each query among `tenant`'s slots (tenant < 0: all live slots).
  * Best-first over the tree by centroid distance, skipping nodes whose Bloom filter lacks the
  * tenant; a node holding the tenant's shortlist (or, unfiltered, a leaf) becomes a bucket. The
  * walk stops once buckets hold >= gamma1*gamma2*k vectors; the buckets nearest by centroid are
- * scanned exactly until >= gamma2*k vectors were scanned. stats[0] += vectors scanned,
- * stats[1] += nodes visited. Returns 0, or -2 when out of memory. */
+ * scanned exactly until >= gamma2*k vectors were scanned. The chosen buckets' slots are first
+ * concatenated, so one gather streams over all of them and its row prefetch runs ahead across
+ * bucket boundaries. stats[0] += vectors scanned, stats[1] += nodes visited. Returns 0, or -2
+ * when out of memory. */
 int cur_search(const cur_t *c, const float *base, const float *Q, int64_t nq, int32_t tenant,
                int32_t k, double gamma1, double gamma2, int64_t *out_id, float *out_d,
                int64_t *stats) {
-    /* small work buffers grown on demand: sizing them to the whole tree would mean two large
-     * (mmap-backed) allocations per call, a measurable cost on the per-query path */
-    int32_t pqcap = 256, bkcap = 64;
-    cur_pqe *pq = malloc(sizeof(cur_pqe) * (size_t)pqcap);
-    cur_bucket *bk = malloc(sizeof(cur_bucket) * (size_t)bkcap);
-    float *hd = malloc(sizeof(float) * (size_t)k);
-    int64_t *hi = malloc(sizeof(int64_t) * (size_t)k);
-    int64_t dcap = 1024;
-    float *dist = malloc(sizeof(float) * (size_t)dcap);
-    if (!pq || !bk || !hd || !hi || !dist) {
-        free(pq); free(bk); free(hd); free(hi); free(dist);
+    cur_scratch *s = scratch_get();
+    if (!s || GROW(s, pq, pqcap, 256) || GROW(s, bk, bkcap, 64) || GROW(s, hd, hdcap, k)
+        || GROW(s, hi, hicap, k))
         return -2;
-    }
     double collect = gamma1 * gamma2 * (double)k, scan_budget = gamma2 * (double)k;
-    size_t d = (size_t)c->dim;
     for (int64_t qi = 0; qi < nq; qi++) {
-        const float *q = Q + (size_t)qi * d;
-        vd_heap heap = {hd, hi, 0, (size_t)k};
-        int32_t psz = 0, nb = 0;
-        int64_t total = 0;
-        if (tenant < 0 || cur_bloom_has(c, 0, tenant))
-            pq_push(pq, &psz, vd_dist(q, c->cent, d, c->tmetric), 0);
-        while (psz && (double)total < collect) {
-            cur_pqe e = pq_pop(pq, &psz);
-            int32_t n = e.node;
-            stats[1]++;
-            if (nb == bkcap) {
-                cur_bucket *p = realloc(bk, sizeof(cur_bucket) * (size_t)bkcap * 2);
-                if (!p) { free(pq); free(bk); free(hd); free(hi); free(dist); return -2; }
-                bk = p;
-                bkcap *= 2;
-            }
-            if (tenant >= 0) {
-                int64_t id = h_find(c, n, tenant);
-                if (id >= 0) {
-                    bk[nb].d = e.d;
-                    bk[nb++].l = &c->sl[id];
-                    total += c->sl[id].n;
-                    continue;
-                }
-            } else if (is_leaf(c, n)) {
-                if (c->leaf[n].n) {
-                    bk[nb].d = e.d;
-                    bk[nb++].l = &c->leaf[n];
-                    total += c->leaf[n].n;
-                }
-                continue;
-            }
-            int32_t nch = c->cptr[n + 1] - c->cptr[n];
-            if (psz + nch > pqcap) {
-                while (psz + nch > pqcap) pqcap *= 2;
-                cur_pqe *p = realloc(pq, sizeof(cur_pqe) * (size_t)pqcap);
-                if (!p) { free(pq); free(bk); free(hd); free(hi); free(dist); return -2; }
-                pq = p;
-            }
-            for (int32_t j = c->cptr[n]; j < c->cptr[n + 1]; j++) {
-                int32_t ch = c->child[j];
-                if (tenant >= 0 && !cur_bloom_has(c, ch, tenant)) continue;
-                pq_push(pq, &psz, vd_dist(q, c->cent + (size_t)ch * d, d, c->tmetric), ch);
-            }
-        }
-        qsort(bk, (size_t)nb, sizeof(cur_bucket), bucket_cmp);
-        int64_t scanned = 0;
-        for (int32_t b = 0; b < nb && (double)scanned < scan_budget; b++) {
-            const cur_list *l = bk[b].l;
-            if (l->n > dcap) {
-                while (dcap < l->n) dcap *= 2;
-                float *p = realloc(dist, sizeof(float) * (size_t)dcap);
-                if (!p) { free(pq); free(bk); free(hd); free(hi); free(dist); return -2; }
-                dist = p;
-            }
-            vd_dist_gather(q, base, l->ids, (size_t)l->n, d, c->metric, dist);
-            for (int32_t i = 0; i < l->n; i++) vd_heap_push_bounded(&heap, dist[i], l->ids[i]);
-            scanned += l->n;
-        }
-        stats[0] += scanned;
-        vd_heap_sort(&heap);
-        for (int32_t i = 0; i < k; i++) {
-            if ((size_t)i < heap.size) {
-                out_id[qi * k + i] = hi[i];
-                out_d[qi * k + i] = hd[i];
-            } else {
-                out_id[qi * k + i] = -1;
-                out_d[qi * k + i] = INFINITY;
-            }
-        }
+        int rc = search_one(c, s, base, Q + (size_t)qi * (size_t)c->dim, tenant, k, collect,
+                            scan_budget, out_id + qi * k, out_d + qi * k, stats);
+        if (rc) return rc;
     }
-    free(pq); free(bk); free(hd); free(hi); free(dist);
     return 0;
 }
 
@@ -740,4 +814,93 @@ int32_t cur_slot_tenants(const cur_t *c, int64_t s, const int32_t **t) {
 int32_t cur_leaf_members(const cur_t *c, int32_t leaf, const int64_t **ids) {
     *ids = c->leaf[leaf].ids;
     return c->leaf[leaf].n;
+}
+
+/* ------------------------------------------------------------------ readers-writer gate */
+/* The index's readers-writer lock, in C so that a search can take it, run and release it in one
+ * GIL-free stretch (a Python-level lock costs ~1 us per search, a tenth of a small query).
+ * Many readers or one writer; the writer side is reentrant for the thread holding it, and a read
+ * from that thread takes nothing (it may read its own state). Writers wait for running readers;
+ * new readers wait while a writer waits, so a stream of searches cannot starve writes. The gate
+ * also holds the structure and vector matrix a search must use, (re)bound by the writer. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int32_t readers, waiting, depth, writing;
+    pthread_t owner;
+} cur_gate;
+
+cur_gate *cur_gate_new(void) {
+    cur_gate *g = calloc(1, sizeof(cur_gate));
+    if (!g) return NULL;
+    if (pthread_mutex_init(&g->mu, NULL)) { free(g); return NULL; }
+    if (pthread_cond_init(&g->cv, NULL)) { pthread_mutex_destroy(&g->mu); free(g); return NULL; }
+    return g;
+}
+
+void cur_gate_free(cur_gate *g) {
+    if (!g) return;
+    pthread_cond_destroy(&g->cv);
+    pthread_mutex_destroy(&g->mu);
+    free(g);
+}
+
+/* Take the read side; returns 1, or 0 (nothing taken) for the thread holding the write side.
+ * May block: call without the GIL. */
+int cur_gate_read(cur_gate *g) {
+    pthread_mutex_lock(&g->mu);
+    if (g->writing && pthread_equal(g->owner, pthread_self())) {
+        pthread_mutex_unlock(&g->mu);
+        return 0;
+    }
+    while (g->writing || g->waiting) pthread_cond_wait(&g->cv, &g->mu);
+    g->readers++;
+    pthread_mutex_unlock(&g->mu);
+    return 1;
+}
+
+void cur_gate_read_done(cur_gate *g) {
+    pthread_mutex_lock(&g->mu);
+    if (--g->readers == 0) pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Take the write side (reentrant). May block: call without the GIL. */
+void cur_gate_write(cur_gate *g) {
+    pthread_mutex_lock(&g->mu);
+    if (g->writing && pthread_equal(g->owner, pthread_self())) {
+        g->depth++;
+        pthread_mutex_unlock(&g->mu);
+        return;
+    }
+    g->waiting++;
+    while (g->writing || g->readers) pthread_cond_wait(&g->cv, &g->mu);
+    g->waiting--;
+    g->writing = 1;
+    g->owner = pthread_self();
+    g->depth = 1;
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Release one level of the write side; returns -1 if the caller does not hold it. */
+int cur_gate_write_done(cur_gate *g) {
+    pthread_mutex_lock(&g->mu);
+    if (!g->writing || !pthread_equal(g->owner, pthread_self())) {
+        pthread_mutex_unlock(&g->mu);
+        return -1;
+    }
+    if (--g->depth == 0) {
+        g->writing = 0;
+        pthread_cond_broadcast(&g->cv);
+    }
+    pthread_mutex_unlock(&g->mu);
+    return 0;
+}
+
+/* 1 if the calling thread holds the write side. */
+int cur_gate_is_writer(cur_gate *g) {
+    pthread_mutex_lock(&g->mu);
+    int r = g->writing && pthread_equal(g->owner, pthread_self());
+    pthread_mutex_unlock(&g->mu);
+    return r;
 }

@@ -501,3 +501,50 @@ def threading_sleep(s: float) -> None:
     import time
 
     time.sleep(s)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_fast_path_matches_general_path(metric):
+    """The native fast path (float32 query, plain knobs) returns what the general path returns
+    for the same query presented in a way only the general path takes (float64, numpy ints)."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((3000, 12)).astype(np.float32)
+    acl = [[i % 7, 9] for i in range(3000)]
+    idx = CuratorIndex(12, metric, train_size=500, leaf_size=32, max_sl_size=32)
+    idx.add(X, acl=acl)
+    Q = rng.standard_normal((6, 12)).astype(np.float32)
+    for params in (None, {"gamma1": 1.5, "gamma2": 4}, CuratorSearchParams(gamma2=2.0)):
+        for t in (None, 0, 9):
+            fast = idx.search(Q, 10, tenant=t, params=params)
+            slow = idx.search(Q.astype(np.float64), np.int64(10),
+                              tenant=None if t is None else np.int32(t),
+                              params=dict(params) if isinstance(params, dict) else params)
+            np.testing.assert_array_equal(fast[0], slow[0])
+            np.testing.assert_allclose(fast[1], slow[1], rtol=1e-6, atol=1e-6)
+            one = idx.search(Q[2], 10, tenant=t, params=params)  # 1-D query: one row
+            np.testing.assert_array_equal(one[0], fast[0][2:3])
+    with idx._lock.write():  # the writer's own reads take nothing (no self-deadlock)
+        assert idx.search(Q[0], 3, tenant=0)[0].shape == (1, 3)
+
+
+def test_fast_path_rejects_what_the_boundary_rejects():
+    idx, X, _, _ = _random_index(n=1000)
+    q = X[0].copy()
+    with pytest.raises(NonFiniteValue):
+        idx.search(np.full(8, np.nan, dtype=np.float32), 5, tenant=1)
+    with pytest.raises(DimensionMismatch):
+        idx.search(np.zeros(9, dtype=np.float32), 5, tenant=1)
+    for k in (0, True, 2.0):
+        with pytest.raises(InvalidArgument):
+            idx.search(q, k, tenant=1)
+    for t in (-1, 2**31, True, "a"):
+        with pytest.raises(InvalidArgument):
+            idx.search(q, 5, tenant=t)
+    for p in ({"gamma1": 0.5}, {"gamma2": float("inf")}, {"gamma1": True}, {"ef": 4},
+              {"gamma1": 2, "gamma2": 2, "x": 1}):
+        with pytest.raises(InvalidArgument):
+            idx.search(q, 5, tenant=1, params=p)
+    cos = CuratorIndex(8, "cosine")
+    cos.add(X[:50], acl=[[1]] * 50)
+    with pytest.raises(InvalidArgument):
+        cos.search(np.zeros(8, dtype=np.float32), 5, tenant=1)

@@ -62,34 +62,23 @@ _INT32_MAX = 2**31 - 1
 class _RWLock:
     """Many concurrent searches (the native search runs without the GIL) or one writer.
 
-    Writes are reentrant for the thread that holds the write side (an add that triggers a
-    retrain). Writers wait for running searches; new searches wait for a waiting writer, so a
-    stream of searches cannot starve writes.
+    A thin Python face of the native gate (``vecdb._curator.Gate``), whose lock is the one the
+    per-query fast path takes in C. Writes are reentrant for the thread that holds the write side
+    (an add that triggers a retrain), and a read from that thread takes nothing. Writers wait for
+    running searches; new searches wait for a waiting writer, so a stream of searches cannot
+    starve writes.
     """
 
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._writer: int | None = None
-        self._depth = 0
-        self._waiting = 0
+    def __init__(self, gate) -> None:
+        self._gate = gate
 
     def acquire_read(self) -> bool:
         """Take the read side; returns False (nothing taken) for the thread holding the write
         side, which may read its own state."""
-        if self._writer == threading.get_ident():
-            return False
-        with self._cond:
-            while self._writer is not None or self._waiting:
-                self._cond.wait()
-            self._readers += 1
-        return True
+        return self._gate.acquire_read()
 
     def release_read(self) -> None:
-        with self._cond:
-            self._readers -= 1
-            if not self._readers:
-                self._cond.notify_all()
+        self._gate.release_read()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[None]:
@@ -102,23 +91,11 @@ class _RWLock:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[None]:
-        me = threading.get_ident()
-        with self._cond:
-            if self._writer != me:
-                self._waiting += 1
-                while self._writer is not None or self._readers:
-                    self._cond.wait()
-                self._waiting -= 1
-                self._writer = me
-            self._depth += 1
+        self._gate.acquire_write()
         try:
             yield
         finally:
-            with self._cond:
-                self._depth -= 1
-                if not self._depth:
-                    self._writer = None
-                    self._cond.notify_all()
+            self._gate.release_write()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,16 +174,41 @@ class CuratorIndex(Index):
         self._code = metric_code(metric)
         tm = p["tree_metric"]
         self._tree_l2 = tm == "l2" or (tm == "auto" and self.metric == "l2")
-        self._lock = _RWLock()
+        from vecdb._curator import Gate
+
+        self._gate = Gate(self.dim, self.metric == "cosine", CuratorSearchParams,
+                          _DEFAULT_PARAMS.gamma1, _DEFAULT_PARAMS.gamma2)
+        self._lock = _RWLock(self._gate)
         self._params_cache: dict[tuple, SearchParams] = {}
-        self._vecs = np.zeros((1024, self.dim), dtype=np.float32)
+        self.__vecs = np.zeros((1024, self.dim), dtype=np.float32)
         self._high = 0
         self._trained_on = 0  # live count the tree was trained at (0: untrained single leaf)
         self._tree = self._single_leaf()
-        self._core = self._new_core(self._tree)
+        self.__core = self._new_core(self._tree)
+        self._gate.bind(self.__core, self.__vecs)
         self._journal: list | None = None  # writes made during a background rebuild
         self._generation = 0  # bumped by every swap of the structure
         self._before_swap = None  # test hook, called by a background rebuild before its swap
+
+    # The structure and the vector matrix are read by the native fast search path through the
+    # gate, so every replacement of either object rebinds it (always under the write lock).
+    @property
+    def _core(self):
+        return self.__core
+
+    @_core.setter
+    def _core(self, core) -> None:
+        self.__core = core
+        self._gate.bind(core, self.__vecs)
+
+    @property
+    def _vecs(self) -> np.ndarray:
+        return self.__vecs
+
+    @_vecs.setter
+    def _vecs(self, vecs: np.ndarray) -> None:
+        self.__vecs = vecs
+        self._gate.bind(self.__core, vecs)
 
     # -- tree -------------------------------------------------------------------------------
     def _single_leaf(self) -> dict[str, np.ndarray]:
@@ -467,7 +469,15 @@ class CuratorIndex(Index):
         return super()._params(params)
 
     def search(self, queries, k: int, tenant: int | None = None, params=None):
-        """k nearest per query among ``tenant``'s slots (every live slot if ``tenant`` is None)."""
+        """k nearest per query among ``tenant``'s slots (every live slot if ``tenant`` is None).
+
+        The common call (float32 C-contiguous queries, int k, int or None tenant, params None, a
+        dict of plain numbers or a ``CuratorSearchParams``) is checked and served in one native
+        call (``Gate.search1``: no Python lock, no per-call objects but the results); any other
+        input takes the general path below, which validates it and raises the proper error."""
+        r = self._gate.search1(queries, k, tenant, params)
+        if r is not None:
+            return r
         p = self._params(params)
         k = self._k(k)
         Q = self._prepare(queries, "queries")
