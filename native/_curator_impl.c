@@ -739,7 +739,12 @@ static int search_one(const cur_t *c, cur_scratch *s, const float *base, const f
     }
     vd_dist_gather(q, base, s->ids, (size_t)m, d, c->metric, s->dist);
     vd_heap heap = {s->hd, s->hi, 0, (size_t)k};
-    for (int64_t i = 0; i < m; i++) vd_heap_push_bounded(&heap, s->dist[i], s->ids[i]);
+    /* most candidates lose to the current k-th: test inline, call the heap only for the rest
+     * (ties go to the heap, which orders them by slot) */
+    int64_t i0 = m < k ? m : k;
+    for (int64_t i = 0; i < i0; i++) vd_heap_push_bounded(&heap, s->dist[i], s->ids[i]);
+    for (int64_t i = i0; i < m; i++)
+        if (s->dist[i] <= s->hd[0]) vd_heap_push_bounded(&heap, s->dist[i], s->ids[i]);
     stats[0] += m;
     vd_heap_sort(&heap);
     for (int32_t i = 0; i < k; i++) {

@@ -107,7 +107,7 @@ class CuratorSearchParams(SearchParams):
     exactly until ``gamma2 * k`` vectors were scanned (the main recall/speed knob).
     """
 
-    gamma1: float = 1.5
+    gamma1: float = 2.0
     gamma2: float = 96.0
 
     def __post_init__(self):
