@@ -163,3 +163,47 @@ def test_cli_bulk_then_import(ray_local, tmp_path, capsys):
         assert len(col) == 1999 and 5 not in col.ids("t").tolist()
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("code", [0, 1])
+def test_rng_select_prefix_matches_spann_rule(code):
+    from vecdb.index._spann_parts import pair_dist, rng_select
+    from vecdb.ingest.bulk import rng_select_prefix
+
+    rng = np.random.default_rng(code)
+    heads = rng.standard_normal((300, 12)).astype(np.float32)
+    X = rng.standard_normal((3000, 12)).astype(np.float32)
+    if code == 1:
+        heads /= np.linalg.norm(heads, axis=1, keepdims=True)
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+    D = pair_dist(X, heads, code)
+    cand = np.argsort(D, axis=1, kind="stable")[:, :24]
+    cdist = np.take_along_axis(D, cand, 1).astype(np.float32)
+    cand[:7, 20:] = -1  # padded rows, as a search with fewer heads returns
+    cdist[:7, 20:] = np.inf
+    for eps1, reps in ((1.0, 8), (0.2, 3), (10.0, 24)):
+        want = rng_select(X, cand, cdist, lambda i: heads[i], code, reps, eps1)
+        got = rng_select_prefix(cand, cdist, heads, code, reps, eps1, block=500)
+        assert (got == want).all()
+        assert got.any(axis=1).all() and (got.sum(1) <= reps).all()
+
+
+def test_fill_factor_caps_lists(ray_local, tmp_path):
+    X = np.concatenate(list(clustered_stream(6000, 16, chunk=3000, seed=5)))
+    np.save(tmp_path / "a.npy", X)
+    params = {"head_ratio": 0.02, "replica_count": 8, "posting_limit": 200, "background": False}
+    man = bulk_build_spann(str(tmp_path / "a.npy"), str(tmp_path / "out"), tenant="t",
+                           params=params, fill=0.5, progress=False)
+    assert man["cap"] == 100 and man["stages"]["reduce"]["dropped_by_cap"] > 0
+    import_bulk(str(tmp_path / "data"), "c", str(tmp_path / "out"))
+    db = vecdb.open(str(tmp_path / "data"))
+    try:
+        idx = db.collection("c")._index
+        sizes = np.array(list(idx._sizes.values()))
+        assert sizes.max() <= 150  # only nearest-list records may pass the cap of 100
+        assert (sizes <= 100).mean() > 0.9
+        with pytest.raises(InvalidArgument, match="fill"):
+            bulk_build_spann(str(tmp_path / "a.npy"), str(tmp_path / "o2"), fill=0.0,
+                             progress=False)
+    finally:
+        db.close()

@@ -92,3 +92,41 @@ def test_rocks_second_open_of_same_folder_fails(tmp_path):
     with pytest.raises(FailedPrecondition):
         RocksKVStore(tmp_path / "db")
     s.close()
+
+
+def _sst(path, items):
+    import rocksdict
+
+    w = rocksdict.SstFileWriter(options=rocksdict.Options(raw_mode=True))
+    w.open(str(path))
+    for k, v in items:
+        w[k] = v
+    w.finish()
+    return str(path)
+
+
+def test_ingest_sst_adds_files_atomically(tmp_path):
+    s = RocksKVStore(tmp_path / "db")
+    try:
+        s.put("vectors", b"\x00" * 7 + b"\x05", b"old")
+        a = _sst(tmp_path / "a.sst", [(i.to_bytes(8, "big"), b"a%d" % i) for i in range(0, 5)])
+        b = _sst(tmp_path / "b.sst", [(i.to_bytes(8, "big"), b"b%d" % i) for i in range(5, 9)])
+        s.ingest_sst("vectors", [a, b], move=True)
+        got = dict(s.iterate("vectors"))
+        assert len(got) == 9 and got[(5).to_bytes(8, "big")] == b"b5"  # ingested value wins
+        assert s.get("ids", (1).to_bytes(8, "big")) is None  # only the named family
+        with pytest.raises(InvalidArgument, match="no such SST"):
+            s.ingest_sst("vectors", [str(tmp_path / "missing.sst")])
+        (tmp_path / "junk.sst").write_bytes(b"not an sst file")
+        with pytest.raises(InvalidArgument, match="ingest_sst"):
+            s.ingest_sst("acl", [str(tmp_path / "junk.sst")])
+        assert list(s.iterate("acl")) == []
+        with pytest.raises(InvalidArgument, match="unknown column family"):
+            s.ingest_sst("nope", [a])
+    finally:
+        s.close()
+    s = RocksKVStore(tmp_path / "db")  # durable across reopen
+    try:
+        assert s.get("vectors", (8).to_bytes(8, "big")) == b"b8"
+    finally:
+        s.close()

@@ -34,6 +34,7 @@ import shutil
 import threading
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,7 @@ _SCHEMA = b"schema"
 _CHECKPOINT = b"checkpoint"
 _TENANT = b"tenant/"
 _TENANT_NEXT = b"tenant_next"
+IMPORT_FAMILIES = ("vectors", "acl", "payload", "postings")  # what import_sst may ingest
 
 
 def _fmt_ids(ids) -> str:
@@ -138,7 +140,9 @@ class Collection:
     access list (the owner plus granted tenants). Every read is scoped to one tenant.
     """
 
-    def __init__(self, path: str, options: Options, name: str | None = None) -> None:
+    def __init__(self, path: str, options: Options, name: str | None = None, *,
+                 _import: bool = False,
+                 _adopt: Callable[[RocksKVStore, CollectionState], Index] | None = None) -> None:
         self.path = path
         self._opts = options
         self._store = RocksKVStore(os.path.join(path, "store"), sync=options.sync,
@@ -170,7 +174,15 @@ class Collection:
             self._dirty_since = 0.0
             self.recovery: dict[str, Any] = {}
             self.last_checkpoint_error: str | None = None  # set by the background checkpointer
-            self._recover()
+            if _import:  # import_sst: the state comes from the ingested families, not a log
+                t0 = time.perf_counter()
+                self._seq = 0
+                self._absent: set[int] = set()
+                self._scan_store(_adopt)
+                self.recovery = {"source": "import", "replayed": 0, "seq": 0,
+                                 "load_s": time.perf_counter() - t0, "replay_s": 0.0}
+            else:
+                self._recover()
         except BaseException:
             try:
                 self._close_index()
@@ -754,7 +766,20 @@ class Collection:
 
     def _rebuild_from_store(self) -> None:
         """Rebuild maps and index from the column families (the source of truth)."""
-        self._index = self._new_index()
+        self._scan_store()
+        last = None
+        for k, _ in self._store.iterate("oplog"):
+            last = k
+        raw = self._store.get("meta", _CHECKPOINT)
+        # everything in the column families is applied: replay nothing older than the last record
+        self._seq = codec.key_int(last) if last is not None else json.loads(raw)["seq"]
+
+    def _scan_store(self, adopt: Callable[[RocksKVStore, CollectionState], Index] | None = None
+                    ) -> None:
+        """Maps from the ``vectors``/``acl`` families, streamed in chunks; the index either
+        rebuilt by adding every vector, or (``adopt``) made by the caller from the store and the
+        maps (an index whose data is already in the store, e.g. imported SPANN postings)."""
+        self._index = self._new_index() if adopt is None else None
         st = CollectionState()
         grants: dict[int, list[int]] = {}
         for k, v in self._store.iterate("acl"):
@@ -765,15 +790,19 @@ class Collection:
         def flush() -> None:
             if not chunk_k:
                 return
-            slots = np.array([codec.key_int(x) for x in chunk_k], dtype=np.int64)
+            slots = np.frombuffer(b"".join(chunk_k), dtype=">u8").astype(np.int64) \
+                if all(len(x) == 8 for x in chunk_k) else \
+                np.array([codec.key_int(x) for x in chunk_k], dtype=np.int64)
             rec = codec.unpack_vectors(chunk_v, self.dim)
             for owner in np.unique(rec["owner"]).tolist():
                 m = rec["owner"] == owner
                 st.apply_upsert(slots[m], rec["id"][m], owner)
-            for s in slots.tolist():
-                for t in grants.get(s, ()):
-                    st.apply_grant(np.array([s]), t)
-            self._index.add(np.ascontiguousarray(rec["vec"]), slots, st.acl_csr(slots))
+            if grants:
+                for s in slots.tolist():
+                    for t in grants.get(s, ()):
+                        st.apply_grant(np.array([s]), t)
+            if self._index is not None:
+                self._index.add(np.ascontiguousarray(rec["vec"]), slots, st.acl_csr(slots))
             chunk_k.clear()
             chunk_v.clear()
 
@@ -784,12 +813,61 @@ class Collection:
                 flush()
         flush()
         self._state = st
-        last = None
-        for k, _ in self._store.iterate("oplog"):
-            last = k
-        raw = self._store.get("meta", _CHECKPOINT)
-        # everything in the column families is applied: replay nothing older than the last record
-        self._seq = codec.key_int(last) if last is not None else json.loads(raw)["seq"]
+        if adopt is not None:
+            self._index = adopt(self._store, st)
+
+    @classmethod
+    def import_sst(cls, path: str, name: str, dim: int, metric: str, index: str,
+                   params: dict[str, Any] | None, options: Options, tenants: Sequence[str],
+                   sst: dict[str, Sequence[str]],
+                   adopt: Callable[[RocksKVStore, CollectionState], Index] | None = None) -> int:
+        """Assemble a new collection at ``path`` (must not exist) from externally built SST files.
+
+        ``sst``: column family -> sorted SST files (``rocksdict.SstFileWriter``, raw keys in the
+        engine's layout: big-endian slot keys, ``codec.pack_vectors`` values, ...), only the data
+        families (``IMPORT_FAMILIES``). ``tenants``: names, given dense ids 0, 1, ... in this order
+        (the owner/ACL ids the files use). The files are moved in (hard links where possible). The
+        maps are rebuilt from the ``vectors``/``acl`` families; the index is rebuilt by adding the
+        vectors, or made by ``adopt(store, state)`` (an index whose data the files already hold).
+        A checkpoint is written, and the collection is reopened from it and counted. Not atomic
+        by itself: callers assemble in a temporary folder and rename (``Database.import_sst``).
+        Returns the number of vectors."""
+        bad = sorted(set(sst) - set(IMPORT_FAMILIES))
+        if bad:
+            raise InvalidArgument(f"import_sst: cannot ingest into {bad}; data families are "
+                                  f"{list(IMPORT_FAMILIES)}")
+        names = [check_tenant_name(t) for t in tenants]
+        if len(set(names)) != len(names):
+            raise InvalidArgument("import_sst: duplicate tenant names")
+        cls.create(path, name, dim, metric, index, params, options)
+        store = RocksKVStore(os.path.join(path, "store"), create=False,
+                             block_cache_bytes=options.block_cache_bytes)
+        try:
+            b = WriteBatch()
+            for tid, t in enumerate(names):
+                b.put("meta", _TENANT + t.encode(), str(tid).encode())
+            b.put("meta", _TENANT_NEXT, str(len(names)).encode())
+            store.write(b)
+            for fam in IMPORT_FAMILIES:
+                if sst.get(fam):
+                    store.ingest_sst(fam, list(sst[fam]), move=True)
+            store.flush()
+        finally:
+            store.close()
+        col = cls(path, options, name, _import=True, _adopt=adopt)
+        try:
+            with col._wmutex:
+                col._dirty_rows = max(1, len(col._state))
+                col._checkpoint_locked()
+        finally:
+            col.close(checkpoint=False)
+        col = cls(path, options, name)  # the checkpoint must load
+        try:
+            if col.recovery["source"] != "checkpoint":
+                raise FailedPrecondition(f"import_sst: {path} did not reopen from its checkpoint")
+            return len(col)
+        finally:
+            col.close(checkpoint=False)
 
     def close(self, checkpoint: bool | None = None) -> None:
         """Checkpoint if dirty (unless ``checkpoint=False``), then close the store."""

@@ -24,6 +24,7 @@ import shutil
 import threading
 import uuid
 import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from vecdb.engine.collection import Collection
@@ -132,6 +133,33 @@ class Database:
             trash = os.path.join(self._root, f".trash-{name}-{uuid.uuid4().hex[:8]}")
             os.replace(os.path.join(self._root, name), trash)
             shutil.rmtree(trash, ignore_errors=True)
+
+    def import_sst(self, name: str, *, dim: int, metric: str = "l2", index: str = "flat",
+                   params: dict[str, Any] | None = None, tenants: Sequence[str] = (),
+                   sst: dict[str, Sequence[str]], adopt: Callable | None = None,
+                   expected_rows: int | None = None) -> Collection:
+        """Create collection ``name`` from externally built SST files, all or nothing (the bulk
+        ingestion's import; see ``Collection.import_sst`` for the file layout and ``adopt``).
+
+        Assembled in a temporary folder and renamed into place once it reopens from its
+        checkpoint (and holds ``expected_rows`` vectors, if given); a failure or a crash leaves no
+        collection. Works on an open database (other collections keep serving)."""
+        check_collection_name(name)
+        with self._mutex:
+            self._check_open()
+            if self._exists(name):
+                raise AlreadyExists(f"collection {name!r} already exists")
+            tmp = os.path.join(self._root, f".tmp-{name}-{uuid.uuid4().hex[:8]}")
+            try:
+                n = Collection.import_sst(tmp, name, dim, metric, index, params, self.options,
+                                          tenants, sst, adopt)
+                if expected_rows is not None and n != expected_rows:
+                    raise FailedPrecondition(f"import of {name!r}: {n} vectors, expected "
+                                             f"{expected_rows}")
+                os.replace(tmp, os.path.join(self._root, name))
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            return self.collection(name)
 
     # -- background checkpoints -----------------------------------------------------------
     def _checkpointer(self) -> None:

@@ -34,7 +34,6 @@ import os
 import resource
 import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,21 +74,109 @@ def _spann_config(dim: int, metric: str, params: dict[str, Any]) -> dict[str, An
     return cfg
 
 
-def _heads(dim: int, code: int, cfg: dict[str, Any], H: np.ndarray):
-    from vecdb.index._spann_parts import HeadIndex
-
-    kind = cfg["head_index"] if cfg["head_index"] != "auto" else ("hnsw" if len(H) > 4096
-                                                                    else "flat")
-    h = HeadIndex(dim, code, kind, M=cfg["head_M"], ef=cfg["head_ef"], threads=1,
-                  seed=cfg["seed"])
-    h.add(np.arange(len(H), dtype=np.int64), H)
-    return h
+def head_kind(cfg: dict[str, Any], n_heads: int) -> str:
+    """The head index SPANN itself would use for ``n_heads`` heads ("auto": hnsw above 4096)."""
+    if cfg["head_index"] != "auto":
+        return cfg["head_index"]
+    return "hnsw" if n_heads > 4096 else "flat"
 
 
-def run_dtype(dim: int) -> np.dtype:
-    """One assignment in a run file: list id, not-nearest flag, distance, slot, vector."""
-    return np.dtype([("lid", "<i8"), ("sec", "u1"), ("d", "<f4"), ("slot", "<i8"),
-                     ("vec", "<f4", (dim,))])
+def build_head_graph(heads: np.ndarray, metric: str, cfg: dict[str, Any], path: str,
+                     threads: int) -> None:
+    """The heads' HNSW graph (slot = list id), built once by the driver and saved to ``path``.
+
+    Built exactly as SPANN's ``HeadIndex`` builds it (same M, ef_construction, seed, sized to the
+    heads), so the map tasks search the same graph and the import hands it to the collection as
+    its saved head graph instead of rebuilding it."""
+    from vecdb.index.hnsw import HNSWIndex
+
+    g = HNSWIndex(heads.shape[1], "ip" if metric in ("ip", "cosine") else "l2",
+                  M=cfg["head_M"], ef_construction=100, seed=cfg["seed"],
+                  num_threads=max(1, threads), max_elements=len(heads))
+    g.add(np.ascontiguousarray(heads, dtype=np.float32),
+          slots=np.arange(len(heads), dtype=np.int64))
+    g.save(path)
+
+
+class _HeadSearch:
+    """Candidate heads of a batch: the saved head HNSW (``ef`` = the collection's ``head_ef``,
+    as SPANN searches it) or, for a flat head index, an exact GEMM scan in blocks."""
+
+    def __init__(self, heads: np.ndarray, code: int, graph_path: str | None, ef: int) -> None:
+        self.heads, self.code, self.ef = heads, code, ef
+        self.g = None
+        if graph_path is not None:
+            from vecdb.index.hnsw import HNSWIndex
+
+            self.g = HNSWIndex.load(graph_path)
+
+    def search(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        from vecdb import _native
+        from vecdb.index._spann_parts import pair_dist
+
+        if self.g is not None:
+            from vecdb.index.hnsw import HNSWSearchParams
+
+            return self.g.search(X, k, params=HNSWSearchParams(ef=max(self.ef, k),
+                                                               num_threads=1))
+        ids = np.empty((len(X), k), dtype=np.int64)
+        dist = np.empty((len(X), k), dtype=np.float32)
+        for s in range(0, len(X), 1024):
+            D = np.ascontiguousarray(pair_dist(X[s:s + 1024], self.heads, self.code),
+                                     dtype=np.float32)
+            ids[s:s + 1024], dist[s:s + 1024] = _native.topk(D, k)
+        return ids, dist
+
+
+def rng_select_prefix(cand: np.ndarray, cdist: np.ndarray, heads: np.ndarray, code: int,
+                      replicas: int, eps1: float, block: int = 2048) -> np.ndarray:
+    """SPANN's RNG replica rule (``_spann_parts.rng_select``, same result), cheaper for a batch.
+
+    The rule only ever keeps candidates within ``(1+eps1)`` of the nearest, and ``cdist`` is
+    ascending, so the eligible candidates of a vector are a prefix of its row. Rows are grouped
+    by prefix length and each group pays for its own width only: the head-to-head distances are
+    ``w x w`` instead of ``C x C`` per vector (at C = 32, typically w ~ 10), and the greedy scan
+    over columns stops at the widest prefix. Heads come from a plain array (no lock)."""
+    from vecdb.index._spann_parts import within
+
+    n, C = cand.shape
+    keep = np.zeros((n, C), dtype=bool)
+    if n == 0 or C == 0:
+        return keep
+    valid = (cand >= 0) & within(cdist, cdist[:, :1], eps1, code)
+    width = (valid * np.arange(1, C + 1)).max(axis=1)  # last eligible column + 1
+    order = np.argsort(width, kind="stable")
+    for s in range(0, n, block):
+        rows = order[s:s + block]
+        w = int(width[rows].max())
+        if w == 0:
+            continue
+        c = cand[rows, :w]
+        d = cdist[rows, :w]
+        v = valid[rows, :w]
+        Hv = heads[np.maximum(c, 0)]  # [b, w, dim]
+        ip = np.matmul(Hv, Hv.transpose(0, 2, 1))
+        if code == 1:
+            dcc = -ip
+        else:
+            sq = np.einsum("bcd,bcd->bc", Hv, Hv)
+            dcc = sq[:, :, None] + sq[:, None, :] - 2 * ip
+        k = np.zeros((len(rows), w), dtype=bool)
+        k[:, 0] = v[:, 0]
+        count = k[:, 0].astype(np.int32)
+        for j in range(1, w):
+            blocked = (k[:, :j] & (dcc[:, :j, j] < d[:, j:j + 1])).any(axis=1)
+            ok = v[:, j] & ~blocked & (count < replicas)
+            k[:, j] = ok
+            count += ok
+        keep[rows, :w] = k
+    return keep
+
+
+def run_dtype() -> np.dtype:
+    """One assignment in a run file: list id, not-nearest flag, distance, slot (no vector: the
+    reduce gathers it from the task's vector file, so runs are 17 bytes per replica)."""
+    return np.dtype([("lid", "<i4"), ("sec", "u1"), ("d", "<f4"), ("slot", "<i8")])
 
 
 # -- stage 1: sample ----------------------------------------------------------------------------
@@ -165,29 +252,38 @@ class _SstSink:
 
 def _map_task(shard: Shard, task: int, dim: int, metric: str, heads: np.ndarray,
               cfg: dict[str, Any], tenant_ids: dict[str, int], tenant: str, id_start: int,
-              columns: Columns, out: str, batch_rows: int) -> dict[str, Any]:
+              columns: Columns, out: str, batch_rows: int,
+              graph_path: str | None, search_ef: int) -> dict[str, Any]:
+    """Stream one shard: engine rows (vectors/acl/payload SSTs), the prepared vectors (a
+    memory-mapped file the reduce gathers from) and the sorted runs of list assignments."""
     from vecdb.engine import codec
-    from vecdb.index._spann_parts import rng_select
     from vecdb.kernels import metric_code, prepare
 
     code = metric_code(metric)
     t0 = time.perf_counter()
-    hidx = _heads(dim, code, cfg, heads)
+    search = _HeadSearch(heads, code, graph_path, search_ef)
     H = len(heads)
     C = min(cfg["candidates"], H)
-    rdt = run_dtype(dim)
+    rdt = run_dtype()
     sst = {f: _SstSink(os.path.join(out, "sst", f"{f}-{task:06d}.sst"))
            for f in ("vectors", "acl", "payload")}
+    vec_path = os.path.join(out, "vecs", f"vec-{task:06d}.npy")
+    vecs = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32,
+                                     shape=(max(1, shard.rows), dim))
     hist = np.zeros(H, dtype=np.int64)
     runs, errors = [], []
     good = 0
     ids_seen: list[np.ndarray] = []
+    split = {"read": 0.0, "engine_rows": 0.0, "search": 0.0, "rng": 0.0, "runs": 0.0}
     try:
+        t1 = time.perf_counter()
         for k, b in enumerate(read_batches(shard, dim, batch_rows, 0, columns)):
             errors += b.errors
             if not len(b):
                 continue
             X = prepare(b.vectors, dim, metric)
+            t2 = time.perf_counter()
+            split["read"] += t2 - t1
             slots = shard.offset + b.rows
             ids = b.ids if b.ids is not None else (id_start + slots).astype(np.uint64)
             owners = np.full(len(b), tenant_ids[tenant] if b.tenants is None else 0, np.int32)
@@ -195,7 +291,9 @@ def _map_task(shard: Shard, task: int, dim: int, metric: str, heads: np.ndarray,
                 owners = np.array([tenant_ids[t] for t in b.tenants], dtype=np.int32)
             keys = codec.be_keys(slots)
             sst["vectors"].put_many(keys, codec.pack_vectors(ids, owners, X))
-            ids_seen.append(ids)
+            vecs[b.rows] = X
+            if b.ids is not None:  # generated ids are unique by construction
+                ids_seen.append(ids)
             if b.acl is not None:
                 ak, av = [], []
                 for i, (key, lst) in enumerate(zip(keys, b.acl, strict=True)):
@@ -212,39 +310,56 @@ def _map_task(shard: Shard, task: int, dim: int, metric: str, heads: np.ndarray,
                 if pk:
                     sst["payload"].put_many(pk, pv)
             good += len(b)
-            cand, cdist = hidx.search(X, C)
-            keep = rng_select(X, cand, cdist, hidx.vectors, code, cfg["replica_count"],
-                              cfg["eps1"])
+            t3 = time.perf_counter()
+            split["engine_rows"] += t3 - t2
+            cand, cdist = search.search(X, C)
+            t4 = time.perf_counter()
+            split["search"] += t4 - t3
+            keep = rng_select_prefix(cand, cdist, heads, code, cfg["replica_count"],
+                                     cfg["eps1"])
+            t5 = time.perf_counter()
+            split["rng"] += t5 - t4
             pts, cols = np.nonzero(keep)
+            lid = cand[pts, cols].astype(np.int32)
+            order = np.argsort(lid, kind="stable")
             run = np.empty(len(pts), dtype=rdt)
-            run["lid"] = cand[pts, cols]
-            run["sec"] = cols > 0
-            run["d"] = cdist[pts, cols]
-            run["slot"] = slots[pts]
-            run["vec"] = X[pts]
-            run = run[np.lexsort((run["d"], run["sec"], run["lid"]))]
+            run["lid"] = lid[order]
+            run["sec"] = (cols > 0)[order]
+            run["d"] = cdist[pts, cols][order]
+            run["slot"] = slots[pts][order]
             hist += np.bincount(run["lid"], minlength=H)
             path = os.path.join(out, "runs", f"run-{task:06d}-{k:06d}.npy")
             np.save(path, run)
             runs.append(path)
+            t1 = time.perf_counter()
+            split["runs"] += t1 - t5
     except ShardError as e:
         errors.append({"file": shard.path, "row": 0, "error": str(e)})
         for s in sst.values():
             s.finish()
+        del vecs
         return {"shard": shard.path, "failed": str(e), "errors": errors, "good": 0, "runs": [],
                 "hist": np.zeros(H, dtype=np.int64), "sst": {}, "rss": _rss(),
-                "seconds": time.perf_counter() - t0, "ids": np.zeros(0, np.uint64)}
+                "seconds": time.perf_counter() - t0, "ids": np.zeros(0, np.uint64),
+                "split": split}
+    vecs.flush()
+    del vecs
     files = {f: s.finish() for f, s in sst.items()}
     return {"shard": shard.path, "good": good, "errors": errors, "runs": runs, "hist": hist,
             "sst": {f: p for f, p in files.items() if p}, "rss": _rss(),
-            "seconds": time.perf_counter() - t0,
-            "ids": np.unique(np.concatenate(ids_seen)) if ids_seen else np.zeros(0, np.uint64)}
+            "seconds": time.perf_counter() - t0, "vec_file": vec_path, "offset": shard.offset,
+            "ids": np.unique(np.concatenate(ids_seen)) if ids_seen else np.zeros(0, np.uint64),
+            "split": split}
 
 
 # -- stage 3: reduce ----------------------------------------------------------------------------
 def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray, dim: int,
-                 posting_limit: int, out: str) -> dict[str, Any]:
-    from vecdb.index._spann_parts import pack_records, record_dtype
+                 cap: int, vec_files: list[tuple[int, str]], out: str) -> dict[str, Any]:
+    """Lists [lo, hi): gather their assignments from every run, order each list (nearest-list
+    records first, then by distance), keep at most ``cap`` records (a vector's nearest list
+    always keeps it), gather the vectors from the map tasks' vector files, write the postings
+    SSTs (``b"H"`` head, ``b"P"`` packed records; one disjoint key range per task)."""
+    from vecdb.index._spann_parts import record_dtype
 
     t0 = time.perf_counter()
     parts = []
@@ -254,30 +369,46 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
         if j > i:
             parts.append(np.array(a[i:j]))
         del a
-    rdt = run_dtype(dim)
-    cat = np.concatenate(parts) if parts else np.zeros(0, dtype=rdt)
+    cat = np.concatenate(parts) if parts else np.zeros(0, dtype=run_dtype())
     del parts
     cat = cat[np.lexsort((cat["d"], cat["sec"], cat["lid"]))]
-    bounds = np.searchsorted(cat["lid"], np.arange(lo, hi + 1))
-    rec = record_dtype(dim)
-    kept = dropped = 0
+    rows = len(cat)
+    # the cap, vectorised: rank of each record inside its list vs max(primaries, cap)
+    lid = cat["lid"].astype(np.int64) - lo
+    size = np.bincount(lid, minlength=hi - lo)
+    start = np.concatenate([[0], np.cumsum(size)[:-1]])
+    primary = np.bincount(lid, weights=(cat["sec"] == 0), minlength=hi - lo).astype(np.int64)
+    rank = np.arange(len(cat)) - np.repeat(start, size)
+    keep = rank < np.repeat(np.maximum(primary, cap), size)
+    cat = cat[keep]
+    dropped = rows - len(cat)
+    size = np.bincount(cat["lid"].astype(np.int64) - lo, minlength=hi - lo)
+    bounds = np.concatenate([[0], np.cumsum(size)])
+    # vectors: gathered from the memory-mapped vector file of the map task that read each slot
+    rec = np.zeros(len(cat), dtype=record_dtype(dim))
+    rec["slot"] = cat["slot"]
+    rec["ver"] = 1
+    offs = np.array([o for o, _ in vec_files], dtype=np.int64)
+    owner = np.searchsorted(offs, cat["slot"], side="right") - 1
+    for t in np.unique(owner).tolist():
+        m = np.flatnonzero(owner == t)
+        mm = np.load(vec_files[t][1], mmap_mode="r")
+        r = cat["slot"][m] - offs[t]
+        o = np.argsort(r, kind="stable")  # ascending file order: sequential-ish page reads
+        rec["vec"][m[o]] = mm[r[o]]
+        del mm
+    buf = rec.tobytes()
+    del rec, cat
+    isz = record_dtype(dim).itemsize
     hw = _SstSink(os.path.join(out, "sst", f"postings-H-{task:06d}.sst"))
     pw = _SstSink(os.path.join(out, "sst", f"postings-P-{task:06d}.sst"))
     hk, hv, pk, pv = [], [], [], []
     for h in range(lo, hi):
-        a, b = int(bounds[h - lo]), int(bounds[h - lo + 1])
-        sel = cat[a:b]
-        if len(sel) > posting_limit:
-            primary = int((sel["sec"] == 0).sum())
-            n = max(primary, posting_limit)
-            dropped += len(sel) - n
-            sel = sel[:n]
-        kept += len(sel)
         key = int(h).to_bytes(8, "big")
         hk.append(b"H" + key)
         hv.append(heads[h - lo].tobytes())
         pk.append(b"P" + key)
-        pv.append(pack_records(rec, sel["slot"], np.ones(len(sel), np.uint8), sel["vec"]))
+        pv.append(buf[int(bounds[h - lo]) * isz: int(bounds[h - lo + 1]) * isz])
         if len(pk) >= 4096:
             hw.put_many(hk, hv)
             pw.put_many(pk, pv)
@@ -285,8 +416,8 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
     if pk:
         hw.put_many(hk, hv)
         pw.put_many(pk, pv)
-    return {"files": [f for f in (hw.finish(), pw.finish()) if f], "records": kept,
-            "dropped": dropped, "rows": int(len(cat)), "rss": _rss(),
+    return {"files": [f for f in (hw.finish(), pw.finish()) if f], "records": int(bounds[-1]),
+            "dropped": int(dropped), "rows": int(rows), "rss": _rss(),
             "seconds": time.perf_counter() - t0}
 
 
@@ -312,6 +443,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                      sample_rows: int = 200_000, batch_rows: int = 20_000,
                      memory_bytes: int = 256 << 20, reduce_tasks: int | None = None,
                      ray_address: str | None = None, num_cpus: int | None = None,
+                     fill: float = 1.0, search_ef: int | None = None,
                      progress: bool = True) -> dict[str, Any]:
     """Build a SPANN collection's files from ``source`` into folder ``out`` (see module doc).
 
@@ -319,7 +451,12 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     balance, head_index, ...), the same as ``create_collection(index="spann", params=...)``.
     Slots are global row numbers; ids the Parquet id column or ``id_start`` + row number; owner
     the Parquet tenant column or ``tenant``. ``memory_bytes`` bounds a reduce task's rows;
-    ``batch_rows`` a map task's batch; ``sample_rows`` the training sample.
+    ``batch_rows`` a map task's batch; ``sample_rows`` the training sample (it should hold at
+    least ``2 x head_ratio x rows`` vectors, else there are fewer heads than SPANN would make).
+    ``fill``: lists are capped at ``fill x posting_limit`` records (a vector's nearest list
+    always keeps it), leaving room for online appends before the first split. ``search_ef``:
+    the head graph's search beam in the map tasks (default the collection's ``head_ef``, as
+    SPANN's own build; lower is faster and slightly less exact).
     Writes ``out/manifest.json`` (what ``import_bulk`` reads) and returns it.
     """
     import ray
@@ -329,6 +466,10 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
 
     metric = check_metric(metric)
     params = dict(params or {})
+    if not isinstance(fill, int | float) or not 0 < fill <= 1:
+        raise InvalidArgument(f"fill must be in (0, 1], got {fill!r}")
+    if search_ef is not None and (not isinstance(search_ef, int) or search_ef < 1):
+        raise InvalidArgument(f"search_ef must be a positive int, got {search_ef!r}")
     t_start = time.perf_counter()
     files = discover(source)
     shards, rejected = plan(files, columns)
@@ -339,6 +480,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(os.path.join(out, "sst"))
     os.makedirs(os.path.join(out, "runs"))
+    os.makedirs(os.path.join(out, "vecs"))
     init_ray(ray_address, num_cpus)
     stages: dict[str, dict[str, Any]] = {}
     total = sum(s.rows for s in shards)
@@ -367,9 +509,16 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     n_good = sum(r.get("good", 0) for r in res)
     t1 = time.perf_counter()
     heads = train_heads(sample, n_good, cfg)
+    t2 = time.perf_counter()
+    graph_path = None
+    if head_kind(cfg, len(heads)) == "hnsw":
+        graph_path = os.path.join(out, "heads.hnsw")
+        build_head_graph(heads, metric, cfg, graph_path,
+                         int(ray.available_resources().get("CPU", 1)))
     stages["sample"] = {"seconds": t1 - t0, "rows": int(len(sample)),
                         "worker_peak_rss": max((r.get("rss", 0) for r in res), default=0)}
     stages["heads"] = {"seconds": time.perf_counter() - t1, "heads": int(len(heads)),
+                       "cluster_seconds": t2 - t1, "graph_seconds": time.perf_counter() - t2,
                        "driver_peak_rss": _rss()}
     del sample, res
     log(f"{len(heads)} heads from a {stages['sample']['rows']}-row sample "
@@ -382,7 +531,9 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     map_t = ray.remote(num_cpus=1)(_map_task)
     todo = [s for s in shards if s.path not in failed]
     res = ray.get([map_t.remote(s, i, dim, metric, heads_ref, cfg, tenant_ids, tenant, id_start,
-                                columns, out, batch_rows) for i, s in enumerate(todo)])
+                                columns, out, batch_rows, graph_path,
+                                search_ef or cfg["head_ef"])
+                   for i, s in enumerate(todo)])
     hist = np.zeros(len(heads), dtype=np.int64)
     runs, sst = [], {f: [] for f in FAMILIES}
     rows = 0
@@ -400,8 +551,11 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
         raise InvalidArgument(f"duplicate ids across shards (first: {u[c > 1][:5].tolist()}); "
                               f"bulk build needs unique ids")
     del ids, u, c
+    split = {k: sum(r["split"][k] for r in res) for k in (res[0]["split"] if res else {})}
+    vec_files = sorted((r["offset"], r["vec_file"]) for r in res if "vec_file" in r)
     stages["map"] = {"seconds": time.perf_counter() - t0, "rows": rows,
                      "assignments": int(hist.sum()), "tasks": len(todo),
+                     "task_seconds": sum(r["seconds"] for r in res), "task_split": split,
                      "worker_peak_rss": max((r["rss"] for r in res), default=0)}
     log(f"map: {rows} rows -> {int(hist.sum())} assignments in {len(runs)} runs "
         f"({stages['map']['seconds']:.1f}s)")
@@ -409,11 +563,13 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
 
     # (3) reduce: group by list id, cap, postings SSTs
     t0 = time.perf_counter()
-    rowbytes = run_dtype(dim).itemsize * 3  # the slice, the sorted copy, the packed value
+    # per assignment: the run slice, its sorted copy, the mask; the record and its bytes
+    rowbytes = run_dtype().itemsize * 3 + 2 * (12 + 4 * dim)
+    cap = max(1, int(fill * cfg["posting_limit"]))
     ranges = _ranges(hist, max(1, memory_bytes // rowbytes),
                      reduce_tasks or max(2, int(ray.available_resources().get("CPU", 2))))
     red_t = ray.remote(num_cpus=1)(_reduce_task)
-    res = ray.get([red_t.remote(lo, hi, i, runs, heads[lo:hi], dim, cfg["posting_limit"], out)
+    res = ray.get([red_t.remote(lo, hi, i, runs, heads[lo:hi], dim, cap, vec_files, out)
                    for i, (lo, hi) in enumerate(ranges)])
     for r in res:
         sst["postings"] += r["files"]
@@ -425,9 +581,12 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     log(f"reduce: {stages['reduce']['records']} records in {len(ranges)} tasks "
         f"({stages['reduce']['seconds']:.1f}s)")
     shutil.rmtree(os.path.join(out, "runs"), ignore_errors=True)
+    shutil.rmtree(os.path.join(out, "vecs"), ignore_errors=True)
     np.save(os.path.join(out, "heads.npy"), heads)
     manifest = {"format": 1, "kind": "spann", "dim": dim, "metric": metric, "params": params,
-                "config": cfg, "rows": rows, "slots": total, "heads": int(len(heads)),
+                "config": cfg, "fill": fill, "cap": cap,
+                "head_graph": os.path.basename(graph_path) if graph_path else None,
+                "rows": rows, "slots": total, "heads": int(len(heads)),
                 "tenants": sorted(tenant_ids, key=tenant_ids.get), "sst": sst,
                 "errors": errors, "stages": stages, "metric_code": metric_code(metric),
                 "seconds": time.perf_counter() - t_start,
@@ -441,23 +600,15 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
     """Import the bulk build in folder ``out`` as new collection ``collection`` of the *stopped*
     data folder ``data`` (its lock is taken: a running server makes this FailedPrecondition).
 
-    All or nothing: the collection is assembled in a temporary folder (SST files ingested with
-    ``ingest_external_file``, hard-linked where possible; engine state and a SPANN checkpoint
-    written; reopened and counted) and renamed into place; a crash leaves no collection, and the
-    next open of the folder removes the leftovers. ``options``: engine options.
-    Returns {"rows", "seconds", "disk_bytes"}.
+    The engine does the work (``Database.import_sst``): all or nothing, assembled in a temporary
+    folder (SST files moved in by ``ingest_external_file``, maps rebuilt from the ``vectors`` and
+    ``acl`` families, a checkpoint written, reopened and counted) and renamed into place. The
+    SPANN index is adopted, not rebuilt: its postings and heads are already in the files, and
+    the head graph the map tasks searched becomes the collection's saved head graph.
+    ``options``: engine options. Returns {"rows", "seconds", "disk_bytes"}.
     """
-    import rocksdict
-
     import vecdb
-    from vecdb.engine import codec
-    from vecdb.engine.collection import Collection
     from vecdb.engine.database import check_collection_name
-    from vecdb.engine.state import CollectionState
-    from vecdb.index.acl import AccessLists
-    from vecdb.index.spann import SPANNIndex
-    from vecdb.storage import WriteBatch
-    from vecdb.storage.rocks import RocksKVStore
 
     t0 = time.perf_counter()
     check_collection_name(collection)
@@ -470,100 +621,45 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
     try:
         if db.has_collection(collection):
             raise AlreadyExists(f"collection {collection!r} already exists in {data}")
-        root = os.path.join(db.path, "collections")
-        tmp = os.path.join(root, f".tmp-{collection}-{uuid.uuid4().hex[:8]}")
-        try:
-            Collection.create(tmp, collection, man["dim"], man["metric"], "spann", man["params"],
-                              db.options)
-            col = Collection(tmp, db.options, collection)
-            for i, name in enumerate(man["tenants"]):
-                if col.create_tenant(name) != i:
-                    raise FailedPrecondition("tenant ids of a fresh collection are not dense")
-            col.close(checkpoint=False)
-            store = RocksKVStore(os.path.join(tmp, "store"), create=False,
-                                 block_cache_bytes=db.options.block_cache_bytes)
-            try:
-                io = rocksdict.IngestExternalFileOptions()
-                io.set_move_files(True)  # hard links: the bulk folder keeps its copy
-                for fam in FAMILIES:
-                    if man["sst"][fam]:
-                        store._cfs[fam].ingest_external_file(list(man["sst"][fam]), io)
-                _adopt(store, tmp, man, codec, CollectionState, AccessLists, SPANNIndex,
-                       WriteBatch)
-            finally:
-                store.close()
-            col = Collection(tmp, db.options, collection)
-            n = len(col)
-            col.close(checkpoint=False)
-            if n != man["rows"]:
-                raise FailedPrecondition(f"imported {n} vectors, the build has {man['rows']}")
-            os.replace(tmp, os.path.join(root, collection))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in
-                   os.walk(os.path.join(root, collection)) for f in fs)
+        col = db.import_sst(collection, dim=man["dim"], metric=man["metric"], index="spann",
+                            params=man["params"], tenants=man["tenants"],
+                            sst={f: man["sst"][f] for f in FAMILIES if man["sst"][f]},
+                            adopt=spann_adopter(man, out), expected_rows=man["rows"])
+        size = col.disk_bytes()
     finally:
         db.close()
     return {"rows": man["rows"], "seconds": time.perf_counter() - t0, "disk_bytes": size}
 
 
-def _adopt(store, path: str, man: dict, codec, CollectionState, AccessLists, SPANNIndex,
-           WriteBatch) -> None:
-    """Engine state + SPANN checkpoint for the ingested column families (streamed by chunks)."""
-    dim = man["dim"]
-    st = CollectionState()
-    grants: dict[int, list[int]] = {}
-    for k, v in store.iterate("acl"):
-        grants[codec.key_int(k)] = np.frombuffer(v, dtype="<i4").tolist()
-    cap = max(1024, int(man["slots"]))
-    acl = AccessLists(cap)
-    ver = np.zeros(cap, dtype=np.uint8)
-    live_parts = []
-    keys: list[bytes] = []
-    vals: list[bytes] = []
+def spann_adopter(man: dict[str, Any], bulk_dir: str):
+    """The ``adopt`` hook of ``Database.import_sst`` for a bulk build: a ``SPANNIndex`` over
+    the ingested postings (heads and lists are read from the store by SPANN's own loader), with
+    every imported slot live at version 1 and the tenant bitmaps of the engine's maps."""
+    def adopt(store, st):
+        from vecdb.index.acl import AccessLists
+        from vecdb.index.spann import SPANNIndex
+        from vecdb.storage import WriteBatch
 
-    def flush() -> None:
-        if not keys:
-            return
-        slots = np.array([codec.key_int(x) for x in keys], dtype=np.int64)
-        rec = codec.unpack_vectors(vals, dim)
-        for owner in np.unique(rec["owner"]).tolist():
-            m = rec["owner"] == owner
-            st.apply_upsert(slots[m], rec["id"][m], owner)
-        for s in slots.tolist():
-            for t in grants.get(s, ()):
-                st.apply_grant(np.array([s]), t)
-        acl.add_csr(slots, *st.acl_csr(slots))
-        ver[slots] = 1
-        live_parts.append(slots)
-        keys.clear()
-        vals.clear()
+        cap = max(1024, int(man["slots"]))
+        live = np.flatnonzero(st.slot_owner[: st.high] >= 0).astype(np.int64)
+        acl = AccessLists(cap)
+        for s in range(0, len(live), 1 << 20):
+            part = live[s:s + (1 << 20)]
+            acl.add_csr(part, *st.acl_csr(part))
+        ver = np.zeros(cap, dtype=np.uint8)
+        ver[live] = 1
+        b = WriteBatch()  # durable versions (SPANN reads them back over the checkpoint's)
+        for c in range(0, (int(man["slots"]) + 4095) // 4096):
+            b.put("postings", b"V" + int(c).to_bytes(8, "big"),
+                  ver[c * 4096:(c + 1) * 4096].tobytes().ljust(4096, b"\0"))
+        store.write(b)
+        meta = {"kind": "spann", "dim": man["dim"], "metric": man["metric"],
+                "config": man["config"], "capacity": cap,
+                "head_kind": head_kind(man["config"], man["heads"])}
+        arrays = {"live": live, "ver": ver, **acl.to_arrays()}
+        if man.get("head_graph"):  # the graph the map tasks searched
+            arrays["head_graph"] = np.fromfile(os.path.join(bulk_dir, man["head_graph"]),
+                                               dtype=np.uint8)
+        return SPANNIndex._from_state(meta, arrays, store)
 
-    for k, v in store.iterate("vectors"):
-        keys.append(k)
-        vals.append(v)
-        if len(keys) >= 65536:
-            flush()
-    flush()
-    b = WriteBatch()  # durable versions (SPANN reads them back over the checkpoint's)
-    for c in range(0, (int(man["slots"]) + 4095) // 4096):
-        b.put("postings", b"V" + int(c).to_bytes(8, "big"), ver[c * 4096:(c + 1) * 4096]
-              .tobytes().ljust(4096, b"\0"))
-    store.write(b)
-    live = np.concatenate(live_parts) if live_parts else np.zeros(0, np.int64)
-    meta = {"kind": "spann", "dim": dim, "metric": man["metric"], "config": man["config"],
-            "capacity": cap,
-            "head_kind": "hnsw" if (man["config"]["head_index"] == "hnsw" or (
-                man["config"]["head_index"] == "auto" and man["heads"] > 4096)) else "flat"}
-    idx = SPANNIndex._from_state(meta, {"live": live, "ver": ver, **acl.to_arrays()}, store)
-    ck = os.path.join(path, f"ckpt-{0:020d}")
-    os.makedirs(ck)
-    idx.save(os.path.join(ck, "index.npz"))
-    idx.close()
-    with open(os.path.join(ck, "state.npz"), "wb") as f:
-        np.savez(f, **st.to_arrays())
-        f.flush()
-        os.fsync(f.fileno())
-    store.put("meta", b"checkpoint", json.dumps({"seq": 0, "dir": os.path.basename(ck),
-                                                  "time": time.time(), "bulk": True}).encode())
-    store.flush()
+    return adopt

@@ -24,7 +24,7 @@ a batch is applied atomically (all or nothing, also across column families).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import rocksdict
 
@@ -169,6 +169,32 @@ class RocksKVStore:
     def delete_range(self, cf: str, begin: bytes, end: bytes) -> None:
         """Delete keys in ``[begin, end)``."""
         self._cf(cf).delete_range(bytes(begin), bytes(end))
+
+    def ingest_sst(self, cf: str, files: Sequence[str | os.PathLike], *,
+                   move: bool = False) -> None:
+        """Add sorted SST files (``rocksdict.SstFileWriter`` output, raw keys) to column family
+        ``cf`` with RocksDB's IngestExternalFile: all the files become visible at once, placed in
+        the lowest level their key range allows (no rewrite through the memtable).
+
+        ``move``: move the files into the database (a hard link, the original names are removed)
+        instead of copying them; a copy is made if linking is impossible. Keys overlapping
+        existing data are allowed (ingested values win). Bad files -> ``InvalidArgument``, and
+        nothing is added."""
+        paths = [os.fspath(f) for f in files]
+        handle = self._cf(cf)
+        if not paths:
+            return
+        for p in paths:
+            if not os.path.isfile(p):
+                raise InvalidArgument(f"ingest_sst: no such SST file {p}")
+        opts = rocksdict.IngestExternalFileOptions()
+        opts.set_move_files(bool(move))
+        try:
+            handle.ingest_external_file(paths, opts)
+        except Exception as e:  # rocksdict raises plain Exception for RocksDB errors
+            if isinstance(e, InvalidArgument | FailedPrecondition):
+                raise
+            raise InvalidArgument(f"ingest_sst into {cf!r} failed: {e}") from None
 
     def flush(self) -> None:
         """Flush memtables to SST files and sync the WAL (used before measuring disk size)."""
