@@ -10,8 +10,12 @@ stream of inserts/deletes (with background splits) runs.
 - SPANN's posting lists live in a RocksDB (``RocksKVStore``) opened with O_DIRECT reads and a small
   block cache (counted in its RAM), so list reads really go to the device (SSD/virtual disk).
   faiss's on-disk lists and DiskANN read through mmap/their own readers (page cache not bypassed).
-- DiskANN runs in its own virtualenv (its wheel pins numpy < 2): ``--diskann-python``.
-- vecdb's own HNSW does not exist yet; hnswlib stands in as the unconstrained in-memory reference.
+- DiskANN runs in its own virtualenv (its wheel pins numpy < 2): ``--diskann-python``. Its disk
+  index takes ~20+ minutes to build on 2 cores, so it can be built once (``--diskann-index DIR``
+  holding a prebuilt index: only the searches run in the benchmark). It reads with O_DIRECT and
+  ``beam_width`` reads in flight per step; SPANN's ``io_threads`` rows are the comparable setting
+  (posting reads in flight), its ``io_threads=1`` rows read strictly one list after another.
+- vecdb's in-memory HNSW is the unconstrained-memory reference (hnswlib with ``--parts hnswlib``).
 
     python -m bench.spann --smoke                 # seconds: tiny synthetic set, CI
     python -m bench.spann                         # GloVe-50 (390k x 50, ip) + synthetic stream
@@ -39,10 +43,13 @@ from vecdb.kernels import metric_code
 from vecdb.storage.rocks import RocksKVStore
 
 HERE = Path(__file__).resolve().parent
-DISKANN_PY = os.environ.get("VECDB_DISKANN_PYTHON", "/tmp/spann_dkenv/bin/python")
+DISKANN_PY = os.environ.get("VECDB_DISKANN_PYTHON", "/tmp/s10/diskann-venv/bin/python")
 BLOCK_CACHE = 1 << 20  # SPANN's RocksDB block cache (bytes, counted in its RAM)
-# tuned on a 60k GloVe subset: fewer, closer replicas read fewer bytes per unit of recall
-SPANN_KW = {"replica_count": 4, "eps1": 0.3}
+# Swept on GloVe-50 (recall@10 vs lists and bytes read): a read costs ~80 us up to ~32 KB and
+# little more per extra KB, so fewer, larger lists (head_ratio 0.015, ~5k heads) with the index's
+# default replicas (8, eps1 1.0) reach 0.90 with ~20 reads where head_ratio 0.035 with 4 replicas
+# (eps1 0.3) needed ~42. The index's RAM is then ~6% of raw; the rest of the budget is block cache.
+SPANN_KW: dict = {}
 
 
 def rss() -> int:
@@ -96,11 +103,12 @@ def spann_build(X: np.ndarray, metric: str, path: Path, head_ratio: float, threa
     return idx, store, info
 
 
-def spann_sweep(idx: SPANNIndex, Q, gt, raw: int, label: str, grid) -> list[dict]:
+def spann_sweep(idx: SPANNIndex, Q, gt, raw: int, label: str, grid, io_threads: int = 1,
+                cache: int = BLOCK_CACHE) -> list[dict]:
     rows = []
-    ram = idx.memory_bytes() + BLOCK_CACHE
+    ram = idx.memory_bytes() + cache
     for ml, eps in grid:
-        p = {"max_lists": ml, "eps": eps}
+        p = {"max_lists": ml, "eps": eps, "io_threads": io_threads}
         stats = []
 
         def one(q, p=p, stats=stats):
@@ -112,7 +120,8 @@ def spann_sweep(idx: SPANNIndex, Q, gt, raw: int, label: str, grid) -> list[dict
         lists = np.mean([s["lists_read"][0] for s in stats])
         byts = np.mean([s["bytes_read"][0] for s in stats])
         rows.append(row(label, f"lists={ml},eps={eps}", I, t, gt, ram, raw,
-                        lists_per_q=float(lists), kb_per_q=float(byts / 1024)))
+                        lists_per_q=float(lists), kb_per_q=float(byts / 1024),
+                        io_threads=io_threads))
     return rows
 
 
@@ -155,7 +164,29 @@ def faiss_ivf_ondisk(X, Q, gt, metric, raw, nlist: int, tmp: Path, nprobes) -> l
     return rows
 
 
-# -- hnswlib (in-memory reference) ----------------------------------------------------------------
+# -- in-memory references: vecdb HNSW (and hnswlib) -----------------------------------------------
+
+
+def vecdb_hnsw_ref(X, Q, gt, metric, raw, threads: int, efs) -> list[dict]:
+    from vecdb.index.hnsw import HNSWIndex
+
+    g = HNSWIndex(X.shape[1], metric, M=16, ef_construction=100, seed=0, num_threads=threads,
+                  max_elements=len(X))
+    t0 = time.perf_counter()
+    g.add(X)
+    build_s = time.perf_counter() - t0
+    ram = g.memory_bytes()
+    rows = []
+    for ef in efs:
+        p = {"ef": ef, "num_threads": 1}
+
+        def one(q, p=p):
+            return g.search(q[None, :], 10, params=p)[0][0]
+
+        I, t = latencies(one, Q)
+        rows.append(row("vecdb-hnsw-in-memory", f"ef={ef}", I, t, gt, ram, raw, build_s=build_s))
+    return rows
+
 
 
 def hnsw_ref(X, Q, gt, metric, raw, threads: int, efs) -> list[dict]:
@@ -204,6 +235,48 @@ for L in Ls:
     res.append({"L": L, "ids": np.stack(ids).tolist(), "t": ts})
 json.dump({"build_s": build_s, "runs": res}, open(out + "/result.json", "w"))
 """
+
+
+_DISKANN_SEARCH = r"""
+import json, sys, time, numpy as np, diskannpy as dap
+Q = np.load(sys.argv[1]); d = sys.argv[2]; Ls = [int(x) for x in sys.argv[3].split(",")]
+W = int(sys.argv[4])
+idx = dap.StaticDiskIndex(d, num_threads=1, num_nodes_to_cache=0)
+res = []
+for L in Ls:
+    ids, ts = [], []
+    for q in Q:
+        t = time.perf_counter()
+        r = idx.search(q, 10, L, beam_width=W)
+        ts.append(time.perf_counter() - t)
+        ids.append(np.asarray(r.identifiers, dtype=np.int64))
+    res.append({"L": L, "ids": np.stack(ids).tolist(), "t": ts})
+json.dump({"runs": res}, open(sys.argv[5], "w"))
+"""
+
+
+def diskann_prebuilt(Q, gt, raw, d: Path, tmp: Path, Ls, beam: int, py: str) -> tuple[list, str]:
+    """Searches (1 thread, O_DIRECT, ``beam`` reads in flight) on an index built beforehand in
+    ``d`` (build parameters and time in ``d/build.json``, written by the build step)."""
+    if not os.path.exists(py):
+        return [], f"diskannpy venv not found at {py}"
+    info = json.loads((d / "build.json").read_text()) if (d / "build.json").exists() else {}
+    np.save(tmp / "Q.npy", Q)
+    (tmp / "dks.py").write_text(_DISKANN_SEARCH)
+    out = tmp / "diskann-result.json"
+    p = subprocess.run([py, str(tmp / "dks.py"), str(tmp / "Q.npy"), str(d),
+                        ",".join(map(str, Ls)), str(beam), str(out)],
+                       capture_output=True, text=True, timeout=3000)
+    if p.returncode != 0:
+        return [], f"diskannpy failed: {p.stderr[-800:]}"
+    res = json.loads(out.read_text())
+    # RAM: what its search keeps in memory (PQ codes + pivots; no node cache)
+    ram = sum(f.stat().st_size for f in d.glob("*pq_compressed.bin")) + sum(
+        f.stat().st_size for f in d.glob("*pq_pivots.bin"))
+    rows = [row(f"diskann-W{beam}", f"L={r['L']}", np.array(r["ids"]), np.array(r["t"]), gt,
+                ram, raw, build_s=float(info.get("build_s", float("nan"))), beam_width=beam)
+            for r in res["runs"]]
+    return rows, f"ok: prebuilt {d} {info}"
 
 
 def diskann(X, Q, gt, metric, raw, budget, tmp: Path, threads: int, Ls) -> tuple[list, str]:
@@ -278,18 +351,36 @@ def run_set(name: str, X, Q, gt, metric, args, tmp: Path, budgets, stream_chunk=
     rows: list[dict] = []
     extra: dict = {"set": name, "n": len(X), "dim": X.shape[1], "raw_bytes": raw}
     grid = [(ml, eps) for ml in args.lists for eps in (args.eps,)]
+    built: dict[float, tuple[Path, dict]] = {}  # head_ratio -> (folder, build info)
     for budget, hr in budgets if "spann" in args.parts else ():
         print(f"[{name}] SPANN head_ratio={hr} (RAM budget {budget:.0%})", flush=True)
-        idx, store, info = spann_build(X, metric, tmp / f"spann-{budget}", hr, args.threads,
-                                       chunk=stream_chunk, direct=not args.page_cache,
-                                       **SPANN_KW)
-        info["ram_frac"] = (idx.memory_bytes() + BLOCK_CACHE) / raw
+        path = tmp / f"spann-hr{hr}"
+        if hr not in built:
+            idx, store, info = spann_build(X, metric, path, hr, args.threads,
+                                           chunk=stream_chunk, direct=not args.page_cache,
+                                           **SPANN_KW)
+            idx.save(path / "index.npz")
+            store.close()
+            built[hr] = (path, info)
+        path, info = built[hr]
+        # the RAM the index does not need becomes RocksDB block cache (counted in the RAM), so
+        # each row uses its budget; reopening is also the path a restarted server takes
+        probe = SPANNIndex.load(path / "index.npz", RocksKVStore(
+            path, block_cache_bytes=BLOCK_CACHE, direct_reads=not args.page_cache))
+        cache = max(BLOCK_CACHE, int(budget * raw * 0.99) - probe.memory_bytes())
+        probe.store.close()
+        store = RocksKVStore(path, block_cache_bytes=cache, direct_reads=not args.page_cache)
+        idx = SPANNIndex.load(path / "index.npz", store)
+        info = {**info, "block_cache_bytes": cache,
+                "ram_frac": (idx.memory_bytes() + cache) / raw}
         print("  build", {k: round(v, 3) if isinstance(v, float) else v
                           for k, v in info.items()}, flush=True)
         extra[f"spann_build_{budget}"] = info
         label = f"spann-{int(budget * 100)}%" + ("-pagecache" if args.page_cache else "")
-        for r in spann_sweep(idx, Q, gt, raw, label, grid):
-            rows.append({**r, "budget": budget})
+        for io in args.io_threads:
+            lab = label + (f"-io{io}" if io > 1 else "")
+            for r in spann_sweep(idx, Q, gt, raw, lab, grid, io, cache):
+                rows.append({**r, "budget": budget})
         store.close()
     if not args.no_peers:
         if "faiss" in args.parts:
@@ -297,9 +388,20 @@ def run_set(name: str, X, Q, gt, metric, args, tmp: Path, budgets, stream_chunk=
             nlist = args.nlist or int(np.clip(4 * np.sqrt(len(X)), 16, 4096))
             rows += faiss_ivf_ondisk(X, Q, gt, metric, raw, nlist, tmp, args.nprobes)
         if "hnsw" in args.parts:
+            print(f"[{name}] vecdb HNSW in-memory reference", flush=True)
+            rows += vecdb_hnsw_ref(X, Q, gt, metric, raw, args.threads, args.efs)
+        if "hnswlib" in args.parts:
             print(f"[{name}] hnswlib in-memory reference", flush=True)
             rows += hnsw_ref(X, Q, gt, metric, raw, args.threads, args.efs)
-        if not args.no_diskann and "diskann" in args.parts:
+        if not args.no_diskann and "diskann" in args.parts and args.diskann_index:
+            print(f"[{name}] diskann (prebuilt {args.diskann_index})", flush=True)
+            for beam in args.diskann_beams:
+                r, status = diskann_prebuilt(Q, gt, raw, Path(args.diskann_index), tmp,
+                                             args.Ls, beam, args.diskann_python)
+                extra[f"diskann_W{beam}"] = status
+                print("  ", status[:300], flush=True)
+                rows += r
+        elif not args.no_diskann and "diskann" in args.parts:
             for budget, _ in budgets:
                 print(f"[{name}] diskann at {budget:.0%}", flush=True)
                 r, status = diskann(X, Q, gt, metric, raw, budget, tmp, args.threads, args.Ls)
@@ -316,7 +418,7 @@ def main(argv=None) -> None:
     ap.add_argument("--synthetic-n", type=int, default=200_000)
     ap.add_argument("--nq", type=int, default=1000)
     ap.add_argument("--lists", type=lambda s: [int(x) for x in s.split(",")],
-                    default=[16, 32, 48, 64, 96, 128])
+                    default=[12, 16, 20, 24, 32, 48, 64])
     ap.add_argument("--eps", type=float, default=10.0)
     ap.add_argument("--nprobes", type=lambda s: [int(x) for x in s.split(",")],
                     default=[4, 8, 16, 32, 64])
@@ -328,6 +430,13 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="build threads (search is 1 thread)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--no-diskann", action="store_true")
+    ap.add_argument("--diskann-index", default="",
+                    help="folder of a prebuilt diskannpy disk index (search only)")
+    ap.add_argument("--diskann-python", default=DISKANN_PY)
+    ap.add_argument("--diskann-beams", type=lambda s: [int(x) for x in s.split(",")],
+                    default=[4])
+    ap.add_argument("--io-threads", type=lambda s: [int(x) for x in s.split(",")],
+                    default=[1, 4], help="SPANN posting reads in flight (one sweep per value)")
     ap.add_argument("--tmp", default=str(HERE / "data" / "spann-tmp"))
     ap.add_argument("--budgets", default="0.15,0.30", help="RAM budgets (fractions of raw)")
     ap.add_argument("--page-cache", action="store_true",
@@ -335,14 +444,14 @@ def main(argv=None) -> None:
     ap.add_argument("--no-updates", action="store_true")
     ap.add_argument("--parts", type=lambda s: set(s.split(",")),
                     default={"spann", "faiss", "hnsw", "diskann", "updates"},
-                    help="which measurements to run (spann,faiss,hnsw,diskann,updates)")
+                    help="which measurements to run (spann,faiss,hnsw,hnswlib,diskann,updates)")
     ap.add_argument("--name", default="spann", help="results file name")
     args = ap.parse_args(argv)
     tmp = Path(args.tmp if not args.smoke else tempfile.mkdtemp(prefix="spann-smoke-"))
     tmp.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     extra: dict = {"block_cache_bytes": BLOCK_CACHE}
-    ratio = {0.15: 0.035, 0.30: 0.075}  # RAM budget -> head_ratio that fits it (GloVe-50)
+    ratio = {0.15: 0.015, 0.30: 0.015}  # RAM budget -> head_ratio (GloVe-50; see SPANN_KW)
     budgets = [(b, ratio[b]) for b in map(float, args.budgets.split(","))]
     if args.smoke:
         args.lists, args.nprobes, args.efs, args.Ls = [8, 32], [4, 16], [16, 64], [20, 40]
@@ -374,8 +483,8 @@ def main(argv=None) -> None:
             n0 = int(len(X) * 0.9)
             store = RocksKVStore(tmp / "spann-upd", block_cache_bytes=BLOCK_CACHE,
                                  direct_reads=True)
-            upd = SPANNIndex(X.shape[1], metric, store, head_ratio=0.035, threads=args.threads,
-                             **SPANN_KW)
+            upd = SPANNIndex(X.shape[1], metric, store, head_ratio=ratio[0.15],
+                             threads=args.threads, **SPANN_KW)
             upd.add(X[:n0])
             rng = np.random.default_rng(0)
             dead = rng.choice(n0, len(X) - n0, replace=False)

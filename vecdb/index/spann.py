@@ -60,6 +60,7 @@ from vecdb.storage.kv import KVStore, MemoryKVStore, WriteBatch
 
 CF = "postings"
 _VCHUNK = 4096  # slots per durable version chunk
+_UPDATE_IO = 4  # list reads in flight when an insert appends to lists (read-modify-write)
 
 
 def _key(tag: bytes, i: int) -> bytes:
@@ -172,6 +173,7 @@ class SPANNIndex(Index):
         self._closed = False
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None  # posting reads for io_threads > 1
+        self._pool_lock = threading.Lock()
         self.stats = {"splits": 0, "merges": 0, "reassigned": 0, "gc_records": 0}
         if _fresh:  # a new index owns the postings family: drop anything a previous one left
             b = WriteBatch()
@@ -313,7 +315,7 @@ class SPANNIndex(Index):
         pts, lists = pts[order], lists[order]
         uniq, starts = np.unique(lists, return_index=True)
         ends = np.append(starts[1:], len(lists))
-        olds = self.store.multi_get(CF, [_key(b"P", lid) for lid in uniq.tolist()])
+        olds = self._fetch(_pkeys(uniq), _UPDATE_IO)
         for lid, a, b, old in zip(uniq.tolist(), starts.tolist(), ends.tolist(), olds,
                                   strict=True):
             sel = pts[a:b]
@@ -538,7 +540,7 @@ class SPANNIndex(Index):
             return self.store.multi_get(CF, keys)
         pool = self._pool
         if pool is None or pool._max_workers < t:
-            with self._wlock:
+            with self._pool_lock:
                 if self._pool is None or self._pool._max_workers < t:
                     old, self._pool = self._pool, ThreadPoolExecutor(t, "spann-io")
                     if old is not None:
