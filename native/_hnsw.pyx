@@ -21,6 +21,7 @@ cdef extern from "_hnsw_impl.h" nogil:
     enum:
         HN_GRAPH
         HN_TWO_HOP
+        HN_LOCAL
     hn_t *hn_new(int32_t dim, int32_t metric, int32_t M, int32_t efc, int32_t extend, int32_t keep)
     void hn_free(hn_t *h)
     int hn_reserve(hn_t *h, int64_t cap)
@@ -30,10 +31,15 @@ cdef extern from "_hnsw_impl.h" nogil:
     int64_t hn_remove(hn_t *h, const int64_t *slots, int64_t n)
     int hn_search_batch(hn_t *h, const float *Q, int64_t nq, int32_t k, int32_t ef,
                         const uint8_t *bitmap, int64_t nbytes, int32_t mode,
-                        const int64_t *members, int64_t nmembers, int64_t *out_id, float *out_d,
+                        const int64_t *members, int64_t nmembers, const int64_t *seeds,
+                        int64_t nseeds, int32_t local_min, int64_t *out_id, float *out_d,
                         int64_t *next, int64_t *stats)
     void hn_exact(hn_t *h, const float *Q, int64_t nq, int32_t k, const int64_t *rows,
                   int64_t nrows, int64_t *out_id, float *out_d)
+    void hn_topk_block(const float *S, int64_t nq, int64_t nb, const int64_t *rows,
+                       const float *xn, int32_t metric, int32_t k, float *hd, int64_t *hi)
+    void hn_topk_finish(int64_t nq, int32_t k, const float *qn, int32_t metric, float *hd,
+                        int64_t *hi)
     void hn_gather(hn_t *h, const int64_t *rows, int64_t n, float *out)
     int64_t hn_memory(const hn_t *h)
     int32_t hn_entry(const hn_t *h)
@@ -47,6 +53,7 @@ cdef extern from "_hnsw_impl.h" nogil:
 
 GRAPH = HN_GRAPH
 TWO_HOP = HN_TWO_HOP
+LOCAL = HN_LOCAL
 
 
 cdef class HNSWCore:
@@ -100,25 +107,34 @@ cdef class HNSWCore:
 
     def search_batch(self, const float[:, ::1] Q, int k, int ef, const uint8_t[::1] bitmap,
                      int mode, const int64_t[::1] members, int64_t[:, ::1] out_id,
-                     float[:, ::1] out_d, int64_t[::1] counter, int64_t[::1] stats) -> None:
-        """k-NN of the rows of Q taken from ``counter``; bitmap/members may be None."""
+                     float[:, ::1] out_d, int64_t[::1] counter, int64_t[::1] stats,
+                     const int64_t[::1] seeds=None, int local_min=1) -> None:
+        """k-NN of the rows of Q taken from ``counter``; bitmap/members/seeds may be None.
+        ``stats`` holds 3 counters (distances, exact fallbacks, seeded walks)."""
         cdef const uint8_t *bm = NULL
         cdef int64_t nb = 0
         cdef const int64_t *mem = NULL
         cdef int64_t nmem = 0
+        cdef const int64_t *sd = NULL
+        cdef int64_t nsd = 0
         cdef int rc
         cdef int64_t nq = Q.shape[0]
         if nq == 0:
             return
+        if stats.shape[0] < 3:
+            raise ValueError("stats needs 3 counters")
         if bitmap is not None and bitmap.shape[0] > 0:
             bm = &bitmap[0]
             nb = bitmap.shape[0]
         if members is not None and members.shape[0] > 0:
             mem = &members[0]
             nmem = members.shape[0]
+        if seeds is not None and seeds.shape[0] > 0:
+            sd = &seeds[0]
+            nsd = seeds.shape[0]
         with nogil:
-            rc = hn_search_batch(self.h, &Q[0, 0], nq, k, ef, bm, nb, mode, mem, nmem,
-                                 &out_id[0, 0], &out_d[0, 0], &counter[0], &stats[0])
+            rc = hn_search_batch(self.h, &Q[0, 0], nq, k, ef, bm, nb, mode, mem, nmem, sd, nsd,
+                                 local_min, &out_id[0, 0], &out_d[0, 0], &counter[0], &stats[0])
         if rc:
             raise MemoryError("hnsw: out of memory during search")
 
@@ -135,6 +151,33 @@ cdef class HNSWCore:
             hn_exact(self.h, &Q[0, 0], Q.shape[0], k, &rows[0], rows.shape[0], &oi[0, 0],
                      &od[0, 0])
         return out_id, out_d
+
+    def topk_block(self, const float[:, ::1] S, const int64_t[::1] rows, const float[::1] xn,
+                   float[:, ::1] hd, int64_t[:, ::1] hi) -> None:
+        """Merge a GEMM block of inner products S [nq, len(rows)] into the heaps hd/hi [nq, k]
+        (start them at (+inf, -1)); ``xn``: squared norms of the rows (l2 only)."""
+        cdef int64_t nq = S.shape[0], nb = S.shape[1]
+        if S.shape[1] != rows.shape[0] or hd.shape[0] != nq or hi.shape[0] != nq \
+                or hd.shape[1] != hi.shape[1] or hd.shape[1] > 1024:
+            raise ValueError("topk_block: shape mismatch")
+        if self.metric == 0 and xn.shape[0] != nb:
+            raise ValueError("topk_block: xn must hold one norm per row for l2")
+        if nq == 0 or nb == 0 or hd.shape[1] == 0:
+            return
+        with nogil:
+            hn_topk_block(&S[0, 0], nq, nb, &rows[0], &xn[0] if xn.shape[0] else NULL,
+                          self.metric, <int32_t>hd.shape[1], &hd[0, 0], &hi[0, 0])
+
+    def topk_finish(self, const float[::1] qn, float[:, ::1] hd, int64_t[:, ::1] hi) -> None:
+        """Sort the heaps ascending, add |q|^2 (l2), pad empty entries with (-1, inf)."""
+        cdef int64_t nq = hd.shape[0]
+        if nq == 0 or hd.shape[1] == 0:
+            return
+        if self.metric == 0 and qn.shape[0] != nq:
+            raise ValueError("topk_finish: qn must hold one norm per query for l2")
+        with nogil:
+            hn_topk_finish(nq, <int32_t>hd.shape[1], &qn[0] if qn.shape[0] else NULL,
+                           self.metric, &hd[0, 0], &hi[0, 0])
 
     def gather(self, const int64_t[::1] rows):
         """Copies of the vectors of ``rows`` (all < capacity), taken under the read lock."""

@@ -24,6 +24,9 @@
 #include <string.h>
 
 #include "vd_simd.h"
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define NSTRIPES 4096
 enum { ST_EMPTY = 0, ST_LIVE = 1, ST_DEL = 2 };
@@ -361,22 +364,33 @@ static int32_t select_heuristic_k(const hn_t *h, hn_pair *cand, int32_t n, int32
 /* Results in c->top (max-heap, at most ef). construct=1: reads links under the node lock and
  * excludes deleted nodes from the results. bitmap: only allowed live slots enter the results.
  * Returns the number of distance computations. */
-static int64_t search_layer(hn_t *h, hn_ctx *c, const float *q, int32_t ep, float epd, int l,
-                            int32_t ef, int construct, const uint8_t *bm, int64_t nbits,
-                            int two_hop) {
+static inline int allowed(const hn_t *h, int32_t id, const uint8_t *bm, int64_t nbits) {
+    return h->state[id] == ST_LIVE && (!bm || (id < nbits && ((bm[id >> 3] >> (id & 7)) & 1)));
+}
+
+/* Entry points eps[0..nep) (distinct ids with their distances to q): all enter the candidate
+ * queue, the allowed ones the results. Several entries let a filtered walk start both where the
+ * descent ended and at tenant members near the query (see hn_search_batch). */
+static int64_t search_layer_multi(hn_t *h, hn_ctx *c, const float *q, const hn_pair *eps,
+                                  int32_t nep, int l, int32_t ef, int construct,
+                                  const uint8_t *bm, int64_t nbits, int two_hop) {
     int64_t ndist = 0;
     hn_heap *top = &c->top, *cand = &c->cand;
     top->n = cand->n = 0;
     ctx_new_epoch(c);
-    VISIT(c, ep);
-#define ALLOWED(id) \
-    (h->state[id] == ST_LIVE && (!bm || ((id) < nbits && ((bm[(id) >> 3] >> ((id) & 7)) & 1))))
+#define ALLOWED(id) allowed(h, (id), bm, nbits)
     float lower = INFINITY;
-    if (ALLOWED(ep)) {
-        maxh_push(top, epd, ep);
-        lower = epd;
+    for (int32_t e = 0; e < nep; e++) {
+        int32_t ep = eps[e].id;
+        if (VISITED(c, ep)) continue;
+        VISIT(c, ep);
+        if (ALLOWED(ep)) {
+            maxh_push(top, eps[e].d, ep);
+            if (top->n > ef) maxh_pop(top);
+            lower = top->a[0].d;
+        }
+        minh_push(cand, eps[e].d, ep);
     }
-    minh_push(cand, epd, ep);
     const int32_t M0 = maxm(h, l);
     while (cand->n) {
         hn_pair cur = cand->a[0];
@@ -434,6 +448,13 @@ static int64_t search_layer(hn_t *h, hn_ctx *c, const float *q, int32_t ep, floa
     }
     return ndist;
 #undef ALLOWED
+}
+
+static int64_t search_layer(hn_t *h, hn_ctx *c, const float *q, int32_t ep, float epd, int l,
+                            int32_t ef, int construct, const uint8_t *bm, int64_t nbits,
+                            int two_hop) {
+    hn_pair e = {epd, ep};
+    return search_layer_multi(h, c, q, &e, 1, l, ef, construct, bm, nbits, two_hop);
 }
 
 /* Greedy descent on level l from (*cur, *curd). */
@@ -712,7 +733,7 @@ static void exact_one(hn_t *h, const float *q, int32_t k, const int64_t *rows, i
     for (int64_t i = 0; i < nrows; i++) {
         int64_t r = rows[i];
         if (r < 0 || r >= h->cap || h->state[r] != ST_LIVE) continue;
-        if (i + 4 < nrows && rows[i + 4] < h->cap) prefetch_vec(h, (int32_t)rows[i + 4]);
+        if (i + 12 < nrows && rows[i + 12] < h->cap) prefetch_vec(h, (int32_t)rows[i + 12]);
         float d = dist(h, q, (int32_t)r);
         if (top->n < k || d < lower) {
             maxh_push(top, d, (int32_t)r);
@@ -737,10 +758,40 @@ static void emit(hn_heap *top, int32_t k, int64_t *oid, float *od) {
     }
 }
 
+/* Entry points of a filtered level-0 walk: the descent's end point, then the allowed seeds
+ * (a sample of the tenant's members) scored exactly, all in c->tmp. Returns how many. */
+static int32_t seed_entries(hn_t *h, hn_ctx *c, const float *q, int32_t cur, float curd,
+                            const int64_t *seeds, int64_t nseeds, const uint8_t *bm,
+                            int64_t nbits, int64_t *ndist) {
+    if (tmp_grow(c, (int32_t)nseeds + 1)) nseeds = 0;
+    int32_t n = 0;
+    c->tmp[n].id = cur;
+    c->tmp[n++].d = curd;
+    for (int64_t i = 0; i < nseeds; i++) {
+        int64_t s = seeds[i];
+        if (i + 2 < nseeds && seeds[i + 2] >= 0 && seeds[i + 2] < h->cap)
+            prefetch_vec(h, (int32_t)seeds[i + 2]);
+        if (s < 0 || s >= h->cap || s == cur || !allowed(h, (int32_t)s, bm, nbits)) continue;
+        c->tmp[n].id = (int32_t)s;
+        c->tmp[n++].d = dist(h, q, (int32_t)s);
+    }
+    *ndist += n - 1;
+    return n;
+}
+
+/* Locality signal: allowed nodes among the descent's end point and its level-0 neighbours. */
+static int32_t local_allowed(const hn_t *h, int32_t cur, const uint8_t *bm, int64_t nbits) {
+    const int32_t *ln = links(h, cur, 0);
+    int32_t cnt = ln[0] > h->M0 ? h->M0 : ln[0];
+    int32_t a = allowed(h, cur, bm, nbits);
+    for (int32_t j = 0; j < cnt; j++) a += allowed(h, ln[1 + j], bm, nbits);
+    return a;
+}
+
 int hn_search_batch(hn_t *h, const float *Q, int64_t nq, int32_t k, int32_t ef,
                     const uint8_t *bitmap, int64_t nbytes, int32_t mode, const int64_t *members,
-                    int64_t nmembers, int64_t *out_id, float *out_d, int64_t *next,
-                    int64_t *stats) {
+                    int64_t nmembers, const int64_t *seeds, int64_t nseeds, int32_t local_min,
+                    int64_t *out_id, float *out_d, int64_t *next, int64_t *stats) {
     pthread_rwlock_rdlock(&h->grow);
     hn_ctx *c = ctx_get(h);
     if (!c) {
@@ -748,7 +799,8 @@ int hn_search_batch(hn_t *h, const float *Q, int64_t nq, int32_t k, int32_t ef,
         return -1;
     }
     if (ef < k) ef = k;
-    int64_t ndist = 0, nfall = 0;
+    const int64_t nbits = nbytes * 8;
+    int64_t ndist = 0, nfall = 0, nseeded = 0;
     for (;;) {
         int64_t i = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
         if (i >= nq) break;
@@ -765,7 +817,18 @@ int hn_search_batch(hn_t *h, const float *Q, int64_t nq, int32_t k, int32_t ef,
         }
         float curd = dist(h, q, cur);
         for (int l = maxl; l > 0; l--) ndist += greedy(h, q, &cur, &curd, l, 0);
-        ndist += search_layer(h, c, q, cur, curd, 0, ef, 0, bitmap, nbytes * 8, mode == HN_TWO_HOP);
+        /* HN_LOCAL: the plain bitmap walk where the tenant is dense around the query, else the
+         * seeded two-hop walk (the tenant's vectors are elsewhere: do not wade towards them
+         * through everyone else's nodes) */
+        int two_hop = mode == HN_TWO_HOP;
+        if (mode == HN_LOCAL) two_hop = local_allowed(h, cur, bitmap, nbits) < local_min;
+        if (two_hop && bitmap && seeds && nseeds > 0) {
+            int32_t ne = seed_entries(h, c, q, cur, curd, seeds, nseeds, bitmap, nbits, &ndist);
+            ndist += search_layer_multi(h, c, q, c->tmp, ne, 0, ef, 0, bitmap, nbits, 1);
+            nseeded++;
+        } else {
+            ndist += search_layer(h, c, q, cur, curd, 0, ef, 0, bitmap, nbits, two_hop);
+        }
         if (c->top.n < k && members && nmembers > c->top.n) {
             exact_one(h, q, k, members, nmembers, &c->top);
             ndist += nmembers;
@@ -777,6 +840,7 @@ int hn_search_batch(hn_t *h, const float *Q, int64_t nq, int32_t k, int32_t ef,
     pthread_rwlock_unlock(&h->grow);
     __atomic_fetch_add(&stats[0], ndist, __ATOMIC_RELAXED);
     __atomic_fetch_add(&stats[1], nfall, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&stats[2], nseeded, __ATOMIC_RELAXED);
     return 0;
 }
 
@@ -791,6 +855,102 @@ void hn_exact(hn_t *h, const float *Q, int64_t nq, int32_t k, const int64_t *row
     }
     free(top.a);
     pthread_rwlock_unlock(&h->grow);
+}
+
+/* ---------------------------------------------------------------- batched exact scan */
+/* One block of a batched exact scan: S[i * nb + j] = <q_i, x_j> from a GEMM (BLAS, by the
+ * caller), turned into distances (ip: -S; l2 without |q|^2: xn[j] - 2 S, added by
+ * hn_topk_finish) and merged into per-query bounded max-heaps hd/hi [nq, k] (worst on top,
+ * initialised to (+inf, -1)). Most scores lose against the current k-th best, so the loop is a
+ * compare per element: about 10x cheaper than a full top-k per block plus a merge. */
+/* Whether any of the 16 scores s[0..16) beats `worst` (ip: -s < worst; l2: xn - 2s < worst). */
+static inline int chunk_has_candidate(const float *s, const float *xn, float worst) {
+#if defined(__SSE2__)
+    __m128 acc = _mm_setzero_ps();
+    if (xn) {
+        const __m128 w = _mm_set1_ps(worst), two = _mm_set1_ps(2.0f);
+        for (int t = 0; t < 16; t += 4) {
+            __m128 v = _mm_sub_ps(_mm_loadu_ps(xn + t), _mm_mul_ps(two, _mm_loadu_ps(s + t)));
+            acc = _mm_or_ps(acc, _mm_cmplt_ps(v, w));
+        }
+    } else {
+        const __m128 w = _mm_set1_ps(-worst); /* -s < worst  <=>  s > -worst */
+        for (int t = 0; t < 16; t += 4) acc = _mm_or_ps(acc, _mm_cmpgt_ps(_mm_loadu_ps(s + t), w));
+    }
+    return _mm_movemask_ps(acc) != 0;
+#else
+    int any = 0;
+    for (int t = 0; t < 16; t++) any |= (xn ? xn[t] - 2.0f * s[t] : -s[t]) < worst;
+    return any;
+#endif
+}
+
+void hn_topk_block(const float *S, int64_t nq, int64_t nb, const int64_t *rows, const float *xn,
+                   int32_t metric, int32_t k, float *hd, int64_t *hi) {
+    for (int64_t i = 0; i < nq; i++) {
+        const float *s = S + (size_t)i * nb;
+        float *d = hd + (size_t)i * k;
+        int64_t *id = hi + (size_t)i * k;
+        float worst = d[0];
+        for (int64_t j0 = 0; j0 < nb; j0 += 16) {
+            int64_t j1 = j0 + 16 < nb ? j0 + 16 : nb;
+            /* branch-free test of 16 scores against the k-th best (vectorised by the compiler):
+             * most chunks hold no candidate and cost a few instructions */
+            if (j1 - j0 == 16 && !chunk_has_candidate(s + j0, metric == VD_L2 ? xn + j0 : NULL,
+                                                      worst))
+                continue;
+            for (int64_t j = j0; j < j1; j++) {
+            float v = metric == VD_L2 ? xn[j] - 2.0f * s[j] : -s[j];
+            if (!(v < worst)) continue; /* NaN never enters */
+            /* replace the top of the max-heap and sift down */
+            int32_t p = 0;
+            for (;;) {
+                int32_t c = 2 * p + 1;
+                if (c >= k) break;
+                if (c + 1 < k && d[c + 1] > d[c]) c++;
+                if (d[c] <= v) break;
+                d[p] = d[c];
+                id[p] = id[c];
+                p = c;
+            }
+            d[p] = v;
+            id[p] = rows[j];
+            worst = d[0];
+            }
+        }
+    }
+}
+
+/* Sorts each heap ascending (ties by id), adds |q|^2 (qn, l2 only), pads empty with (-1, inf). */
+void hn_topk_finish(int64_t nq, int32_t k, const float *qn, int32_t metric, float *hd,
+                    int64_t *hi) {
+    hn_pair buf[1024];
+    if (k > 1024) return; /* the caller caps k */
+    for (int64_t i = 0; i < nq; i++) {
+        float *d = hd + (size_t)i * k;
+        int64_t *id = hi + (size_t)i * k;
+        int32_t n = 0;
+        for (int32_t j = 0; j < k; j++)
+            if (id[j] >= 0) {
+                buf[n].d = d[j];
+                buf[n++].id = (int32_t)id[j];
+            }
+        qsort(buf, (size_t)n, sizeof(hn_pair), cmp_pair);
+        for (int32_t j = 0; j < k; j++) {
+            if (j < n) {
+                float v = buf[j].d;
+                if (metric == VD_L2) {
+                    v += qn[i];
+                    if (v < 0) v = 0;
+                }
+                d[j] = v;
+                id[j] = buf[j].id;
+            } else {
+                d[j] = INFINITY;
+                id[j] = -1;
+            }
+        }
+    }
 }
 
 void hn_gather(hn_t *h, const int64_t *rows, int64_t n, float *out) {

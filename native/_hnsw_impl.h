@@ -16,8 +16,10 @@
 
 typedef struct hn_t hn_t;
 
-/* Search strategies (per query batch); HN_AUTO is resolved by the Python planner. */
-enum { HN_GRAPH = 0, HN_TWO_HOP = 1 };
+/* Search strategies (per query batch), resolved by the Python planner. HN_LOCAL decides per
+ * query: the plain bitmap walk when at least local_min of the descent's end point and its
+ * level-0 neighbours are allowed, else the seeded two-hop walk. */
+enum { HN_GRAPH = 0, HN_TWO_HOP = 1, HN_LOCAL = 2 };
 
 hn_t *hn_new(int32_t dim, int32_t metric, int32_t M, int32_t efc, int32_t extend, int32_t keep);
 void hn_free(hn_t *h);
@@ -31,16 +33,26 @@ int hn_add_batch(hn_t *h, const float *X, const int64_t *slots, const int32_t *l
 /* Mark slots deleted and repair links around them (write lock). Returns how many were live. */
 int64_t hn_remove(hn_t *h, const int64_t *slots, int64_t n);
 /* k-NN of queries Q[i] for i taken from *next until nq. bitmap (nbytes) restricts results to
- * allowed slots (NULL: all live). mode: HN_GRAPH or HN_TWO_HOP. A query whose walk found fewer
- * than k results falls back to an exact scan of `members` (if given). stats[0] += distance
- * computations, stats[1] += exact fallbacks. */
+ * allowed slots (NULL: all live). mode: HN_GRAPH, HN_TWO_HOP or HN_LOCAL. A two-hop walk with
+ * `seeds` (a sample of the tenant's members) scores them first and starts from the allowed ones
+ * as well as from the descent's end point. A query whose walk found fewer than k results falls
+ * back to an exact scan of `members` (if given). stats[0] += distance computations, stats[1] +=
+ * exact fallbacks, stats[2] += seeded two-hop walks. */
 int hn_search_batch(hn_t *h, const float *Q, int64_t nq, int32_t k, int32_t ef,
                     const uint8_t *bitmap, int64_t nbytes, int32_t mode, const int64_t *members,
-                    int64_t nmembers, int64_t *out_id, float *out_d, int64_t *next,
-                    int64_t *stats);
+                    int64_t nmembers, const int64_t *seeds, int64_t nseeds, int32_t local_min,
+                    int64_t *out_id, float *out_d, int64_t *next, int64_t *stats);
 /* Exact k-NN of queries over rows (live slots), k padded with (-1, inf). */
 void hn_exact(hn_t *h, const float *Q, int64_t nq, int32_t k, const int64_t *rows, int64_t nrows,
               int64_t *out_id, float *out_d);
+
+/* Batched exact scan over GEMM blocks (see _hnsw_impl.c): merge one block of inner products
+ * S [nq, nb] of rows (xn: their squared norms, l2) into bounded heaps hd/hi [nq, k], then sort
+ * them (k <= 1024). */
+void hn_topk_block(const float *S, int64_t nq, int64_t nb, const int64_t *rows, const float *xn,
+                   int32_t metric, int32_t k, float *hd, int64_t *hi);
+void hn_topk_finish(int64_t nq, int32_t k, const float *qn, int32_t metric, float *hd,
+                    int64_t *hi);
 
 /* Copy the vectors of rows (< capacity) to out [n, dim] (read lock). */
 void hn_gather(hn_t *h, const int64_t *rows, int64_t n, float *out);

@@ -299,14 +299,16 @@ def test_empty_and_small():
     assert idx.add(np.zeros((0, 3), np.float32)).size == 0
 
 
-def test_batched_exact_scan_matches_flat(monkeypatch):
+@pytest.mark.parametrize("metric", ["ip", "l2", "cosine"])
+@pytest.mark.parametrize("block", [97, 64])
+def test_batched_exact_scan_matches_flat(monkeypatch, metric, block):
     import vecdb.index.hnsw as hmod
 
-    monkeypatch.setattr(hmod, "_EXACT_BLOCK", 97)  # several GEMM blocks + the merge
-    monkeypatch.setattr(hmod, "_GEMM_MIN_MEMBERS", 0)
+    # several GEMM blocks merged into the heaps; 97: partial 16-score chunks, 64: whole ones
+    monkeypatch.setattr(hmod, "_EXACT_BLOCK", block)
     X, Q = rand(1000, 12, 41), rand(20, 12, 42)
     acl = [[0] if i % 3 else [1] for i in range(len(X))]
-    idx, ref = HNSWIndex(12, "ip", M=8), FlatIndex(12, "ip")
+    idx, ref = HNSWIndex(12, metric, M=8), FlatIndex(12, metric)
     idx.add(X, acl=acl)
     ref.add(X, acl=acl)
     idx.remove([1, 2, 4])

@@ -33,7 +33,6 @@ from vecdb import _hnsw
 from vecdb.errors import InvalidArgument
 from vecdb.index.acl import AccessLists, normalize_acl
 from vecdb.index.base import Index, SearchParams, check_build_params, pad_results
-from vecdb.index.flat import exact_topk
 from vecdb.kernels import metric_code
 
 # Planner defaults, measured with ``python -m bench.hnsw`` on GloVe-50 (390k x 50, 1 thread; the
@@ -43,10 +42,13 @@ from vecdb.kernels import metric_code
 # walk won at 10% and 50%. Two-hop never won in that run (it trails the walk at 10% and the scan
 # below), so it is only planned for very selective tenants of indexes too large to scan them.
 EXACT_THRESHOLD = 32768
+EXACT_THRESHOLD_BATCH = 262144
 TWO_HOP_BELOW = 0.05
-STRATEGIES = ("auto", "graph", "two_hop", "exact")
-_EXACT_BLOCK = 16384  # members gathered per GEMM block in the batched exact scan
-_GEMM_MIN_MEMBERS = 16384  # below this the per-query C scan is faster (see HNSWIndex._exact)
+LOCAL_RATIO = 0.5
+SEEDS = 256
+STRATEGIES = ("auto", "graph", "two_hop", "local", "exact")
+_EXACT_BLOCK = 8192  # members gathered per GEMM block in the batched exact scan
+_GEMM_MIN_QUERIES = 8  # batches at least this large take the GEMM exact scan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,16 +56,25 @@ class HNSWSearchParams(SearchParams):
     """Per-call HNSW search knobs.
 
     ``ef``: beam width on level 0 (raised to k when smaller). ``strategy``: "auto" (the planner),
-    or force "graph", "two_hop" or "exact" for a tenant search. ``exact_threshold``: a tenant
-    with at most this many vectors is scanned exactly. ``two_hop_below``: below this selectivity
-    (tenant size / live vectors) the walk expands through disallowed nodes. ``num_threads``:
-    threads for a batch of queries.
+    or force "graph", "two_hop", "local" or "exact" for a tenant search. ``exact_threshold``: a
+    tenant with at most this many vectors is scanned exactly; ``exact_threshold_batch``: the same
+    for a batch of >= 8 queries, whose scan runs as GEMM blocks (several times cheaper per query
+    than the per-query scan, so it wins up to larger tenants). ``two_hop_below``: below this
+    selectivity (tenant size / live vectors) every query takes the two-hop walk. ``local_ratio``:
+    the "local" strategy decides per query: the plain bitmap walk when the tenant's share of the
+    descent's end point and its level-0 neighbours is at least ``local_ratio`` times its share of
+    the index (the tenant is where the query is), else the seeded two-hop walk. ``seeds``:
+    tenant members sampled (and scored exactly) as extra entry points of a two-hop walk (0: none).
+    ``num_threads``: threads for a batch of queries.
     """
 
     ef: int = 64
     strategy: str = "auto"
     exact_threshold: int = EXACT_THRESHOLD
+    exact_threshold_batch: int = EXACT_THRESHOLD_BATCH
     two_hop_below: float = TWO_HOP_BELOW
+    local_ratio: float = LOCAL_RATIO
+    seeds: int = SEEDS
     num_threads: int = 1
 
     def __post_init__(self):
@@ -71,9 +82,12 @@ class HNSWSearchParams(SearchParams):
             v = getattr(self, name)
             if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 1:
                 raise InvalidArgument(f"{name} must be a positive integer, got {v!r}")
-        if not isinstance(self.exact_threshold, int | np.integer) or self.exact_threshold < 0:
-            raise InvalidArgument(
-                f"exact_threshold must be an integer >= 0, got {self.exact_threshold!r}")
+        for name in ("exact_threshold", "exact_threshold_batch", "seeds"):
+            v = getattr(self, name)
+            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 0:
+                raise InvalidArgument(f"{name} must be an integer >= 0, got {v!r}")
+        if not isinstance(self.local_ratio, float | int) or not 0 <= self.local_ratio <= 64:
+            raise InvalidArgument(f"local_ratio must be in [0, 64], got {self.local_ratio!r}")
         if not isinstance(self.two_hop_below, float | int) or not 0 <= self.two_hop_below <= 1:
             raise InvalidArgument(f"two_hop_below must be in [0, 1], got {self.two_hop_below!r}")
         if self.strategy not in STRATEGIES:
@@ -111,6 +125,15 @@ def _run_threads(fn, n_threads: int) -> None:
         t.join()
     if errors:
         raise errors[0]
+
+
+def _sample(members: np.ndarray, n: int) -> np.ndarray:
+    """Up to ``n`` of the tenant's members, spread uniformly at random (deterministic for a given
+    member count, so repeated searches give identical results): the seeds of a two-hop walk."""
+    if len(members) <= n:
+        return members
+    rng = np.random.default_rng(len(members))
+    return np.ascontiguousarray(members[np.sort(rng.choice(len(members), n, replace=False))])
 
 
 class HNSWIndex(Index):
@@ -241,19 +264,21 @@ class HNSWIndex(Index):
         self._acl.revoke(int(slot), int(tenant))
 
     # -- reads ----------------------------------------------------------------------------
-    def plan(self, tenant: int | None, params: HNSWSearchParams | None = None) -> str:
-        """The strategy a search for ``tenant`` will use: graph, two_hop or exact."""
+    def plan(self, tenant: int | None, params: HNSWSearchParams | None = None,
+             nq: int = 1) -> str:
+        """The strategy a search of ``nq`` queries for ``tenant`` will use: graph (no tenant),
+        exact, two_hop or local (per query: bitmap walk or seeded two-hop walk)."""
         p = self._params(params)
         if tenant is None:
             return "graph"
         if p.strategy != "auto":
             return p.strategy
         c = self._acl.count(int(tenant))
-        if c <= p.exact_threshold:
+        if c <= (p.exact_threshold_batch if nq >= _GEMM_MIN_QUERIES else p.exact_threshold):
             return "exact"
         if c < p.two_hop_below * max(1, self._count):
             return "two_hop"
-        return "graph"
+        return "local"
 
     def search(self, queries, k: int, tenant: int | None = None, params=None):
         p = self._params(params)
@@ -265,8 +290,8 @@ class HNSWIndex(Index):
         out_i, out_d = pad_results(nq, k)
         if nq == 0 or self._count == 0:
             return out_i, out_d
-        strategy = self.plan(tenant, p)
-        bitmap = members = None
+        strategy = self.plan(tenant, p, nq)
+        bitmap = members = seeds = None
         if tenant is not None:
             members = self._acl.members(int(tenant))
             if len(members) == 0:
@@ -274,38 +299,51 @@ class HNSWIndex(Index):
             if strategy == "exact":
                 return self._exact(Q, k, members)
             bitmap = self._acl.bitmap(int(tenant))
-        mode = _hnsw.TWO_HOP if strategy == "two_hop" else _hnsw.GRAPH
+            if strategy != "graph" and p.seeds:
+                seeds = _sample(members, p.seeds)
+        # the "local" test: at least local_ratio x the expected number of the tenant's nodes among
+        # the descent's end point and its 2M neighbours (and at least one)
+        share = len(members) / max(1, self._count) if members is not None else 1.0
+        local_min = max(1, int(np.ceil(p.local_ratio * share * (2 * self.M + 1))))
+        mode = {"graph": _hnsw.GRAPH, "two_hop": _hnsw.TWO_HOP, "local": _hnsw.LOCAL}[strategy]
         counter = np.zeros(1, dtype=np.int64)
-        stats = np.zeros(2, dtype=np.int64)
+        stats = np.zeros(3, dtype=np.int64)
         _run_threads(
             lambda: self._core.search_batch(Q, k, int(p.ef), bitmap, mode, members, out_i, out_d,
-                                            counter, stats),
+                                            counter, stats, seeds, local_min),
             min(p.num_threads, nq),
         )
         self.last_stats = {"distances": int(stats[0]), "exact_fallbacks": int(stats[1]),
-                           "strategy": strategy}
+                           "seeded_walks": int(stats[2]), "strategy": strategy}
         return out_i, out_d
 
     def _exact(self, Q: np.ndarray, k: int, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact k-NN over the tenant's members. A few queries: the per-query SIMD scan in C; a
-        batch over many members: members gathered in blocks and scanned with one GEMM per block
-        (the FlatIndex path). GloVe-50, 200 queries: C scan 16.5k vs GEMM 12.7k QPS at 4k
-        members, 1.4k vs 1.9k QPS at 40k members."""
-        if Q.shape[0] < 8 or len(members) < _GEMM_MIN_MEMBERS:
+        """Exact k-NN over the tenant's members. A few queries (or few members): the per-query
+        SIMD scan in C. A batch: members gathered in cache-sized blocks, one BLAS GEMM per block
+        for the inner products, and a C pass that merges each block into per-query bounded heaps
+        (a compare per score: no full top-k per block, no Python merge). GloVe-50, 200 queries,
+        39k members: 2.0k QPS for the earlier GEMM + top-k + merge path, see the README for the
+        fused one."""
+        nq = Q.shape[0]
+        if nq < _GEMM_MIN_QUERIES or k > 1024:
             return self._core.exact(Q, k, members)
-        best_i = best_d = None
+        hd = np.full((nq, k), np.inf, dtype=np.float32)
+        hi = np.full((nq, k), -1, dtype=np.int64)
+        l2 = self._code == 0
+        empty = np.zeros(0, dtype=np.float32)
+        S = np.empty((nq, _EXACT_BLOCK), dtype=np.float32)
         for s in range(0, len(members), _EXACT_BLOCK):
             rows = np.ascontiguousarray(members[s : s + _EXACT_BLOCK])
-            ci, cd = exact_topk(Q, self._core.gather(rows), k, self._code)
-            ci = np.where(ci >= 0, rows[np.maximum(ci, 0)], -1)
-            if best_i is None:
-                best_i, best_d = ci, cd
-                continue
-            mi, md = np.concatenate([best_i, ci], axis=1), np.concatenate([best_d, cd], axis=1)
-            order = np.argsort(md, axis=1, kind="stable")[:, :k]
-            best_i, best_d = np.take_along_axis(mi, order, 1), np.take_along_axis(md, order, 1)
-        best_i[~np.isfinite(best_d)] = -1
-        return best_i, best_d
+            G = self._core.gather(rows)
+            if len(rows) == _EXACT_BLOCK:
+                blk = np.dot(Q, G.T, out=S)  # reused buffer: no allocation per block
+            else:
+                blk = np.ascontiguousarray(Q @ G.T)
+            xn = np.einsum("ij,ij->i", G, G) if l2 else empty
+            self._core.topk_block(blk, rows, xn, hd, hi)
+        qn = np.einsum("ij,ij->i", Q, Q) if l2 else empty
+        self._core.topk_finish(qn, hd, hi)
+        return hi, hd
 
     def vectors(self, slots) -> np.ndarray:
         """Stored (normalised, for cosine) vectors of live slots."""
