@@ -382,3 +382,36 @@ def test_head_index_loads_saved_graph(monkeypatch, sift5k):
     h4 = HeadIndex(128, 0, "hnsw")
     h4.add(ids, X, graph=np.zeros(10, dtype=np.uint8))  # not a graph file: built
     assert (h4.search(sift5k["queries"][:20], 5)[0] == want[0]).mean() > 0.9
+
+
+def test_reopen_takes_list_sizes_from_checkpoint(tmp_path, sift5k):
+    """Reopening does not read every posting list to learn its size (the checkpoint has them);
+    lists made after the checkpoint are read; an old checkpoint without sizes still opens."""
+    X = sift5k["base"]
+    store = MemoryKVStore()
+    idx = SPANNIndex(128, "l2", store, head_ratio=0.06, posting_limit=60, background=False)
+    idx.add(X[:2000])
+    idx.save(tmp_path / "s.idx")
+    idx.add(X[2000:2600])  # splits after the checkpoint: new lists the checkpoint lacks
+    assert idx.stats["splits"] > 0
+    sizes = dict(idx._sizes)
+
+    class NoPostingScan(MemoryKVStore):
+        def iterate(self, cf, prefix=b"", **kw):
+            assert not prefix.startswith(b"P"), "reopen scanned every posting list"
+            return super().iterate(cf, prefix=prefix, **kw)
+
+    spy = NoPostingScan()
+    spy._cf = store._cf
+    again = SPANNIndex.load(tmp_path / "s.idx", store=spy)
+    assert set(again._sizes) == set(sizes)
+    new = set(sizes) - set(np.load(tmp_path / "s.idx")["list_ids"].tolist())
+    assert new and all(again._sizes[i] == sizes[i] for i in new)
+    I2, _ = again.search(sift5k["queries"][:20], 10)  # live = the checkpoint's (the engine
+    assert ((I2 >= 0) & (I2 < 2000)).all()  # replays its log for the 600 added after it)
+    # a checkpoint from before list sizes were saved: sizes come from the lists
+    meta, arrays = idx._state()
+    arrays = {k: v for k, v in arrays.items() if k not in ("list_ids", "list_sizes")}
+    old = SPANNIndex._from_state({**meta, "dim": 128, "metric": "l2", "kind": "spann"}, arrays,
+                                 store)
+    assert old._sizes == idx._sizes

@@ -633,7 +633,11 @@ class SPANNIndex(Index):
             live = np.flatnonzero(self._live).astype(np.int64)
             meta = {"config": self._config(), "capacity": len(self._live),
                     "head_kind": self._heads.kind}
-            arrays = {"live": live, "ver": self._ver.copy(), **self._acl.to_arrays()}
+            lids = np.array(sorted(self._sizes), dtype=np.int64)
+            arrays = {"live": live, "ver": self._ver.copy(), **self._acl.to_arrays(),
+                      "list_ids": lids,
+                      "list_sizes": np.array([self._sizes[i] for i in lids.tolist()],
+                                             dtype=np.int64)}
             g = self._heads.graph_bytes()
             if g is not None:
                 arrays["head_graph"] = g
@@ -676,6 +680,22 @@ class SPANNIndex(Index):
             idx._heads.add(np.array(heads, dtype=np.int64), np.stack(hv),
                            graph=arrays.get("head_graph"))
             idx._next_list = max(heads) + 1
-            for k, v in store.iterate(CF, prefix=b"P"):
-                idx._sizes[int.from_bytes(k[1:], "big")] = len(v) // idx._rec.itemsize
+            if "list_ids" in arrays:
+                # list sizes from the checkpoint, not by reading every posting list (the whole
+                # data set) at each open; lists made after the checkpoint are read. A size that
+                # grew after the checkpoint only delays that list's split check to its next
+                # append, which recomputes the size from the list it rewrites.
+                saved = dict(zip(arrays["list_ids"].tolist(), arrays["list_sizes"].tolist(),
+                                 strict=True))
+                missing = [h for h in heads if h not in saved]
+                for h in heads:
+                    if h in saved:
+                        idx._sizes[h] = int(saved[h])
+                if missing:
+                    for h, v in zip(missing, store.multi_get(CF, _pkeys(np.array(missing))),
+                                    strict=True):
+                        idx._sizes[h] = len(v or b"") // idx._rec.itemsize
+            else:  # an older checkpoint: learn the sizes from the lists themselves
+                for k, v in store.iterate(CF, prefix=b"P"):
+                    idx._sizes[int.from_bytes(k[1:], "big")] = len(v) // idx._rec.itemsize
         return idx
