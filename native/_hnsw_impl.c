@@ -10,7 +10,13 @@
  *   search:  greedy descent, then a beam search (ef) on level 0. With a tenant bitmap only allowed
  *            live slots enter the result heap; HN_TWO_HOP additionally walks through a disallowed
  *            neighbour to its own neighbours (ACORN-style) so that at low selectivity the walk stays
- *            on the tenant's sub-graph instead of wading through everyone else.
+ *            on the tenant's sub-graph instead of wading through everyone else; given a sample of
+ *            the tenant's members it also starts from the sampled members nearest the query (a
+ *            tenant clustered away from the query is reached without crossing others' nodes).
+ *            HN_LOCAL picks per query: the bitmap walk where the tenant is dense around the
+ *            descent's end point, else the seeded two-hop walk.
+ *   exact:   per query a SIMD scan of the members into a bounded heap; for batches the caller
+ *            does the inner products as GEMM blocks and hn_topk_block merges them into heaps.
  *   delete:  mark deleted (never returned again), then every node that links to a deleted node
  *            gets its list rebuilt from its live neighbours plus the deleted neighbours' live
  *            neighbours, pruned by the heuristic (FreshDiskANN-style consolidation). A deleted
@@ -779,11 +785,30 @@ static int32_t seed_entries(hn_t *h, hn_ctx *c, const float *q, int32_t cur, flo
     return n;
 }
 
-/* Locality signal: allowed nodes among the descent's end point and its level-0 neighbours. */
-static int32_t local_allowed(const hn_t *h, int32_t cur, const uint8_t *bm, int64_t nbits) {
-    const int32_t *ln = links(h, cur, 0);
+/* Locality signal: continue the greedy descent on level 0 (to a local nearest node of q, a few
+ * hops), then count the allowed nodes among that node and its level-0 neighbours. *cur/*curd
+ * move to the node reached (a good start for either walk). */
+static int32_t local_allowed(hn_t *h, hn_ctx *c, const float *q, int32_t *cur, float *curd,
+                             const uint8_t *bm, int64_t nbits, int64_t *ndist) {
+    int32_t *nb = c->buf;
+    for (int changed = 1; changed;) {
+        changed = 0;
+        const int32_t *ln = links(h, *cur, 0);
+        int32_t cnt = ln[0] > h->M0 ? h->M0 : ln[0];
+        memcpy(nb, ln + 1, (size_t)cnt * 4);
+        for (int32_t j = 0; j < cnt; j++) {
+            float d = dist(h, q, nb[j]);
+            if (d < *curd) {
+                *curd = d;
+                *cur = nb[j];
+                changed = 1;
+            }
+        }
+        *ndist += cnt;
+    }
+    const int32_t *ln = links(h, *cur, 0);
     int32_t cnt = ln[0] > h->M0 ? h->M0 : ln[0];
-    int32_t a = allowed(h, cur, bm, nbits);
+    int32_t a = allowed(h, *cur, bm, nbits);
     for (int32_t j = 0; j < cnt; j++) a += allowed(h, ln[1 + j], bm, nbits);
     return a;
 }
@@ -821,7 +846,8 @@ int hn_search_batch(hn_t *h, const float *Q, int64_t nq, int32_t k, int32_t ef,
          * seeded two-hop walk (the tenant's vectors are elsewhere: do not wade towards them
          * through everyone else's nodes) */
         int two_hop = mode == HN_TWO_HOP;
-        if (mode == HN_LOCAL) two_hop = local_allowed(h, cur, bitmap, nbits) < local_min;
+        if (mode == HN_LOCAL)
+            two_hop = local_allowed(h, c, q, &cur, &curd, bitmap, nbits, &ndist) < local_min;
         if (two_hop && bitmap && seeds && nseeds > 0) {
             int32_t ne = seed_entries(h, c, q, cur, curd, seeds, nseeds, bitmap, nbits, &ndist);
             ndist += search_layer_multi(h, c, q, c->tmp, ne, 0, ef, 0, bitmap, nbits, 1);
@@ -894,28 +920,27 @@ void hn_topk_block(const float *S, int64_t nq, int64_t nb, const int64_t *rows, 
         float worst = d[0];
         for (int64_t j0 = 0; j0 < nb; j0 += 16) {
             int64_t j1 = j0 + 16 < nb ? j0 + 16 : nb;
-            /* branch-free test of 16 scores against the k-th best (vectorised by the compiler):
-             * most chunks hold no candidate and cost a few instructions */
+            /* one SIMD test of 16 scores against the k-th best: most chunks hold no candidate */
             if (j1 - j0 == 16 && !chunk_has_candidate(s + j0, metric == VD_L2 ? xn + j0 : NULL,
                                                       worst))
                 continue;
             for (int64_t j = j0; j < j1; j++) {
-            float v = metric == VD_L2 ? xn[j] - 2.0f * s[j] : -s[j];
-            if (!(v < worst)) continue; /* NaN never enters */
-            /* replace the top of the max-heap and sift down */
-            int32_t p = 0;
-            for (;;) {
-                int32_t c = 2 * p + 1;
-                if (c >= k) break;
-                if (c + 1 < k && d[c + 1] > d[c]) c++;
-                if (d[c] <= v) break;
-                d[p] = d[c];
-                id[p] = id[c];
-                p = c;
-            }
-            d[p] = v;
-            id[p] = rows[j];
-            worst = d[0];
+                float v = metric == VD_L2 ? xn[j] - 2.0f * s[j] : -s[j];
+                if (!(v < worst)) continue; /* NaN never enters */
+                /* replace the top of the max-heap and sift down */
+                int32_t p = 0;
+                for (;;) {
+                    int32_t c = 2 * p + 1;
+                    if (c >= k) break;
+                    if (c + 1 < k && d[c + 1] > d[c]) c++;
+                    if (d[c] <= v) break;
+                    d[p] = d[c];
+                    id[p] = id[c];
+                    p = c;
+                }
+                d[p] = v;
+                id[p] = rows[j];
+                worst = d[0];
             }
         }
     }

@@ -17,8 +17,9 @@
 typedef struct hn_t hn_t;
 
 /* Search strategies (per query batch), resolved by the Python planner. HN_LOCAL decides per
- * query: the plain bitmap walk when at least local_min of the descent's end point and its
- * level-0 neighbours are allowed, else the seeded two-hop walk. */
+ * query: the descent continues greedily on level 0, then the plain bitmap walk when at least
+ * local_min of the node reached and its level-0 neighbours are allowed, else the seeded two-hop
+ * walk. */
 enum { HN_GRAPH = 0, HN_TWO_HOP = 1, HN_LOCAL = 2 };
 
 hn_t *hn_new(int32_t dim, int32_t metric, int32_t M, int32_t efc, int32_t extend, int32_t keep);

@@ -4,6 +4,7 @@ contract's errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -80,10 +81,11 @@ def test_delete_30pct_glove_wordnet(glove_wordnet):
     n=st.integers(1, 300),
     ntenants=st.integers(1, 6),
     seed=st.integers(0, 10_000),
-    strategy=st.sampled_from(["auto", "graph", "two_hop", "exact"]),
+    strategy=st.sampled_from(["auto", "graph", "two_hop", "local", "exact"]),
     k=st.integers(1, 12),
+    nq=st.sampled_from([5, 9]),  # 9: a batch (GEMM exact scan, batch threshold)
 )
-def test_filtered_results_only_tenant(n, ntenants, seed, strategy, k):
+def test_filtered_results_only_tenant(n, ntenants, seed, strategy, k, nq):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, 6)).astype(np.float32)
     acl = [rng.choice(ntenants, rng.integers(0, min(3, ntenants) + 1), replace=False)
@@ -92,10 +94,11 @@ def test_filtered_results_only_tenant(n, ntenants, seed, strategy, k):
     idx.add(X, acl=acl)
     removed = rng.choice(n, n // 5, replace=False)
     idx.remove(removed)
-    Q = rng.standard_normal((5, 6)).astype(np.float32)
+    Q = rng.standard_normal((nq, 6)).astype(np.float32)
     for t in range(ntenants + 1):  # the last one is an unknown tenant
         allowed = {i for i in range(n) if t in set(acl[i].tolist())} - set(removed.tolist())
-        p = HNSWSearchParams(ef=max(k, 400), strategy=strategy, exact_threshold=5)
+        p = HNSWSearchParams(ef=max(k, 400), strategy=strategy, exact_threshold=5,
+                             exact_threshold_batch=5)
         found, dist = idx.search(Q, k, tenant=t, params=p)
         for row, drow in zip(found, dist, strict=True):
             got = row[row >= 0].tolist()
@@ -105,14 +108,15 @@ def test_filtered_results_only_tenant(n, ntenants, seed, strategy, k):
         # exact plan: exact. ef >= n: the bitmap-filtered walk visits every node reachable from
         # the entry point, which in these tiny M=4 graphs after 20% deletes is nearly all of
         # them (HNSW does not guarantee reachability); two-hop walks only the tenant's
-        # sub-graph, so it stays approximate (its recall: test_filtered_recall)
-        plan = idx.plan(t, p)
-        if plan != "two_hop" and allowed:
+        # sub-graph, so it (and "local", which may pick it) stays approximate (its recall:
+        # test_filtered_recall, test_seeded_two_hop_reaches_a_distant_cluster)
+        plan = idx.plan(t, p, nq)
+        if plan not in ("two_hop", "local") and allowed:
             ref, _ = exact_topk(Q, X, k, 0, rows=np.array(sorted(allowed), dtype=np.int64))
             assert recall(found, ref, k) >= (1.0 if plan == "exact" else 0.9)
 
 
-@pytest.mark.parametrize("strategy", ["graph", "two_hop", "exact", "auto"])
+@pytest.mark.parametrize("strategy", ["graph", "two_hop", "local", "exact", "auto"])
 @pytest.mark.parametrize("frac", [0.02, 0.3])
 def test_filtered_recall(strategy, frac):
     X = rand(4000, 16, 3)
@@ -125,7 +129,75 @@ def test_filtered_recall(strategy, frac):
     assert member[found[found >= 0]].all()
     gt, _ = exact_topk(Q, X, 10, 0, rows=np.flatnonzero(member).astype(np.int64))
     assert recall(found, gt) >= 0.9
-    assert idx.plan(0, HNSWSearchParams(strategy=strategy)) in ("graph", "two_hop", "exact")
+    assert idx.plan(0, HNSWSearchParams(strategy=strategy)) in (
+        "graph", "two_hop", "local", "exact")
+
+
+def _clustered_far():
+    """A tenant made of the 300 points nearest an anchor, and queries drawn elsewhere: the
+    case where the bitmap walk must cross everyone else's nodes to reach the tenant."""
+    X = rand(6000, 16, 7)
+    anchor = X[0] + 3.0
+    near = np.argsort(((X - anchor) ** 2).sum(1))[:300]
+    member = np.zeros(len(X), dtype=bool)
+    member[near] = True
+    acl = [[0] if m else [1] for m in member]
+    idx = HNSWIndex(16, "l2", M=8, ef_construction=64)
+    idx.add(X, acl=acl)
+    Q = rand(40, 16, 8) - 1.0  # on the other side of the data from the anchor
+    gt, _ = exact_topk(Q, X, 10, 0, rows=np.flatnonzero(member).astype(np.int64))
+    return idx, member, Q, gt
+
+
+def test_seeded_two_hop_reaches_a_distant_cluster():
+    idx, member, Q, gt = _clustered_far()
+    cost = {}
+    for strategy in ("graph", "two_hop", "local"):
+        p = HNSWSearchParams(ef=64, strategy=strategy)
+        found, dist = idx.search(Q, 10, tenant=0, params=p)
+        assert member[found[found >= 0]].all() and (found >= 0).all()
+        assert (np.diff(dist, axis=1) >= 0).all()
+        assert recall(found, gt) >= 0.9, strategy
+        cost[strategy] = idx.last_stats["distances"]
+        if strategy != "graph":
+            # the queries see none of the tenant near them: every walk starts from the seeds
+            assert idx.last_stats["seeded_walks"] == len(Q)
+    # starting at the tenant's members nearest the query instead of wading to them
+    assert cost["two_hop"] < cost["graph"] and cost["local"] < cost["graph"]
+    # without seeds the two-hop walk is the plain one until it meets the tenant
+    idx.search(Q, 10, tenant=0, params=HNSWSearchParams(ef=64, strategy="two_hop", seeds=0))
+    assert idx.last_stats["seeded_walks"] == 0
+
+
+def test_local_plan_takes_the_bitmap_walk_where_the_tenant_is():
+    idx, member, _, _ = _clustered_far()
+    Q = idx.vectors(np.flatnonzero(member)[:20]) + 0.01  # queries inside the tenant's cluster
+    gt, _ = exact_topk(Q, idx.vectors(np.arange(len(member))), 10, 0,
+                       rows=np.flatnonzero(member).astype(np.int64))
+    found, _ = idx.search(Q, 10, tenant=0, params=HNSWSearchParams(ef=64, strategy="local"))
+    # (a greedy descent can stall short of the query's nearest node: nearly all, not all)
+    assert idx.last_stats["seeded_walks"] <= len(Q) // 10
+    assert member[found[found >= 0]].all() and recall(found, gt) >= 0.95
+
+
+def test_planner_thresholds():
+    idx, member, Q, gt = _clustered_far()  # tenant 0: 300 of 6000 vectors (5%)
+    p = HNSWSearchParams(exact_threshold=100, exact_threshold_batch=1000, two_hop_below=0.01)
+    assert idx.plan(0, p, nq=1) == "local" and idx.plan(0, p, nq=7) == "local"
+    assert idx.plan(0, p, nq=8) == "exact"
+    assert idx.plan(0, dataclasses.replace(p, two_hop_below=0.1)) == "two_hop"
+    assert idx.plan(0, dataclasses.replace(p, exact_threshold=300)) == "exact"
+    assert idx.plan(None, p) == "graph"
+    # batch plan: the GEMM exact scan, exact by construction
+    found, _ = idx.search(Q, 10, tenant=0, params=p)
+    np.testing.assert_array_equal(found, gt)
+
+
+@pytest.mark.parametrize("bad", [{"local_ratio": -1}, {"local_ratio": "x"}, {"seeds": -1},
+                                 {"exact_threshold_batch": -5}, {"strategy": "nearby"}])
+def test_bad_search_params(bad):
+    with pytest.raises(InvalidArgument):
+        HNSWSearchParams(**bad)
 
 
 def test_grant_revoke_change_visibility():

@@ -6,15 +6,23 @@ access lists and plans each filtered search::
 
     search(Q, k, tenant, params)
         |  tenant is None ----------------------------> graph walk, results = live slots
-        |  members(tenant) <= exact_threshold ---------> exact scan of the tenant's slots
-        |  selectivity < two_hop_below ---------------> graph walk on the tenant's sub-graph,
-        |                                                through disallowed nodes two hops deep
-        |  otherwise ---------------------------------> graph walk, results = tenant's slots
+        |  members(tenant) <= exact_threshold --------> exact scan of the tenant's slots
+        |     (a batch of >= 8 queries: exact_threshold_batch; the scan is GEMM blocks merged
+        |      into per-query heaps in C, several times cheaper per query than one by one)
+        |  selectivity < two_hop_below ---------------> seeded two-hop walk for every query
+        |  otherwise: "local", per query -------------> tenant dense around the query's
+        |                                                 descent end point: bitmap walk;
+        |                                                 else: seeded two-hop walk
         v  (a walk that found < k results falls back to the exact scan of the tenant's slots)
 
 Why the planner: a bitmap-filtered HNSW walk at selectivity s does ~1/s times the work to fill ef
-allowed results; below a few thousand members a SIMD scan of the members is cheaper and exact;
-in between, ACORN-style two-hop expansion keeps the walk on the tenant's vectors.
+allowed results, and far more when the tenant's vectors are clustered away from the query (the
+walk must cross everyone else's nodes to reach them); an exact scan costs members x dim and, for a
+batch, runs at GEMM speed. The two-hop walk (ACORN-style) scores only the tenant's nodes, reaching
+them through two hops, and starts at the sampled members nearest the query as well as where the
+descent ended, so a tenant clustered elsewhere is reached directly. Whether the tenant is "here"
+is read off the descent's end point and its level-0 neighbours: their share of the tenant's nodes
+against its share of the index.
 
 Deletes mark the slot deleted at once (never returned), then relink its neighbours through its
 own neighbours (heuristic-pruned), so recall does not decay; the slot is reused by later adds.
