@@ -7,10 +7,14 @@ loaded machine (absolute numbers are not: other jobs share the CPU).
     python -m bench.hnsw                 # GloVe-50 (390k, ip) + sift-5k, filtered on GloVe-50
     python -m bench.hnsw --n 100000      # GloVe-50 base subsampled to 100k (exact GT recomputed)
     python -m bench.hnsw --smoke         # seconds: sift-5k subset, tiny sweeps (CI)
+    python -m bench.hnsw --skip glove,sift   # filtered only (vecdb + faiss built on 2 threads)
 
 Outputs ``bench/results/hnsw_<set>.json/.png`` (unfiltered curves + build/memory) and
 ``bench/results/hnsw_filtered.json/.png`` (per tenant size and membership kind: recall and QPS of
 vecdb's planner and forced strategies, faiss HNSW with an ``IDSelectorBitmap``, exact scan).
+Single-threaded means BLAS too (pinned to one thread, as in the other benchmarks): the exact scans
+(FlatIndex, vecdb's batched scan) use GEMM, and an idle-spinning BLAS pool would count its spin
+as process CPU time.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from __future__ import annotations
 import argparse
 import os
 import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 
@@ -27,7 +34,8 @@ from vecdb.index import FlatIndex, HNSWIndex, HNSWSearchParams
 
 K = 10
 EFS = [10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384]
-FILTER_EFS = [16, 32, 64, 128, 256]
+FILTER_EFS = [16, 32, 48, 64, 96, 128, 256]
+FILTER_STRATEGIES = ("auto", "graph", "two_hop", "local", "exact")
 FRACTIONS = [0.001, 0.01, 0.1, 0.5]
 
 
@@ -259,7 +267,7 @@ def filtered(X, Q, metric, M, efc, ours, fidx, tenants, info, efs, repeat):
         np.bitwise_or.at(bm, members >> 3, (1 << (members & 7)).astype(np.uint8))
         sel = faiss.IDSelectorBitmap(len(X), faiss.swig_ptr(bm))
         for ef in efs:
-            for strategy in ("auto", "graph", "two_hop", "exact"):
+            for strategy in FILTER_STRATEGIES:
                 if strategy == "exact" and ef != efs[0]:
                     continue
                 p = HNSWSearchParams(ef=ef, strategy=strategy)
@@ -273,7 +281,7 @@ def filtered(X, Q, metric, M, efc, ours, fidx, tenants, info, efs, repeat):
                         "ef": ef,
                         "recall": recall_at_k(I, gt, K),
                         "qps": q,
-                        "plan": ours.plan(t, p),
+                        "plan": ours.plan(t, p, len(Q)),
                         **tag,
                     }
                 )
@@ -362,7 +370,21 @@ def main(argv=None) -> None:
         name = f"glove-50-{a.n // 1000}k"
     else:
         gt = ds.gt[: a.nq]
-    ours, f, _, _ = unfiltered(name, X, Q, gt, ds.metric, a.M, a.efc, EFS, a.mt_n, a.repeat)
+    if "glove" in skip:  # filtered only: the two graphs, built on 2 threads (not timed)
+        ours = HNSWIndex(X.shape[1], ds.metric, M=a.M, ef_construction=a.efc,
+                         max_elements=len(X))
+        ours.add(X, num_threads=2)
+        import faiss
+
+        faiss.omp_set_num_threads(2)
+        f = faiss.IndexHNSWFlat(X.shape[1], a.M, faiss.METRIC_INNER_PRODUCT
+                                if ds.metric == "ip" else faiss.METRIC_L2)
+        f.hnsw.efConstruction = a.efc
+        f.add(X)
+        faiss.omp_set_num_threads(1)
+        print("filtered only: graphs built", flush=True)
+    else:
+        ours, f, _, _ = unfiltered(name, X, Q, gt, ds.metric, a.M, a.efc, EFS, a.mt_n, a.repeat)
     if "filtered" in skip:
         return
     tenants, info = make_tenants(X, ds.metric, FRACTIONS)
