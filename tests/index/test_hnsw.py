@@ -390,3 +390,26 @@ def test_batched_exact_scan_matches_flat(monkeypatch, metric, block):
         want = ref.search(Q[:nq], 10, tenant=0)
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["exact", "local"])
+def test_member_cache_never_serves_a_stale_list(monkeypatch, strategy):
+    """The tenant's member list is cached (keyed by count + CRC of the bitmap); an access-list
+    change that keeps the key (here: a CRC forced to collide) is caught by the per-result bitmap
+    check and answered from a fresh list."""
+    import vecdb.index.hnsw as hmod
+
+    X = rand(400, 8, 11)
+    idx = HNSWIndex(8, "l2", M=8)
+    idx.add(X, acl=[[0] if i < 100 else [1] for i in range(len(X))])
+    p = HNSWSearchParams(ef=64, strategy=strategy)
+    monkeypatch.setattr(hmod.zlib, "crc32", lambda b: 0)
+    found, _ = idx.search(X[3:4], 5, tenant=0, params=p)
+    assert found[0, 0] == 3
+    idx.acl.revoke(3, 0)  # behind the index's back, same count: the cache key does not move
+    idx.acl.grant(300, 0)
+    for q in (3, 300):
+        found, _ = idx.search(X[q : q + 1], 5, tenant=0, params=p)
+        assert 3 not in found[0].tolist()
+        assert set(found[0].tolist()) <= set(range(100)) | {300}
+    assert found[0, 0] == 300

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import zlib
 from typing import Any
 
 import numpy as np
@@ -188,6 +189,9 @@ class HNSWIndex(Index):
         self._draws = 0  # level draws so far (the level RNG stream is (seed, draws))
         self._mult = 1.0 / np.log(self.M)
         self._lock = threading.Lock()  # orders writers; searches never take it
+        self._views: dict[int, tuple] = {}  # tenant -> (key, members, seed samples)
+        self._view_rows = 0
+        self._views_lock = threading.Lock()
 
     # -- writes ---------------------------------------------------------------------------
     def _grow(self, max_slot: int) -> None:
@@ -299,16 +303,28 @@ class HNSWIndex(Index):
         if nq == 0 or self._count == 0:
             return out_i, out_d
         strategy = self.plan(tenant, p, nq)
-        bitmap = members = seeds = None
-        if tenant is not None:
-            members = self._acl.members(int(tenant))
+        if tenant is None:
+            return self._walk(Q, k, p, strategy, None, None, None, out_i, out_d)
+        for fresh in (False, True):
+            members, bitmap, seeds = self._tenant_view(int(tenant), p.seeds, fresh)
             if len(members) == 0:
                 return out_i, out_d
             if strategy == "exact":
-                return self._exact(Q, k, members)
-            bitmap = self._acl.bitmap(int(tenant))
-            if strategy != "graph" and p.seeds:
-                seeds = _sample(members, p.seeds)
+                out_i, out_d = self._exact(Q, k, members)
+            else:
+                out_i, out_d = pad_results(nq, k)
+                self._walk(Q, k, p, strategy, bitmap, members,
+                           seeds if strategy != "graph" and p.seeds else None, out_i, out_d)
+            # The member list may come from the cache: check every result against the tenant's
+            # bitmap (k bit tests per query); an access list changed behind the cache's key
+            # (bench code writing to .acl directly) costs one fresh recomputation, never a leak.
+            got = out_i[out_i >= 0]
+            if not len(got) or ((bitmap[got >> 3] >> (got & 7)) & 1).all():
+                return out_i, out_d
+        raise AssertionError("hnsw: a result outside the tenant after a fresh member list")
+
+    def _walk(self, Q, k, p, strategy, bitmap, members, seeds, out_i, out_d):
+        """The graph walk (C, GIL released) for a batch, on ``p.num_threads`` threads."""
         # the "local" test: at least local_ratio x the expected number of the tenant's nodes among
         # the descent's end point and its 2M neighbours (and at least one)
         share = len(members) / max(1, self._count) if members is not None else 1.0
@@ -319,11 +335,35 @@ class HNSWIndex(Index):
         _run_threads(
             lambda: self._core.search_batch(Q, k, int(p.ef), bitmap, mode, members, out_i, out_d,
                                             counter, stats, seeds, local_min),
-            min(p.num_threads, nq),
+            min(p.num_threads, Q.shape[0]),
         )
         self.last_stats = {"distances": int(stats[0]), "exact_fallbacks": int(stats[1]),
                            "seeded_walks": int(stats[2]), "strategy": strategy}
         return out_i, out_d
+
+    def _tenant_view(self, tenant: int, n_seeds: int, fresh: bool = False):
+        """(members, bitmap, seed sample) of a tenant. Unpacking the bitmap into the member list
+        costs ~1 ms on 400k slots, far more than a small tenant's search, so the list is cached,
+        keyed by the tenant's count and a CRC of its bitmap (~10 us); ``search`` checks every
+        result against the bitmap anyway."""
+        bitmap = self._acl.bitmap(tenant)
+        key = (self._acl.count(tenant), len(bitmap), zlib.crc32(bitmap))
+        hit = None if fresh else self._views.get(tenant)
+        if hit is None or hit[0] != key:
+            members = self._acl.members(tenant)
+            hit = (key, members, {})
+            with self._views_lock:  # bounded: at most max(1M, 2 x live) cached slots
+                old = self._views.pop(tenant, None)
+                self._view_rows += len(members) - (len(old[1]) if old else 0)
+                self._views[tenant] = hit
+                while self._view_rows > max(1 << 20, 2 * self._count) and len(self._views) > 1:
+                    old = self._views.pop(next(iter(self._views)))  # oldest first
+                    self._view_rows -= len(old[1])
+        members, samples = hit[1], hit[2]
+        seeds = samples.get(n_seeds)
+        if seeds is None and n_seeds:
+            seeds = samples[n_seeds] = _sample(members, n_seeds)
+        return members, bitmap, seeds
 
     def _exact(self, Q: np.ndarray, k: int, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact k-NN over the tenant's members. A few queries (or few members): the per-query
