@@ -200,6 +200,9 @@ def test_fill_factor_caps_lists(ray_local, tmp_path):
     try:
         idx = db.collection("c")._index
         sizes = np.array(list(idx._sizes.values()))
+        real = {int.from_bytes(k[1:], "big"): len(v) // idx._rec.itemsize
+                for k, v in idx.store.iterate("postings", prefix=b"P")}
+        assert idx._sizes == real  # the sizes handed over at import are the lists' sizes
         assert sizes.max() <= 150  # only nearest-list records may pass the cap of 100
         assert (sizes <= 100).mean() > 0.9
         with pytest.raises(InvalidArgument, match="fill"):

@@ -417,6 +417,7 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
         hw.put_many(hk, hv)
         pw.put_many(pk, pv)
     return {"files": [f for f in (hw.finish(), pw.finish()) if f], "records": int(bounds[-1]),
+            "lo": lo, "sizes": size.astype(np.int64),
             "dropped": int(dropped), "rows": int(rows), "rss": _rss(),
             "seconds": time.perf_counter() - t0}
 
@@ -443,7 +444,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                      sample_rows: int = 200_000, batch_rows: int = 20_000,
                      memory_bytes: int = 256 << 20, reduce_tasks: int | None = None,
                      ray_address: str | None = None, num_cpus: int | None = None,
-                     fill: float = 1.0, search_ef: int | None = None,
+                     fill: float = 0.8, search_ef: int | None = None,
                      progress: bool = True) -> dict[str, Any]:
     """Build a SPANN collection's files from ``source`` into folder ``out`` (see module doc).
 
@@ -571,8 +572,11 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     red_t = ray.remote(num_cpus=1)(_reduce_task)
     res = ray.get([red_t.remote(lo, hi, i, runs, heads[lo:hi], dim, cap, vec_files, out)
                    for i, (lo, hi) in enumerate(ranges)])
+    sizes = np.zeros(len(heads), dtype=np.int64)  # records per list: SPANN's list sizes
     for r in res:
         sst["postings"] += r["files"]
+        sizes[r["lo"]:r["lo"] + len(r["sizes"])] = r["sizes"]
+    np.save(os.path.join(out, "list_sizes.npy"), sizes)
     stages["reduce"] = {"seconds": time.perf_counter() - t0, "tasks": len(ranges),
                         "records": sum(r["records"] for r in res),
                         "dropped_by_cap": sum(r["dropped"] for r in res),
@@ -657,6 +661,10 @@ def spann_adopter(man: dict[str, Any], bulk_dir: str):
                 "config": man["config"], "capacity": cap,
                 "head_kind": head_kind(man["config"], man["heads"])}
         arrays = {"live": live, "ver": ver, **acl.to_arrays()}
+        sizes = os.path.join(bulk_dir, "list_sizes.npy")
+        if os.path.exists(sizes):  # SPANN then reads no posting list to learn its size
+            arrays["list_sizes"] = np.load(sizes)
+            arrays["list_ids"] = np.arange(len(arrays["list_sizes"]), dtype=np.int64)
         if man.get("head_graph"):  # the graph the map tasks searched
             arrays["head_graph"] = np.fromfile(os.path.join(bulk_dir, man["head_graph"]),
                                                dtype=np.uint8)

@@ -6,7 +6,7 @@
             [--tenant T] [--workers N] [--batch 5000] [--state FILE] [--id-start N]
             [--create-dim D --metric l2 --index hnsw]
     bulk    SOURCE --out DIR [--dim D] [--metric l2] [--tenant T] [--params JSON]
-            [--sample-rows N] [--batch N] [--memory-mb M]
+            [--sample-rows N] [--batch N] [--memory-mb M] [--fill 0.8] [--search-ef EF]
     import  --data DIR --collection C --bulk DIR        (the data folder must be stopped)
 
 Common: ``--ray-address`` to run on a Ray cluster instead of locally. Exit status 0 when every
@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--sample-rows", type=int, default=200_000)
     b.add_argument("--batch", type=int, default=20_000)
     b.add_argument("--memory-mb", type=int, default=256)
+    b.add_argument("--fill", type=float, default=0.8,
+                   help="lists filled to this fraction of posting_limit (room for appends)")
+    b.add_argument("--search-ef", type=int, help="head search beam (default: head_ef)")
     i = sub.add_parser("import", help="import a bulk build into a stopped data folder")
     i.add_argument("--data", required=True)
     i.add_argument("--collection", required=True)
@@ -93,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             m = bulk_build_spann(a.source, a.out, dim=a.dim, metric=a.metric, tenant=a.tenant,
                                  id_start=a.id_start, params=json.loads(a.params),
                                  sample_rows=a.sample_rows, batch_rows=a.batch,
-                                 memory_bytes=a.memory_mb << 20, ray_address=a.ray_address)
+                                 memory_bytes=a.memory_mb << 20, ray_address=a.ray_address,
+                                 fill=a.fill, search_ef=a.search_ef)
             print(f"built {m['rows']:,} rows, {m['heads']:,} heads in {m['seconds']:.1f}s "
                   f"-> {a.out}")
             return _report_errors(m["errors"])
