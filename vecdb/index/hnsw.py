@@ -352,11 +352,14 @@ class HNSWIndex(Index):
         if hit is None or hit[0] != key:
             members = self._acl.members(tenant)
             hit = (key, members, {})
-            with self._views_lock:  # bounded: at most max(1M, 2 x live) cached slots
+            budget = max(1 << 20, 2 * self._count)  # cached slots, all tenants together
+            with self._views_lock:
                 old = self._views.pop(tenant, None)
-                self._view_rows += len(members) - (len(old[1]) if old else 0)
-                self._views[tenant] = hit
-                while self._view_rows > max(1 << 20, 2 * self._count) and len(self._views) > 1:
+                self._view_rows -= len(old[1]) if old else 0
+                if len(members) <= budget // 8:  # a large tenant's search dwarfs the unpacking
+                    self._views[tenant] = hit
+                    self._view_rows += len(members)
+                while self._view_rows > budget:
                     old = self._views.pop(next(iter(self._views)))  # oldest first
                     self._view_rows -= len(old[1])
         members, samples = hit[1], hit[2]
