@@ -32,7 +32,7 @@ cdef extern from "_hnsw_impl.h" nogil:
     int hn_search_batch(hn_t *h, const float *Q, int64_t nq, int32_t k, int32_t ef,
                         const uint8_t *bitmap, int64_t nbytes, int32_t mode,
                         const int64_t *members, int64_t nmembers, const int64_t *seeds,
-                        int64_t nseeds, int32_t local_min, int64_t *out_id, float *out_d,
+                        int64_t nseeds, float local_min, int64_t *out_id, float *out_d,
                         int64_t *next, int64_t *stats)
     void hn_exact(hn_t *h, const float *Q, int64_t nq, int32_t k, const int64_t *rows,
                   int64_t nrows, int64_t *out_id, float *out_d)
@@ -108,7 +108,7 @@ cdef class HNSWCore:
     def search_batch(self, const float[:, ::1] Q, int k, int ef, const uint8_t[::1] bitmap,
                      int mode, const int64_t[::1] members, int64_t[:, ::1] out_id,
                      float[:, ::1] out_d, int64_t[::1] counter, int64_t[::1] stats,
-                     const int64_t[::1] seeds=None, int local_min=1) -> None:
+                     const int64_t[::1] seeds=None, float local_min=0) -> None:
         """k-NN of the rows of Q taken from ``counter``; bitmap/members/seeds may be None.
         ``stats`` holds 3 counters (distances, exact fallbacks, seeded walks)."""
         cdef const uint8_t *bm = NULL

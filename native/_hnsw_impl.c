@@ -786,10 +786,12 @@ static int32_t seed_entries(hn_t *h, hn_ctx *c, const float *q, int32_t cur, flo
 }
 
 /* Locality signal: continue the greedy descent on level 0 (to a local nearest node of q, a few
- * hops), then count the allowed nodes among that node and its level-0 neighbours. *cur/*curd
- * move to the node reached (a good start for either walk). */
-static int32_t local_allowed(hn_t *h, hn_ctx *c, const float *q, int32_t *cur, float *curd,
-                             const uint8_t *bm, int64_t nbits, int64_t *ndist) {
+ * hops), then the share of allowed nodes among that node, its level-0 neighbours and theirs
+ * (~(2M)^2 bitmap tests with repeats, no distances: informative down to ~1% selectivity, where
+ * one hop would hold less than one allowed node). *cur/*curd move to the node reached (a good
+ * start for either walk). */
+static float local_share(hn_t *h, hn_ctx *c, const float *q, int32_t *cur, float *curd,
+                         const uint8_t *bm, int64_t nbits, int64_t *ndist) {
     int32_t *nb = c->buf;
     for (int changed = 1; changed;) {
         changed = 0;
@@ -808,14 +810,21 @@ static int32_t local_allowed(hn_t *h, hn_ctx *c, const float *q, int32_t *cur, f
     }
     const int32_t *ln = links(h, *cur, 0);
     int32_t cnt = ln[0] > h->M0 ? h->M0 : ln[0];
-    int32_t a = allowed(h, *cur, bm, nbits);
-    for (int32_t j = 0; j < cnt; j++) a += allowed(h, ln[1 + j], bm, nbits);
-    return a;
+    int32_t a = allowed(h, *cur, bm, nbits), n = 1 + cnt;
+    for (int32_t j = 0; j < cnt; j++) {
+        int32_t v = ln[1 + j];
+        a += allowed(h, v, bm, nbits);
+        const int32_t *l2 = links(h, v, 0);
+        int32_t c2 = l2[0] > h->M0 ? h->M0 : l2[0];
+        n += c2;
+        for (int32_t t = 0; t < c2; t++) a += allowed(h, l2[1 + t], bm, nbits);
+    }
+    return (float)a / (float)n;
 }
 
 int hn_search_batch(hn_t *h, const float *Q, int64_t nq, int32_t k, int32_t ef,
                     const uint8_t *bitmap, int64_t nbytes, int32_t mode, const int64_t *members,
-                    int64_t nmembers, const int64_t *seeds, int64_t nseeds, int32_t local_min,
+                    int64_t nmembers, const int64_t *seeds, int64_t nseeds, float local_min,
                     int64_t *out_id, float *out_d, int64_t *next, int64_t *stats) {
     pthread_rwlock_rdlock(&h->grow);
     hn_ctx *c = ctx_get(h);
@@ -847,7 +856,7 @@ int hn_search_batch(hn_t *h, const float *Q, int64_t nq, int32_t k, int32_t ef,
          * through everyone else's nodes) */
         int two_hop = mode == HN_TWO_HOP;
         if (mode == HN_LOCAL)
-            two_hop = local_allowed(h, c, q, &cur, &curd, bitmap, nbits, &ndist) < local_min;
+            two_hop = local_share(h, c, q, &cur, &curd, bitmap, nbits, &ndist) < local_min;
         if (two_hop && bitmap && seeds && nseeds > 0) {
             int32_t ne = seed_entries(h, c, q, cur, curd, seeds, nseeds, bitmap, nbits, &ndist);
             ndist += search_layer_multi(h, c, q, c->tmp, ne, 0, ef, 0, bitmap, nbits, 1);

@@ -17,9 +17,9 @@
 typedef struct hn_t hn_t;
 
 /* Search strategies (per query batch), resolved by the Python planner. HN_LOCAL decides per
- * query: the descent continues greedily on level 0, then the plain bitmap walk when at least
- * local_min of the node reached and its level-0 neighbours are allowed, else the seeded two-hop
- * walk. */
+ * query: the descent continues greedily on level 0, then the plain bitmap walk when the share of
+ * allowed nodes among the node reached, its level-0 neighbours and theirs (counted with repeats)
+ * is at least local_min, else the seeded two-hop walk. */
 enum { HN_GRAPH = 0, HN_TWO_HOP = 1, HN_LOCAL = 2 };
 
 hn_t *hn_new(int32_t dim, int32_t metric, int32_t M, int32_t efc, int32_t extend, int32_t keep);
@@ -41,7 +41,7 @@ int64_t hn_remove(hn_t *h, const int64_t *slots, int64_t n);
  * exact fallbacks, stats[2] += seeded two-hop walks. */
 int hn_search_batch(hn_t *h, const float *Q, int64_t nq, int32_t k, int32_t ef,
                     const uint8_t *bitmap, int64_t nbytes, int32_t mode, const int64_t *members,
-                    int64_t nmembers, const int64_t *seeds, int64_t nseeds, int32_t local_min,
+                    int64_t nmembers, const int64_t *seeds, int64_t nseeds, float local_min,
                     int64_t *out_id, float *out_d, int64_t *next, int64_t *stats);
 /* Exact k-NN of queries over rows (live slots), k padded with (-1, inf). */
 void hn_exact(hn_t *h, const float *Q, int64_t nq, int32_t k, const int64_t *rows, int64_t nrows,

@@ -9,7 +9,7 @@ access lists and plans each filtered search::
         |  members(tenant) <= exact_threshold --------> exact scan of the tenant's slots
         |     (a batch of >= 8 queries: exact_threshold_batch; the scan is GEMM blocks merged
         |      into per-query heaps in C, several times cheaper per query than one by one)
-        |  selectivity < two_hop_below ---------------> seeded two-hop walk for every query
+        |  selectivity < two_hop_below (default off) --> seeded two-hop walk for every query
         |  otherwise: "local", per query -------------> tenant dense around the query's
         |                                                 descent end point: bitmap walk;
         |                                                 else: seeded two-hop walk
@@ -44,15 +44,21 @@ from vecdb.index.acl import AccessLists, normalize_acl
 from vecdb.index.base import Index, SearchParams, check_build_params, pad_results
 from vecdb.kernels import metric_code
 
-# Planner defaults, measured with ``python -m bench.hnsw`` on GloVe-50 (390k x 50, 1 thread; the
-# forced-strategy rows of bench/results/hnsw_filtered.json, see docs/hnsw.md): the exact scan of
-# a tenant beats every graph walk up to ~30-40k members (14k QPS at 3.9k members, 1.4k at 39k vs
-# 1.9k for the filtered walk), so tenants up to 32k vectors are scanned; above that the bitmap
-# walk won at 10% and 50%. Two-hop never won in that run (it trails the walk at 10% and the scan
-# below), so it is only planned for very selective tenants of indexes too large to scan them.
+# Planner defaults, measured on GloVe-50 (390k x 50, one thread, BLAS on one thread; tenants of
+# 0.1-50%, random and clustered membership; bench/results/hnsw_filtered.json and the README):
+# - one query per call: the per-query SIMD scan of the members beats the walks up to ~30-40k
+#   members (1.3k QPS at 39k members vs 1.8k for the bitmap walk on a random tenant, 1.1k for the
+#   local walk on a clustered one), hence EXACT_THRESHOLD;
+# - batches of >= 8 queries: the GEMM scan merged into heaps in C runs ~14-18k QPS at 39k members
+#   and ~3.2k at 195k, level with the best walk at 50% of the index (3.2k QPS at recall 0.95),
+#   hence EXACT_THRESHOLD_BATCH = 256k members;
+# - above them, "local" per query: LOCAL_RATIO 0.5 sends every query of a random tenant (10-50%)
+#   to the bitmap walk and ~1/3-1/2 of a clustered tenant's queries to the seeded two-hop walk
+#   (clustered 10%: 2.5x the bitmap walk's QPS at recall 0.95). Two-hop for every query
+#   (TWO_HOP_BELOW > 0) loses recall on sparse random tenants (0.81 at 1%, ef 128), so it is off.
 EXACT_THRESHOLD = 32768
 EXACT_THRESHOLD_BATCH = 262144
-TWO_HOP_BELOW = 0.05
+TWO_HOP_BELOW = 0.0
 LOCAL_RATIO = 0.5
 SEEDS = 256
 STRATEGIES = ("auto", "graph", "two_hop", "local", "exact")
@@ -71,8 +77,8 @@ class HNSWSearchParams(SearchParams):
     than the per-query scan, so it wins up to larger tenants). ``two_hop_below``: below this
     selectivity (tenant size / live vectors) every query takes the two-hop walk. ``local_ratio``:
     the "local" strategy decides per query: the plain bitmap walk when the tenant's share of the
-    descent's end point and its level-0 neighbours is at least ``local_ratio`` times its share of
-    the index (the tenant is where the query is), else the seeded two-hop walk. ``seeds``:
+    descent's end point, its level-0 neighbours and theirs is at least ``local_ratio`` times its
+    share of the index (the tenant is where the query is), else the seeded two-hop walk. ``seeds``:
     tenant members sampled (and scored exactly) as extra entry points of a two-hop walk (0: none).
     ``num_threads``: threads for a batch of queries.
     """
@@ -325,10 +331,10 @@ class HNSWIndex(Index):
 
     def _walk(self, Q, k, p, strategy, bitmap, members, seeds, out_i, out_d):
         """The graph walk (C, GIL released) for a batch, on ``p.num_threads`` threads."""
-        # the "local" test: at least local_ratio x the expected number of the tenant's nodes among
-        # the descent's end point and its 2M neighbours (and at least one)
+        # the "local" test: the tenant's share of the nodes around the query's descent end point
+        # must reach local_ratio x its share of the index (local_ratio 0: always the bitmap walk)
         share = len(members) / max(1, self._count) if members is not None else 1.0
-        local_min = max(1, int(np.ceil(p.local_ratio * share * (2 * self.M + 1))))
+        local_min = p.local_ratio * share
         mode = {"graph": _hnsw.GRAPH, "two_hop": _hnsw.TWO_HOP, "local": _hnsw.LOCAL}[strategy]
         counter = np.zeros(1, dtype=np.int64)
         stats = np.zeros(3, dtype=np.int64)
