@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     tmp = tempfile.mkdtemp(prefix="bench-bulk-", dir=a.tmp)
     params = {"head_ratio": a.head_ratio, "replica_count": a.replicas, "background": False,
               "threads": a.threads}
+    load_start = os.getloadavg()
     try:
         t0 = time.perf_counter()
         paths = write_shards(os.path.join(tmp, "src"), a.n, a.dim, a.shard)
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         col = db.collection("bulk")
         open_s = time.perf_counter() - t1
         rec_rows = []
-        for ml in (8, 16, 32, 64):
+        for ml in (8, 16, 32, 64, 128):
             t1 = time.perf_counter()
             res = col.search(Q, 10, tenant="t", params={"max_lists": ml})
             qs = len(Q) / (time.perf_counter() - t1)
@@ -246,7 +247,8 @@ def main(argv: list[str] | None = None) -> None:
                    "driver_peak_rss": peak_rss_bytes(), "params": params,
                    "fill": a.fill, "search_ef": a.search_ef, "reopen_seconds": open_s,
                    "sample_rows": a.sample_rows, "memory_mb": a.memory_mb,
-                   "online_into_rows": a.into_n, "online_into_batch": a.into_batch}
+                   "online_into_rows": a.into_n, "online_into_batch": a.into_batch,
+                   "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
         table = extrapolate(stages, man["rows"], a.dim, disk / man["rows"], a.head_ratio, 2)
         print("\nstage        seconds   worker/driver peak RSS (MB)")
         for k, v in stages.items():
