@@ -474,11 +474,17 @@ class SPANNIndex(Index):
                   rec: np.ndarray) -> None:
         """LIRE: re-insert vectors whose nearest head is no longer a list that holds them.
 
-        Candidates: the split list's members (their nearest head may now be a third head) and
-        members of the ``reassign_lists`` lists nearest the old head that are closer to a new head
-        than to the old one (they may now belong in a new list)."""
-        cand_s = [rec["slot"]]
-        cand_v = [np.ascontiguousarray(rec["vec"])]
+        Candidates (SPFresh's two necessary conditions): members of the split list that are
+        farther from both new heads than from the old one (their nearest head may now be a third
+        head; a member closer to a new head stays where the split put it), and members of the
+        ``reassign_lists`` lists nearest the old head that are closer to a new head than to the
+        old one (they may now belong in a new list). Without the first filter every replica in
+        the split list whose nearest head is elsewhere (most of them, with 8 replicas) was
+        re-inserted into all its lists: ~370 re-inserts per split on GloVe-50, 88 updates/s."""
+        v = np.ascontiguousarray(rec["vec"])
+        far = self._head_dists(old_head, new_heads, v)
+        cand_s = [rec["slot"][far]]
+        cand_v = [v[far]]
         if self.reassign_lists:
             near, _ = self._heads.search(old_head[None, :], self.reassign_lists + 2)
             near = [i for i in near[0].tolist() if i >= 0 and i not in new_ids]
@@ -491,10 +497,7 @@ class SPANNIndex(Index):
                 if not len(r):
                     continue
                 v = np.ascontiguousarray(r["vec"])
-                d_old = _native.distances(old_head, v, self._code)
-                d_new = np.min(np.stack([_native.distances(h, v, self._code)
-                                         for h in new_heads]), axis=0)
-                m = d_new < d_old
+                m = ~self._head_dists(old_head, new_heads, v, strict=False)
                 cand_s.append(r["slot"][m])
                 cand_v.append(v[m])
         S = np.concatenate(cand_s)
@@ -512,6 +515,16 @@ class SPANNIndex(Index):
         if move.any():
             self.stats["reassigned"] += int(move.sum())
             self._insert(Vc[move], S[move])
+
+    def _head_dists(self, old_head: np.ndarray, new_heads: np.ndarray, v: np.ndarray,
+                    strict: bool = True) -> np.ndarray:
+        """Rows of ``v`` farther (``strict``: strictly; else at least as far) from every new head
+        than from the old head."""
+        if not len(v):
+            return np.zeros(0, dtype=bool)
+        d_old = _native.distances(old_head, v, self._code)
+        d_new = np.min(np.stack([_native.distances(h, v, self._code) for h in new_heads]), axis=0)
+        return d_new > d_old if strict else d_new >= d_old
 
     def _merge(self, lid: int, rec: np.ndarray) -> None:
         """Drop a tiny list and re-insert its live vectors into their other nearest lists."""
