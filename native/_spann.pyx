@@ -85,3 +85,24 @@ def scan(const float[::1] q, list blocks, const uint8_t[::1] live, const uint8_t
     stats[1] = st[0]
     stats[2] = st[1]
     return got
+
+
+cdef extern from "_spann_impl.h" nogil:
+    void sp_rng_select(const int64_t *cand, const float *cdist, const float *H, int64_t n,
+                       int32_t C, int32_t dim, int32_t metric, int32_t replicas, float eps1,
+                       uint8_t *keep)
+
+
+def rng_select(const int64_t[:, ::1] cand, const float[:, ::1] cdist, const float[:, :, ::1] H,
+               int metric, int replicas, float one_plus_eps1, uint8_t[:, ::1] keep):
+    """SPANN's RNG replica rule over a block (see ``_spann_parts.rng_select``); fills ``keep``."""
+    cdef int64_t n = cand.shape[0]
+    cdef int32_t C = <int32_t> cand.shape[1]
+    if (cdist.shape[0] != n or cdist.shape[1] != C or H.shape[0] != n or H.shape[1] != C
+            or keep.shape[0] != n or keep.shape[1] != C):
+        raise ValueError("rng_select: shapes of cand, cdist, H and keep disagree")
+    if n == 0 or C == 0:
+        return
+    with nogil:
+        sp_rng_select(&cand[0, 0], &cdist[0, 0], &H[0, 0, 0], n, C, <int32_t> H.shape[2],
+                      metric, replicas, one_plus_eps1, &keep[0, 0])

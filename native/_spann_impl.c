@@ -53,3 +53,42 @@ int64_t sp_scan(const float *q, int32_t dim, int32_t metric, const uint8_t *cons
     if (stats != NULL) { stats[0] = scanned; stats[1] = passed; }
     return got;
 }
+
+/* The closeness rule of replicas: d <= (1+eps) * d0, on 2+2d for negated inner products (unit
+ * vectors: the squared L2 distance), computed in float like the numpy version. */
+static int sp_within(float d, float d0, float f, int32_t metric) {
+    if (metric == VD_IP) {
+        d = 2.f + 2.f * d;
+        d0 = 2.f + 2.f * d0;
+        if (d < 0.f) d = 0.f;
+        if (d0 < 0.f) d0 = 0.f;
+    }
+    return d <= f * d0;
+}
+
+void sp_rng_select(const int64_t *cand, const float *cdist, const float *H, int64_t n, int32_t C,
+                   int32_t dim, int32_t metric, int32_t replicas, float eps1, uint8_t *keep) {
+    const float f = eps1;  /* the caller passes 1+eps1 rounded to float */
+    int32_t chosen[256];
+    int32_t cap = replicas < 256 ? replicas : 256;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t *c = cand + i * C;
+        const float *d = cdist + i * C;
+        const float *h = H + (size_t)i * C * dim;
+        uint8_t *k = keep + i * C;
+        memset(k, 0, (size_t)C);
+        int32_t count = 0;
+        for (int32_t j = 0; j < C && count < cap; j++) {
+            if (c[j] < 0 || !sp_within(d[j], d[0], f, metric)) continue;
+            int blocked = 0;
+            for (int32_t t = 0; t < count && !blocked; t++) {
+                /* c_i covers c_j when the heads are closer to each other than x is to c_j */
+                blocked = vd_dist(h + (size_t)chosen[t] * dim, h + (size_t)j * dim, (size_t)dim,
+                                  metric) < d[j];
+            }
+            if (blocked) continue;
+            k[j] = 1;
+            chosen[count++] = j;
+        }
+    }
+}

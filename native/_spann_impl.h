@@ -33,4 +33,13 @@ int64_t sp_scan(const float *q, int32_t dim, int32_t metric, const uint8_t *cons
                 int64_t nslots, const uint8_t *bitmap, int64_t bm_bytes, int32_t k,
                 int64_t *out_slot, float *out_dist, int64_t *stats);
 
+
+/* SPANN's RNG replica rule for n vectors (see rng_select in vecdb/index/_spann_parts.py).
+ * cand [n, C] candidate head ids sorted by cdist [n, C] ascending (-1 padded); H [n, C, dim] the
+ * candidates' vectors. keep [n, C] (output, 0/1): candidate j is kept when valid (id >= 0, within
+ * (1+eps1) of the nearest: squared L2 as is, negated ip through 2+2d), fewer than ``replicas``
+ * are kept yet, and no kept candidate i has dist(c_i, c_j) < dist(x, c_j). */
+void sp_rng_select(const int64_t *cand, const float *cdist, const float *H, int64_t n, int32_t C,
+                   int32_t dim, int32_t metric, int32_t replicas, float eps1, uint8_t *keep);
+
 #endif

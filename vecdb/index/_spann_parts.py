@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 
-from vecdb import _native
+from vecdb import _native, _spann
 from vecdb.kernels import numpy_backend
 
 # -- packed posting records ---------------------------------------------------------------------
@@ -148,30 +148,22 @@ def rng_select(X: np.ndarray, cand: np.ndarray, cdist: np.ndarray, head_vecs_of,
     ``cand`` [n, C] candidate head ids sorted by ``cdist`` (ascending, -1 padded). Candidate j is
     kept when it is within ``(1+eps1)`` of the nearest, fewer than ``replicas`` are chosen, and no
     already chosen head c_i is closer to c_j than the vector is (SPANN's RNG rule: c_j would be
-    covered by c_i anyway). Vectorised over blocks of vectors, looping only over the C columns.
+    covered by c_i anyway). ``head_vecs_of(ids)`` gives head vectors for an id array of any
+    shape. The rule runs in native code (``vecdb._spann.rng_select``, no GIL) over blocks of
+    ``block`` vectors; it computes only the head-to-head distances of chosen heads (at most
+    ``replicas`` per candidate) instead of the whole C x C matrix. ``X`` is not needed by the
+    rule (the vector-to-head distances are ``cdist``); it stays in the signature for callers.
     """
     n, C = cand.shape
     keep = np.zeros((n, C), dtype=bool)
+    cand = np.ascontiguousarray(cand, dtype=np.int64)
+    cdist = np.ascontiguousarray(cdist, dtype=np.float32)
+    f = float(np.float32(1 + eps1))
     for s in range(0, n, block):
         e = min(n, s + block)
-        c = cand[s:e]
-        d = cdist[s:e]
-        valid = (c >= 0) & within(d, d[:, :1], eps1, code)
-        H = head_vecs_of(np.maximum(c, 0))  # [b, C, dim]
-        ip = np.matmul(H, H.transpose(0, 2, 1))  # [b, C, C]
-        if code == 1:
-            dcc = -ip
-        else:
-            sq = np.einsum("bcd,bcd->bc", H, H)
-            dcc = sq[:, :, None] + sq[:, None, :] - 2 * ip
-        k = keep[s:e]
-        k[:, 0] = valid[:, 0]
-        count = k[:, 0].astype(np.int32)
-        for j in range(1, C):
-            blocked = (k[:, :j] & (dcc[:, :j, j] < d[:, j:j + 1])).any(axis=1)
-            ok = valid[:, j] & ~blocked & (count < replicas)
-            k[:, j] = ok
-            count += ok
+        H = np.ascontiguousarray(head_vecs_of(np.maximum(cand[s:e], 0)), dtype=np.float32)
+        _spann.rng_select(cand[s:e], cdist[s:e], H, int(code), int(replicas), f,
+                          keep[s:e].view(np.uint8))
     return keep
 
 
