@@ -273,33 +273,44 @@ class HeadIndex:
             out[rows < 0] = 0
             return out.reshape(*ids.shape, self.dim)
 
+    _CHUNK = 256  # queries per hold of the lock (a batch does not hold off other searches)
+
     def search(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids int64 [nq, k] -1 padded, exact distances float32 [nq, k]) sorted ascending."""
+        """(ids int64 [nq, k] -1 padded, exact distances float32 [nq, k]) sorted ascending.
+
+        A big batch (an insert's or a split's reassignment) takes the lock per chunk of
+        ``_CHUNK`` queries, so a concurrent single-query search waits for one chunk at most, not
+        for the whole batch. Writers of the heads (splits, merges) run under the index's write
+        lock, so the heads do not change between the chunks of a writer's own batch."""
         nq = Q.shape[0]
         ids = np.full((nq, k), -1, dtype=np.int64)
         dist = np.full((nq, k), np.inf, dtype=np.float32)
-        with self._lock:
-            live = len(self._row)
-            if live == 0 or nq == 0:
-                return ids, dist
-            kk = min(k, live)
-            if self._g is None:
-                V = self._V[: self._n]
-                for s in range(0, nq, 1024):
-                    D = pair_dist(Q[s:s + 1024], V, self.code)
-                    D[:, self._rid[: self._n] < 0] = np.inf
-                    r, d = _native.topk(np.ascontiguousarray(D, dtype=np.float32), kk)
-                    ids[s:s + 1024, :kk] = np.where(r >= 0, self._rid[np.maximum(r, 0)], -1)
-                    dist[s:s + 1024, :kk] = d
-                ids[~np.isfinite(dist)] = -1
-                return ids, dist
-            from vecdb.index.hnsw import HNSWSearchParams
-
-            params = HNSWSearchParams(ef=max(self.ef, kk), num_threads=self.threads)
-            lab, d = self._g.search(Q, kk, params=params)
-            ids[:, :kk] = lab
-            dist[:, :kk] = d
+        for s in range(0, nq, self._CHUNK):
+            e = min(nq, s + self._CHUNK)
+            with self._lock:
+                self._search_chunk(Q[s:e], k, ids[s:e], dist[s:e])
         return ids, dist
+
+    def _search_chunk(self, Q: np.ndarray, k: int, ids: np.ndarray, dist: np.ndarray) -> None:
+        live = len(self._row)
+        if live == 0 or Q.shape[0] == 0:
+            return
+        kk = min(k, live)
+        if self._g is None:
+            V = self._V[: self._n]
+            D = pair_dist(Q, V, self.code)
+            D[:, self._rid[: self._n] < 0] = np.inf
+            r, d = _native.topk(np.ascontiguousarray(D, dtype=np.float32), kk)
+            ids[:, :kk] = np.where(r >= 0, self._rid[np.maximum(r, 0)], -1)
+            dist[:, :kk] = d
+            ids[~np.isfinite(dist)] = -1
+            return
+        from vecdb.index.hnsw import HNSWSearchParams
+
+        params = HNSWSearchParams(ef=max(self.ef, kk), num_threads=self.threads)
+        lab, d = self._g.search(Q, kk, params=params)
+        ids[:, :kk] = lab
+        dist[:, :kk] = d
 
     def _rows(self, ids: np.ndarray) -> np.ndarray:
         ok = (ids >= 0) & (ids < len(self._row_of))
