@@ -27,6 +27,9 @@ vector on 8 tenants' lists costs 8 slot entries, not 8 copies)::
   kernels) until ``gamma2 * k`` vectors were scanned. ``tenant=None`` does the same over leaves.
 
 All of that runs in C without the GIL (``native/_curator_impl.c`` through ``vecdb._curator``).
+A plain query (float32 array, int k and tenant, simple knobs) is one native call: input checks,
+the readers-writer lock (in C) and the search happen in one GIL-free stretch, so the Python
+boundary costs ~1 us instead of ~7 us; other inputs take the general validating path.
 
 **Training.** Until ``train_size`` vectors are present the tree is a single root leaf, so every
 search is an exact scan of the tenant's shortlist. The first add that reaches ``train_size`` live
