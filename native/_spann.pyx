@@ -23,17 +23,22 @@ cdef extern from "_spann_impl.h" nogil:
                     const int64_t *lens, int64_t nblocks, const uint8_t *live,
                     const uint8_t *ver, int64_t nslots, const uint8_t *bitmap, int64_t bm_bytes,
                     int32_t k, int64_t *out_slot, float *out_dist, int64_t *stats)
+    int64_t sp_scan_half(const float *q, int32_t dim, int32_t metric,
+                         const uint8_t *const *blocks, const int64_t *lens, int64_t nblocks,
+                         const uint8_t *live, const uint8_t *ver, int64_t nslots,
+                         const uint8_t *bitmap, int64_t bm_bytes, int32_t k, int64_t *out_slot,
+                         float *out_dist, int64_t *stats)
 
 
 def scan(const float[::1] q, list blocks, const uint8_t[::1] live, const uint8_t[::1] ver,
          bitmap, int k, int metric, int64_t[::1] out_slot, float[::1] out_dist,
-         int64_t[::1] stats):
+         int64_t[::1] stats, bint half=False):
     """Top-k of the valid records in ``blocks`` for query ``q`` (see module doc).
 
     ``live``/``ver``: uint8 per slot (same length). ``bitmap``: packed little-endian uint8
     tenant bits or None. Writes ``out_slot``/``out_dist`` (length >= k, -1/inf padded) and
     ``stats`` = [bytes fetched, records scanned, records that passed the filter]; returns the
-    number of results found.
+    number of results found. ``half``: the records hold float16 vectors (12 + 2*dim bytes).
     """
     cdef Py_ssize_t nb = len(blocks), i
     cdef int64_t got, nbytes = 0
@@ -73,12 +78,19 @@ def scan(const float[::1] q, list blocks, const uint8_t[::1] live, const uint8_t
                 raise TypeError(f"posting block {i} is {type(b).__name__}, not bytes")
             nbytes += lens[i]
         with nogil:  # ``blocks`` keeps every buffer alive for the call
-            got = sp_scan(&q[0], <int32_t> q.shape[0], metric, ptrs, lens, nb, &live[0],
-                          &ver[0], live.shape[0], bmp, bm_bytes, k, &out_slot[0], &out_dist[0],
-                          st)
+            if half:
+                got = sp_scan_half(&q[0], <int32_t> q.shape[0], metric, ptrs, lens, nb,
+                                   &live[0], &ver[0], live.shape[0], bmp, bm_bytes, k,
+                                   &out_slot[0], &out_dist[0], st)
+            else:
+                got = sp_scan(&q[0], <int32_t> q.shape[0], metric, ptrs, lens, nb, &live[0],
+                              &ver[0], live.shape[0], bmp, bm_bytes, k, &out_slot[0],
+                              &out_dist[0], st)
     finally:
         free(ptrs)
         free(lens)
+    if got == -2:
+        raise MemoryError()
     if got < 0:
         raise ValueError("a posting block is not a whole number of records (corrupt list?)")
     stats[0] = nbytes

@@ -5,7 +5,7 @@
  *     offset 0   int64  slot      (little endian)
  *     offset 8   uint8  version   (must equal ver[slot], else the record is stale)
  *     offset 9   3 pad bytes
- *     offset 12  float32[dim]     the vector
+ *     offset 12  float32[dim]     the vector (or float16[dim]: ``half`` postings, half the bytes)
  *
  * sp_scan walks the records of every fetched list once: a record counts only if its slot is live,
  * its version is the slot's current one and (with a tenant bitmap) the tenant's bit is set; its
@@ -32,6 +32,14 @@ int64_t sp_scan(const float *q, int32_t dim, int32_t metric, const uint8_t *cons
                 const int64_t *lens, int64_t nblocks, const uint8_t *live, const uint8_t *ver,
                 int64_t nslots, const uint8_t *bitmap, int64_t bm_bytes, int32_t k,
                 int64_t *out_slot, float *out_dist, int64_t *stats);
+
+/* The same over records whose vectors are IEEE half floats (record = 12 + 2*dim bytes): each
+ * vector is widened to float32 (F16C when the CPU has it, else exact scalar conversion) and
+ * scored with the same vd kernel. */
+int64_t sp_scan_half(const float *q, int32_t dim, int32_t metric, const uint8_t *const *blocks,
+                     const int64_t *lens, int64_t nblocks, const uint8_t *live, const uint8_t *ver,
+                     int64_t nslots, const uint8_t *bitmap, int64_t bm_bytes, int32_t k,
+                     int64_t *out_slot, float *out_dist, int64_t *stats);
 
 
 /* SPANN's RNG replica rule for n vectors (see rng_select in vecdb/index/_spann_parts.py).

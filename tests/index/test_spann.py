@@ -291,7 +291,7 @@ def _scan_reference(q, blocks, rec_dtype, live, ver, bitmap, k, code):
     if bitmap is not None:
         bits = np.unpackbits(bitmap, bitorder="little")
         ok &= (sc < len(bits)) & bits[np.minimum(sc, len(bits) - 1)].astype(bool)
-    v = rec["vec"][ok].astype(np.float64)
+    v = rec["vec"][ok].astype(np.float64)  # float16 records: the rounded vectors
     d = ((v - q) ** 2).sum(1) if code == 0 else -(v @ q)
     best: dict[int, float] = {}
     for slot, dist in zip(s[ok].tolist(), d.tolist(), strict=True):
@@ -303,19 +303,22 @@ def _scan_reference(q, blocks, rec_dtype, live, ver, bitmap, k, code):
 @pytest.mark.parametrize("dim", [1, 15, 16, 50, 97])
 @pytest.mark.parametrize("code", [0, 1])
 @pytest.mark.parametrize("tenant", [False, True])
-def test_native_scan_matches_exact_filtered_topk(dim, code, tenant):
+@pytest.mark.parametrize("half", [False, True])
+def test_native_scan_matches_exact_filtered_topk(dim, code, tenant, half):
     """vecdb._spann.scan over blocks with replicas (the same slot in several lists), stale
     versions, tombstones, out-of-range slots, a missing list and tenant bits equals the exact
     filtered top-k of a numpy reference over the same records."""
     from vecdb import _spann
     from vecdb.index._spann_parts import pack_records, record_dtype
 
-    rng = np.random.default_rng(dim * 4 + code * 2 + tenant)
+    rng = np.random.default_rng(dim * 8 + code * 4 + tenant * 2 + half)
     n_slots, k = 400, 10
     V = rng.standard_normal((n_slots, dim)).astype(np.float32)
+    if half:  # float16 postings; subnormal, zero and large magnitudes exercise the widening
+        V[0, 0], V[1, 0], V[2, 0] = 3e-6, -0.0, 60000.0
     live = (rng.random(n_slots) < 0.8).astype(np.uint8)  # ~20% tombstones
     ver = rng.integers(1, 256, n_slots).astype(np.uint8)
-    rd = record_dtype(dim)
+    rd = record_dtype(dim, "<f2" if half else "<f4")
     blocks: list[bytes | None] = []
     for _ in range(7):
         s = rng.choice(n_slots, 60, replace=False)  # slots repeat across blocks: replicas
@@ -334,7 +337,7 @@ def test_native_scan_matches_exact_filtered_topk(dim, code, tenant):
     out_s = np.empty(k, dtype=np.int64)
     out_d = np.empty(k, dtype=np.float32)
     st = np.zeros(3, dtype=np.int64)
-    got = _spann.scan(q, blocks, live, ver, bitmap, k, code, out_s, out_d, st)
+    got = _spann.scan(q, blocks, live, ver, bitmap, k, code, out_s, out_d, st, half)
     ref_s, ref_d = _scan_reference(q, blocks, rd, live, ver, bitmap, k, code)
     assert got == len(ref_s)
     np.testing.assert_array_equal(out_s[:got], ref_s)
@@ -342,7 +345,7 @@ def test_native_scan_matches_exact_filtered_topk(dim, code, tenant):
     assert (out_s[got:] == -1).all() and np.isinf(out_d[got:]).all()
     assert st[0] == sum(len(b) for b in blocks if b) and st[1] == st[0] // rd.itemsize
     with pytest.raises(ValueError):  # a torn block is refused, not read past its end
-        _spann.scan(q, [blocks[0][:-1]], live, ver, None, k, code, out_s, out_d, st)
+        _spann.scan(q, [blocks[0][:-1]], live, ver, None, k, code, out_s, out_d, st, half)
 
 
 def test_io_threads_same_results(sift_index, sift5k):
@@ -462,3 +465,34 @@ def test_native_rng_select_matches_reference(code):
         assert (got == ref).all(axis=1).mean() >= 0.99
         assert got[:, 0].all() and (got.sum(1) <= replicas).all()
         assert not got[cand < 0].any()
+
+
+def test_float16_postings(tmp_path, sift5k):
+    """posting_dtype="float16": half the bytes per list, recall as float32's, distances those of
+    the rounded vectors, reopen keeps the format, values beyond float16 are refused."""
+    X, Q = sift5k["base"], sift5k["queries"]
+    store = MemoryKVStore()
+    idx = SPANNIndex(128, "l2", store, posting_dtype="float16", background=False, **SIFT)
+    idx.add(X[:4500])
+    idx.add(X[4500:], np.arange(4500, 5000))  # the update path (appends, splits) in float16
+    idx.flush()
+    I, D = idx.search(Q, 10, params=SIFT_SEARCH)
+    assert recall(I, sift5k["gt"]) >= 0.9
+    half_bytes = idx.last_search_stats()["bytes_read"].sum()
+    Xh = X.astype(np.float16).astype(np.float64)
+    d = ((Xh[I[:5]] - Q[:5, None, :].astype(np.float64)) ** 2).sum(-1)
+    np.testing.assert_allclose(D[:5], d, rtol=1e-4, atol=1e-2)
+    sift_index = SPANNIndex(128, "l2", background=False, **SIFT)
+    sift_index.add(X[:4500])
+    sift_index.add(X[4500:], np.arange(4500, 5000))
+    sift_index.search(Q, 10, params=SIFT_SEARCH)
+    assert half_bytes < 0.6 * sift_index.last_search_stats()["bytes_read"].sum()
+    idx.save(tmp_path / "h.idx")
+    again = SPANNIndex.load(tmp_path / "h.idx", store=store)
+    assert again.posting_dtype == "float16"
+    np.testing.assert_array_equal(again.search(Q, 10, params=SIFT_SEARCH)[0], I)
+    with pytest.raises(InvalidArgument):
+        idx.add(np.full((1, 128), 1e6, dtype=np.float32))
+    with pytest.raises(InvalidArgument):
+        SPANNIndex(8, posting_dtype="int8")
+    assert len(idx) == 5000

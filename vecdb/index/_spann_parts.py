@@ -22,15 +22,19 @@ from vecdb.kernels import numpy_backend
 # -- packed posting records ---------------------------------------------------------------------
 
 
-def record_dtype(dim: int) -> np.dtype:
-    """One posting record: slot int64 | version uint8 | 3 pad bytes | vector float32[dim].
+def record_dtype(dim: int, vec: str = "<f4") -> np.dtype:
+    """One posting record: slot int64 | version uint8 | 3 pad bytes | vector[dim].
 
-    Records of a list are concatenated without a header, so appending to a list is a byte
-    concatenation and a multi_get of many lists parses with one ``np.frombuffer``.
+    ``vec``: ``"<f4"`` (float32, default) or ``"<f2"`` (float16 postings: half the bytes read per
+    list; distances are then those of the float16-rounded vectors). Records of a list are
+    concatenated without a header, so appending to a list is a byte concatenation and a
+    multi_get of many lists parses with one ``np.frombuffer``.
     """
+    if vec not in ("<f4", "<f2"):
+        raise ValueError(f"posting vectors are <f4 or <f2, not {vec!r}")
     return np.dtype({"names": ["slot", "ver", "vec"],
-                     "formats": ["<i8", "u1", ("<f4", (dim,))],
-                     "offsets": [0, 8, 12], "itemsize": 12 + 4 * dim})
+                     "formats": ["<i8", "u1", (vec, (dim,))],
+                     "offsets": [0, 8, 12], "itemsize": 12 + np.dtype(vec).itemsize * dim})
 
 
 def pack_records(dtype: np.dtype, slots: np.ndarray, vers: np.ndarray, vecs: np.ndarray) -> bytes:

@@ -60,6 +60,7 @@ from vecdb.storage.kv import KVStore, MemoryKVStore, WriteBatch
 
 CF = "postings"
 _VCHUNK = 4096  # slots per durable version chunk
+_HALF_MAX = 65504.0  # largest finite float16
 _UPDATE_IO = 4  # list reads in flight when an insert appends to lists (read-modify-write)
 
 
@@ -109,7 +110,10 @@ class SPANNIndex(Index):
     "auto": hnsw above 4096 heads), ``head_M``/``head_ef``, ``merge_min`` (live records below
     which a list merges), ``reassign_lists`` (nearby lists checked after a split),
     ``background`` (split/merge in a thread), ``bulk_min`` (the first add of at least this many
-    vectors into an empty index runs the full build), ``threads`` (build-time head index threads).
+    vectors into an empty index runs the full build), ``threads`` (build-time head index threads),
+    ``posting_dtype`` ("float32", or "float16": posting vectors stored as half floats, half the
+    bytes read per query; returned distances are then those of the rounded vectors, and vector
+    values must fit float16).
     """
 
     kind = "spann"
@@ -122,7 +126,7 @@ class SPANNIndex(Index):
                  balance: float = 1.0, head_index: str = "auto", head_M: int = 16,
                  head_ef: int = 128, merge_min: int | None = None, reassign_lists: int = 8,
                  background: bool = True, bulk_min: int = 1000, threads: int = 1, seed: int = 0,
-                 _fresh: bool = True):
+                 posting_dtype: str = "float32", _fresh: bool = True):
         super().__init__(dim, metric)
         if not 0 < float(head_ratio) <= 1:
             raise InvalidArgument(f"head_ratio must be in (0, 1], got {head_ratio!r}")
@@ -136,6 +140,9 @@ class SPANNIndex(Index):
             raise InvalidArgument(f"posting_limit must be an int >= 4, got {posting_limit!r}")
         if not math.isfinite(eps1) or eps1 < 0 or not math.isfinite(balance) or balance < 0:
             raise InvalidArgument("eps1 and balance must be finite and >= 0")
+        if posting_dtype not in ("float32", "float16"):
+            raise InvalidArgument(
+                f"posting_dtype must be float32 or float16, got {posting_dtype!r}")
         if head_index not in ("auto", "flat", "hnsw"):
             raise InvalidArgument(f"head_index must be auto, flat or hnsw, got {head_index!r}")
         if store is None:
@@ -156,7 +163,9 @@ class SPANNIndex(Index):
         self.threads = threads
         self.seed = seed
         self._code = metric_code(metric)
-        self._rec = record_dtype(self.dim)
+        self.posting_dtype = posting_dtype
+        self._half = posting_dtype == "float16"
+        self._rec = record_dtype(self.dim, "<f2" if self._half else "<f4")
         self._heads = self._new_heads(head_index if head_index != "auto" else "flat")
         self._next_list = 0
         self._sizes: dict[int, int] = {}  # list id -> records stored (live or not)
@@ -254,6 +263,8 @@ class SPANNIndex(Index):
     def add(self, vectors, slots=None, acl=None) -> np.ndarray:
         X = self._prepare(vectors)
         n = X.shape[0]
+        if self._half and n and float(np.abs(X).max()) > _HALF_MAX:
+            raise InvalidArgument(f"a value exceeds {_HALF_MAX}, the float16 postings' range")
         with self._wlock:
             high = len(self._live) if self._count else 0
             if slots is None:
@@ -440,7 +451,7 @@ class SPANNIndex(Index):
 
     def _split(self, lid: int, rec: np.ndarray) -> None:
         """Balanced 2-means split of an over-full list, then LIRE reassignment."""
-        V = np.ascontiguousarray(rec["vec"])
+        V = np.ascontiguousarray(rec["vec"], dtype=np.float32)
         old_head = self._heads.vectors(np.array([lid]))[0]
         lab = balanced_kmeans(V, 2, self.balance, np.random.default_rng(self.seed + lid))
         parts = [np.flatnonzero(lab == c) for c in (0, 1)]
@@ -481,7 +492,7 @@ class SPANNIndex(Index):
         old one (they may now belong in a new list). Without the first filter every replica in
         the split list whose nearest head is elsewhere (most of them, with 8 replicas) was
         re-inserted into all its lists: ~370 re-inserts per split on GloVe-50, 88 updates/s."""
-        v = np.ascontiguousarray(rec["vec"])
+        v = np.ascontiguousarray(rec["vec"], dtype=np.float32)
         far = self._head_dists(old_head, new_heads, v)
         cand_s = [rec["slot"][far]]
         cand_v = [v[far]]
@@ -496,7 +507,7 @@ class SPANNIndex(Index):
                 r = r[self._valid(r)]
                 if not len(r):
                     continue
-                v = np.ascontiguousarray(r["vec"])
+                v = np.ascontiguousarray(r["vec"], dtype=np.float32)
                 m = ~self._head_dists(old_head, new_heads, v, strict=False)
                 cand_s.append(r["slot"][m])
                 cand_v.append(v[m])
@@ -536,7 +547,8 @@ class SPANNIndex(Index):
         del self._sizes[lid]
         self.stats["merges"] += 1
         if len(rec):
-            self._insert(np.ascontiguousarray(rec["vec"]), rec["slot"].astype(np.int64),
+            self._insert(np.ascontiguousarray(rec["vec"], dtype=np.float32),
+                         rec["slot"].astype(np.int64),
                          exclude={lid})
 
     # -- reads ----------------------------------------------------------------------------
@@ -594,7 +606,7 @@ class SPANNIndex(Index):
             live, ver = self._live, self._ver  # one snapshot (_grow swaps both arrays)
             m = min(len(live), len(ver))
             _spann.scan(Q[i], blocks, live[:m].view(np.uint8), ver[:m], bm, k, self._code,
-                        out_i[i], out_d[i], st)
+                        out_i[i], out_d[i], st, self._half)
             lists_read[i] = len(ids)
             bytes_read[i] = st[0]
             scanned[i] = st[1]
@@ -637,7 +649,8 @@ class SPANNIndex(Index):
                 "head_index": self.head_index_kind, "head_M": self.head_M,
                 "head_ef": self.head_ef, "merge_min": self.merge_min,
                 "reassign_lists": self.reassign_lists, "background": self.background,
-                "bulk_min": self.bulk_min, "threads": self.threads, "seed": self.seed}
+                "bulk_min": self.bulk_min, "threads": self.threads, "seed": self.seed,
+                "posting_dtype": self.posting_dtype}
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Live flags, versions and ACLs; heads and postings stay in the store."""
