@@ -28,6 +28,7 @@ cdef extern from "_spann_impl.h" nogil:
                          const uint8_t *live, const uint8_t *ver, int64_t nslots,
                          const uint8_t *bitmap, int64_t bm_bytes, int32_t k, int64_t *out_slot,
                          float *out_dist, int64_t *stats)
+    void sp_force_scalar_widen(int on)
 
 
 def scan(const float[::1] q, list blocks, const uint8_t[::1] live, const uint8_t[::1] ver,
@@ -118,3 +119,8 @@ def rng_select(const int64_t[:, ::1] cand, const float[:, ::1] cdist, const floa
     with nogil:
         sp_rng_select(&cand[0, 0], &cdist[0, 0], &H[0, 0, 0], n, C, <int32_t> H.shape[2],
                       metric, replicas, one_plus_eps1, &keep[0, 0])
+
+
+def _force_scalar_widen(bint on):
+    """Tests: widen float16 postings with the portable scalar code even where F16C exists."""
+    sp_force_scalar_widen(on)

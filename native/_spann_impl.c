@@ -63,9 +63,13 @@ static int sp_has_f16c(void) {
 
 typedef void (*sp_widen_fn)(const uint8_t *src, float *dst, size_t d);
 
+static int sp_scalar_only = 0; /* tests: exercise the portable path on an F16C machine */
+
+void sp_force_scalar_widen(int on) { sp_scalar_only = on; }
+
 static sp_widen_fn sp_widen(void) {
 #if defined(__x86_64__) || defined(__i386__)
-    if (sp_has_f16c()) return sp_widen_f16c;
+    if (!sp_scalar_only && sp_has_f16c()) return sp_widen_f16c;
 #endif
     return sp_widen_scalar;
 }

@@ -36,6 +36,7 @@ int64_t sp_scan(const float *q, int32_t dim, int32_t metric, const uint8_t *cons
 /* The same over records whose vectors are IEEE half floats (record = 12 + 2*dim bytes): each
  * vector is widened to float32 (F16C when the CPU has it, else exact scalar conversion) and
  * scored with the same vd kernel. */
+void sp_force_scalar_widen(int on); /* 1: never F16C (tests of the portable path) */
 int64_t sp_scan_half(const float *q, int32_t dim, int32_t metric, const uint8_t *const *blocks,
                      const int64_t *lens, int64_t nblocks, const uint8_t *live, const uint8_t *ver,
                      int64_t nslots, const uint8_t *bitmap, int64_t bm_bytes, int32_t k,

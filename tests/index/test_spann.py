@@ -303,7 +303,7 @@ def _scan_reference(q, blocks, rec_dtype, live, ver, bitmap, k, code):
 @pytest.mark.parametrize("dim", [1, 15, 16, 50, 97])
 @pytest.mark.parametrize("code", [0, 1])
 @pytest.mark.parametrize("tenant", [False, True])
-@pytest.mark.parametrize("half", [False, True])
+@pytest.mark.parametrize("half", [False, True, "scalar"])
 def test_native_scan_matches_exact_filtered_topk(dim, code, tenant, half):
     """vecdb._spann.scan over blocks with replicas (the same slot in several lists), stale
     versions, tombstones, out-of-range slots, a missing list and tenant bits equals the exact
@@ -311,7 +311,7 @@ def test_native_scan_matches_exact_filtered_topk(dim, code, tenant, half):
     from vecdb import _spann
     from vecdb.index._spann_parts import pack_records, record_dtype
 
-    rng = np.random.default_rng(dim * 8 + code * 4 + tenant * 2 + half)
+    rng = np.random.default_rng(dim * 8 + code * 4 + tenant * 2 + bool(half))
     n_slots, k = 400, 10
     V = rng.standard_normal((n_slots, dim)).astype(np.float32)
     if half:  # float16 postings; subnormal, zero and large magnitudes exercise the widening
@@ -337,7 +337,11 @@ def test_native_scan_matches_exact_filtered_topk(dim, code, tenant, half):
     out_s = np.empty(k, dtype=np.int64)
     out_d = np.empty(k, dtype=np.float32)
     st = np.zeros(3, dtype=np.int64)
-    got = _spann.scan(q, blocks, live, ver, bitmap, k, code, out_s, out_d, st, half)
+    _spann._force_scalar_widen(half == "scalar")  # the portable float16 path too
+    try:
+        got = _spann.scan(q, blocks, live, ver, bitmap, k, code, out_s, out_d, st, bool(half))
+    finally:
+        _spann._force_scalar_widen(False)
     ref_s, ref_d = _scan_reference(q, blocks, rd, live, ver, bitmap, k, code)
     assert got == len(ref_s)
     np.testing.assert_array_equal(out_s[:got], ref_s)
@@ -345,7 +349,8 @@ def test_native_scan_matches_exact_filtered_topk(dim, code, tenant, half):
     assert (out_s[got:] == -1).all() and np.isinf(out_d[got:]).all()
     assert st[0] == sum(len(b) for b in blocks if b) and st[1] == st[0] // rd.itemsize
     with pytest.raises(ValueError):  # a torn block is refused, not read past its end
-        _spann.scan(q, [blocks[0][:-1]], live, ver, None, k, code, out_s, out_d, st, half)
+        _spann.scan(q, [blocks[0][:-1]], live, ver, None, k, code, out_s, out_d, st,
+                    bool(half))
 
 
 def test_io_threads_same_results(sift_index, sift5k):
