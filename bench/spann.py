@@ -427,7 +427,7 @@ def main(argv=None) -> None:
     ap.add_argument("--efs", type=lambda s: [int(x) for x in s.split(",")],
                     default=[16, 32, 64, 128])
     ap.add_argument("--Ls", type=lambda s: [int(x) for x in s.split(",")],
-                    default=[10, 20, 40, 80, 160])
+                    default=[20, 40, 80, 160, 320])
     ap.add_argument("--nlist", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2, help="build threads (search is 1 thread)")
     ap.add_argument("--no-peers", action="store_true")
