@@ -151,6 +151,32 @@ def _sample(members: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(members[np.sort(rng.choice(len(members), n, replace=False))])
 
 
+class _TenantView:
+    """A tenant's bitmap, its member list (unpacked on demand, kept only for tenants small
+    enough to cache) and seed samples, valid for one cache key (count, bitmap size, CRC)."""
+
+    def __init__(self, key: tuple, bitmap: np.ndarray, acl: AccessLists, tenant: int):
+        self.key, self.bitmap, self.count = key, bitmap, key[0]
+        self._acl, self._tenant = acl, tenant
+        self._members: np.ndarray | None = None
+        self._samples: dict[int, np.ndarray] = {}
+        self.rows, self.keep = 0, False
+
+    def members(self) -> np.ndarray:
+        m = self._members
+        if m is None:
+            m = self._acl.members(self._tenant)
+            if self.keep:
+                self._members = m
+        return m
+
+    def seeds(self, n: int) -> np.ndarray:
+        s = self._samples.get(n)
+        if s is None:
+            s = self._samples[n] = _sample(self.members(), n)
+        return s
+
+
 class HNSWIndex(Index):
     """Hierarchical navigable small-world graph over slots, tenant-aware.
 
@@ -195,7 +221,7 @@ class HNSWIndex(Index):
         self._draws = 0  # level draws so far (the level RNG stream is (seed, draws))
         self._mult = 1.0 / np.log(self.M)
         self._lock = threading.Lock()  # orders writers; searches never take it
-        self._views: dict[int, tuple] = {}  # tenant -> (key, members, seed samples)
+        self._views: dict[int, _TenantView] = {}  # tenant -> cached view (see _tenant_view)
         self._view_rows = 0
         self._views_lock = threading.Lock()
 
@@ -310,69 +336,76 @@ class HNSWIndex(Index):
             return out_i, out_d
         strategy = self.plan(tenant, p, nq)
         if tenant is None:
-            return self._walk(Q, k, p, strategy, None, None, None, out_i, out_d)
+            return self._walk(Q, k, p, strategy, None, None, 1.0, out_i, out_d)
         for fresh in (False, True):
-            members, bitmap, seeds = self._tenant_view(int(tenant), p.seeds, fresh)
-            if len(members) == 0:
+            view = self._tenant_view(int(tenant), fresh)
+            if view.count == 0:
                 return out_i, out_d
             if strategy == "exact":
-                out_i, out_d = self._exact(Q, k, members)
+                out_i, out_d = self._exact(Q, k, view.members())
             else:
+                seeds = view.seeds(p.seeds) if strategy != "graph" and p.seeds else None
                 out_i, out_d = pad_results(nq, k)
-                self._walk(Q, k, p, strategy, bitmap, members,
-                           seeds if strategy != "graph" and p.seeds else None, out_i, out_d)
+                self._walk(Q, k, p, strategy, view.bitmap, seeds,
+                           view.count / max(1, self._count), out_i, out_d)
+                # a walk that found fewer than min(k, |tenant|) results (the tenant's nodes were
+                # not reachable from where it went): those queries are answered exactly
+                short = (out_i >= 0).sum(1) < min(k, view.count)
+                if short.any():
+                    out_i[short], out_d[short] = self._exact(Q[short], k, view.members())
+                    self.last_stats["exact_fallbacks"] = int(short.sum())
             # The member list may come from the cache: check every result against the tenant's
             # bitmap (k bit tests per query); an access list changed behind the cache's key
             # (bench code writing to .acl directly) costs one fresh recomputation, never a leak.
             got = out_i[out_i >= 0]
+            bitmap = view.bitmap
             if not len(got) or ((bitmap[got >> 3] >> (got & 7)) & 1).all():
                 return out_i, out_d
         raise AssertionError("hnsw: a result outside the tenant after a fresh member list")
 
-    def _walk(self, Q, k, p, strategy, bitmap, members, seeds, out_i, out_d):
+    def _walk(self, Q, k, p, strategy, bitmap, seeds, share, out_i, out_d):
         """The graph walk (C, GIL released) for a batch, on ``p.num_threads`` threads."""
         # the "local" test: the tenant's share of the nodes around the query's descent end point
         # must reach local_ratio x its share of the index (local_ratio 0: always the bitmap walk)
-        share = len(members) / max(1, self._count) if members is not None else 1.0
         local_min = p.local_ratio * share
         mode = {"graph": _hnsw.GRAPH, "two_hop": _hnsw.TWO_HOP, "local": _hnsw.LOCAL}[strategy]
         counter = np.zeros(1, dtype=np.int64)
         stats = np.zeros(3, dtype=np.int64)
         _run_threads(
-            lambda: self._core.search_batch(Q, k, int(p.ef), bitmap, mode, members, out_i, out_d,
+            lambda: self._core.search_batch(Q, k, int(p.ef), bitmap, mode, None, out_i, out_d,
                                             counter, stats, seeds, local_min),
             min(p.num_threads, Q.shape[0]),
         )
-        self.last_stats = {"distances": int(stats[0]), "exact_fallbacks": int(stats[1]),
+        self.last_stats = {"distances": int(stats[0]), "exact_fallbacks": 0,
                            "seeded_walks": int(stats[2]), "strategy": strategy}
         return out_i, out_d
 
-    def _tenant_view(self, tenant: int, n_seeds: int, fresh: bool = False):
-        """(members, bitmap, seed sample) of a tenant. Unpacking the bitmap into the member list
-        costs ~1 ms on 400k slots, far more than a small tenant's search, so the list is cached,
-        keyed by the tenant's count and a CRC of its bitmap (~10 us); ``search`` checks every
-        result against the bitmap anyway."""
+    def _tenant_view(self, tenant: int, fresh: bool = False) -> _TenantView:
+        """The tenant's bitmap with its member list and seed samples, cached. Unpacking a bitmap
+        into the member list costs ~1-2 ms on 400k slots, far more than a small tenant's search
+        or a walk, so views are cached, keyed by the tenant's count and a CRC of its bitmap
+        (~10 us); ``search`` checks every result against the bitmap anyway. Member lists of
+        large tenants are not kept (walks need only the seed sample)."""
         bitmap = self._acl.bitmap(tenant)
         key = (self._acl.count(tenant), len(bitmap), zlib.crc32(bitmap))
-        hit = None if fresh else self._views.get(tenant)
-        if hit is None or hit[0] != key:
-            members = self._acl.members(tenant)
-            hit = (key, members, {})
-            budget = max(1 << 20, 2 * self._count)  # cached slots, all tenants together
-            with self._views_lock:
-                old = self._views.pop(tenant, None)
-                self._view_rows -= len(old[1]) if old else 0
-                if len(members) <= budget // 8:  # a large tenant's search dwarfs the unpacking
-                    self._views[tenant] = hit
-                    self._view_rows += len(members)
-                while self._view_rows > budget:
-                    old = self._views.pop(next(iter(self._views)))  # oldest first
-                    self._view_rows -= len(old[1])
-        members, samples = hit[1], hit[2]
-        seeds = samples.get(n_seeds)
-        if seeds is None and n_seeds:
-            seeds = samples[n_seeds] = _sample(members, n_seeds)
-        return members, bitmap, seeds
+        view = None if fresh else self._views.get(tenant)
+        if view is not None and view.key == key:
+            view.bitmap = bitmap
+            return view
+        view = _TenantView(key, bitmap, self._acl, tenant)
+        budget = max(1 << 20, 2 * self._count)  # cached member slots, all tenants together
+        keep = view.count <= budget // 8
+        with self._views_lock:
+            old = self._views.pop(tenant, None)
+            self._view_rows -= old.rows if old else 0
+            self._views[tenant] = view
+            view.rows = view.count if keep else 0
+            view.keep = keep
+            self._view_rows += view.rows
+            while self._view_rows > budget and len(self._views) > 1:
+                old = self._views.pop(next(iter(self._views)))  # oldest first
+                self._view_rows -= old.rows
+        return view
 
     def _exact(self, Q: np.ndarray, k: int, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact k-NN over the tenant's members. A few queries (or few members): the per-query
