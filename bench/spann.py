@@ -243,7 +243,9 @@ _DISKANN_SEARCH = r"""
 import json, sys, time, numpy as np, diskannpy as dap
 Q = np.load(sys.argv[1]); d = sys.argv[2]; Ls = [int(x) for x in sys.argv[3].split(",")]
 W = int(sys.argv[4])
-idx = dap.StaticDiskIndex(d, num_threads=1, num_nodes_to_cache=0)
+# num_threads=2: with 1 its search never returns (DiskANN issue #462, reproduced here with
+# diskannpy 0.7.0); queries still go one at a time from this one thread
+idx = dap.StaticDiskIndex(d, num_threads=2, num_nodes_to_cache=0)
 res = []
 for L in Ls:
     ids, ts = [], []
@@ -427,7 +429,7 @@ def main(argv=None) -> None:
     ap.add_argument("--efs", type=lambda s: [int(x) for x in s.split(",")],
                     default=[16, 32, 64, 128])
     ap.add_argument("--Ls", type=lambda s: [int(x) for x in s.split(",")],
-                    default=[20, 40, 80, 160, 320])
+                    default=[20, 30, 40, 60, 80, 160])
     ap.add_argument("--nlist", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2, help="build threads (search is 1 thread)")
     ap.add_argument("--no-peers", action="store_true")
