@@ -225,7 +225,7 @@ dap.build_disk_index(X, metric, out, complexity=100, graph_degree=32,
                      search_memory_maximum=mem_gb, build_memory_maximum=4.0,
                      num_threads=threads)
 build_s = time.perf_counter() - t0
-idx = dap.StaticDiskIndex(out, num_threads=1, num_nodes_to_cache=0)
+idx = dap.StaticDiskIndex(out, num_threads=2, num_nodes_to_cache=0)  # 1 hangs (#462)
 res = []
 for L in Ls:
     ids, ts = [], []
@@ -440,7 +440,8 @@ def main(argv=None) -> None:
     ap.add_argument("--diskann-beams", type=lambda s: [int(x) for x in s.split(",")],
                     default=[4])
     ap.add_argument("--io-threads", type=lambda s: [int(x) for x in s.split(",")],
-                    default=[1, 4], help="SPANN posting reads in flight (one sweep per value)")
+                    default=[1, 4, 8],
+                    help="SPANN posting reads in flight (one sweep per value)")
     ap.add_argument("--tmp", default=str(HERE / "data" / "spann-tmp"))
     ap.add_argument("--budgets", default="0.15,0.30", help="RAM budgets (fractions of raw)")
     ap.add_argument("--page-cache", action="store_true",
