@@ -58,6 +58,8 @@ typedef struct hn_ctx {
     int32_t bufcap;
     hn_pair *tmp;
     int32_t tmpcap;
+    float *dbuf; /* distances of one expansion's neighbours (vd_dist_gather32) */
+    int32_t dcap;
     struct hn_ctx *next;
 } hn_ctx;
 
@@ -193,6 +195,16 @@ static int buf_grow(hn_ctx *c, int32_t need) {
     c->bufcap = cap;
     return 0;
 }
+static int dbuf_grow(hn_ctx *c, int32_t need) {
+    if (need <= c->dcap) return 0;
+    int32_t cap = c->dcap ? c->dcap : 256;
+    while (cap < need) cap *= 2;
+    float *b = realloc(c->dbuf, (size_t)cap * sizeof(float));
+    if (!b) return -1;
+    c->dbuf = b;
+    c->dcap = cap;
+    return 0;
+}
 static int tmp_grow(hn_ctx *c, int32_t need) {
     if (need <= c->tmpcap) return 0;
     int32_t cap = c->tmpcap ? c->tmpcap : 256;
@@ -288,6 +300,7 @@ void hn_free(hn_t *h) {
         free(c->cand.a);
         free(c->buf);
         free(c->tmp);
+        free(c->dbuf);
         free(c);
     }
     pthread_rwlock_destroy(&h->grow);
@@ -437,11 +450,14 @@ static int64_t search_layer_multi(hn_t *h, hn_ctx *c, const float *q, const hn_p
                 todo[m++] = w;
             }
         }
+        /* the neighbours' distances in one gather call: four rows per SIMD step (shared query
+         * loads, one horizontal sum per four), rows prefetched ahead */
+        if (dbuf_grow(c, m)) m = 0;
+        vd_dist_gather32(q, h->vec, todo, (size_t)m, (size_t)h->dim, h->metric, c->dbuf);
+        ndist += m;
         for (int32_t j = 0; j < m; j++) {
-            if (j + 1 < m) prefetch_vec(h, todo[j + 1]);
             int32_t v = todo[j];
-            float d = dist(h, q, v);
-            ndist++;
+            float d = c->dbuf[j];
             if (top->n < ef || d < lower) {
                 minh_push(cand, d, v);
                 if (ALLOWED(v)) {
@@ -788,7 +804,7 @@ static int32_t seed_entries(hn_t *h, hn_ctx *c, const float *q, int32_t cur, flo
 /* Locality signal: continue the greedy descent on level 0 (to a local nearest node of q, a few
  * hops), then the share of allowed nodes among that node, its level-0 neighbours and theirs
  * (~(2M)^2 bitmap tests with repeats, no distances: informative down to ~1% selectivity, where
- * one hop would hold less than one allowed node). *cur/*curd move to the node reached (a good
+ * one hop would hold less than one allowed node). cur and curd move to the node reached (a good
  * start for either walk). */
 static float local_share(hn_t *h, hn_ctx *c, const float *q, int32_t *cur, float *curd,
                          const uint8_t *bm, int64_t nbits, int64_t *ndist) {
