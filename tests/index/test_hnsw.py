@@ -1,6 +1,7 @@
 """HNSWIndex: recall against exact ground truth on real data, tenant-filtered correctness
-(Hypothesis), deletes with link repair, concurrency (threads == serial), persistence and the
-contract's errors."""
+(Hypothesis, every strategy, single queries and batches), the planner's paths (batched GEMM exact
+scan, seeded two-hop and per-query "local" walks, thresholds, the member-list cache), deletes with
+link repair, concurrency (threads == serial), persistence and the contract's errors."""
 
 from __future__ import annotations
 
