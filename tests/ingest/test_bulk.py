@@ -212,3 +212,37 @@ def test_fill_factor_caps_lists(ray_local, tmp_path):
                              progress=False)
     finally:
         db.close()
+
+
+def test_hub_lists_are_split_before_import(ray_local, tmp_path):
+    X = np.concatenate(list(clustered_stream(6000, 16, chunk=3000, seed=7)))
+    np.save(tmp_path / "a.npy", X)
+    params = {"head_ratio": 0.02, "replica_count": 4, "posting_limit": 24, "head_index": "hnsw",
+              "background": False}
+    man = bulk_build_spann(str(tmp_path / "a.npy"), str(tmp_path / "out"), tenant="t",
+                           params=params, fill=0.8, progress=False)
+    red = man["stages"]["reduce"]
+    assert red["hub_lists_split"] > 0 and red["parts_made"] >= 2 * red["hub_lists_split"]
+    assert man["heads"] > 120  # ~0.02 x 6000 heads trained, more after the split
+    import_bulk(str(tmp_path / "data"), "c", str(tmp_path / "out"))
+    rng = np.random.default_rng(1)
+    Q = X[rng.choice(len(X), 100, replace=False)] + 0.01
+    gt = exact_gt(X, Q, K, "l2")
+    gt = gt[0] if isinstance(gt, tuple) else gt
+    for _ in range(2):  # as imported, then after a reopen from the checkpoint
+        db = vecdb.open(str(tmp_path / "data"))
+        try:
+            col = db.collection("c")
+            idx = col._index
+            lists = {int.from_bytes(k[1:], "big"): np.frombuffer(v, idx._rec)["slot"]
+                     for k, v in idx.store.iterate("postings", prefix=b"P")}
+            assert set(lists) == set(idx._sizes) and len(lists) == idx.num_lists()
+            assert _ or len(lists) == man["heads"]  # (the upserts below may split a list)
+            assert {h: len(s) for h, s in lists.items()} == idx._sizes
+            assert set(range(len(X))) <= set(np.concatenate(list(lists.values())).tolist())
+            assert max(len(s) for s in lists.values()) <= params["posting_limit"]
+            r = recall_at_k(col.search(Q, K, tenant="t", params={"max_lists": 32}).ids, gt, K)
+            assert r > 0.8, r
+            col.upsert(np.arange(10**6 + _ * 10, 10**6 + _ * 10 + 10), Q[:10], tenant="t")
+        finally:
+            db.close()

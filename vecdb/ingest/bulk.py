@@ -286,6 +286,7 @@ def _map_task(shard: Shard, task: int, dim: int, metric: str, heads: np.ndarray,
     vecs = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32,
                                      shape=(max(1, shard.rows), dim))
     hist = np.zeros(H, dtype=np.int64)
+    prim = np.zeros(H, dtype=np.int64)  # nearest-list records per list
     runs, errors = [], []
     good = 0
     ids_seen: list[np.ndarray] = []
@@ -343,6 +344,7 @@ def _map_task(shard: Shard, task: int, dim: int, metric: str, heads: np.ndarray,
             run["d"] = cdist[pts, cols][order]
             run["slot"] = slots[pts][order]
             hist += np.bincount(run["lid"], minlength=H)
+            prim += np.bincount(run["lid"][run["sec"] == 0], minlength=H)
             path = os.path.join(out, "runs", f"run-{task:06d}-{k:06d}.npy")
             np.save(path, run)
             runs.append(path)
@@ -354,13 +356,15 @@ def _map_task(shard: Shard, task: int, dim: int, metric: str, heads: np.ndarray,
             s.finish()
         del vecs
         return {"shard": shard.path, "failed": str(e), "errors": errors, "good": 0, "runs": [],
-                "hist": np.zeros(H, dtype=np.int64), "sst": {}, "rss": _rss(),
+                "hist": np.zeros(H, dtype=np.int64), "prim": np.zeros(H, dtype=np.int64),
+                "sst": {}, "rss": _rss(),
                 "seconds": time.perf_counter() - t0, "ids": np.zeros(0, np.uint64),
                 "split": split}
     vecs.flush()
     del vecs
     files = {f: s.finish() for f, s in sst.items()}
     return {"shard": shard.path, "good": good, "errors": errors, "runs": runs, "hist": hist,
+            "prim": prim,
             "sst": {f: p for f, p in files.items() if p}, "rss": _rss(),
             "seconds": time.perf_counter() - t0, "vec_file": vec_path, "offset": shard.offset,
             "ids": np.unique(np.concatenate(ids_seen)) if ids_seen else np.zeros(0, np.uint64),
@@ -369,12 +373,21 @@ def _map_task(shard: Shard, task: int, dim: int, metric: str, heads: np.ndarray,
 
 # -- stage 3: reduce ----------------------------------------------------------------------------
 def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray, dim: int,
-                 cap: int, vec_files: list[tuple[int, str]], out: str) -> dict[str, Any]:
+                 cap: int, vec_files: list[tuple[int, str]], out: str,
+                 split: dict[int, tuple[int, int]] | None = None,
+                 balance: float = 1.0, seed: int = 0, limit: int = 0) -> dict[str, Any]:
     """Lists [lo, hi): gather their assignments from every run, order each list (nearest-list
     records first, then by distance), keep at most ``cap`` records (a vector's nearest list
     always keeps it), gather the vectors from the map tasks' vector files, write the postings
-    SSTs (``b"H"`` head, ``b"P"`` packed records; one disjoint key range per task)."""
-    from vecdb.index._spann_parts import record_dtype
+    SSTs (``b"H"`` head, ``b"P"`` packed records; one disjoint key range per task).
+
+    ``split``: list id -> (first new id, ids reserved) for lists whose nearest-list records
+    alone overflow ``limit`` (= posting_limit; hub heads): such a list is replaced by lists of
+    about ``cap`` and at most ``limit`` records each, cut by SPANN's balanced k-means, each
+    headed by its member nearest the part's mean (what SPANN's online split does, done once
+    here instead of as a cascade of splits on the first appends). Their keys go to separate
+    files (new ids lie outside [lo, hi))."""
+    from vecdb.index._spann_parts import balanced_kmeans, nearest_member, record_dtype
 
     t0 = time.perf_counter()
     parts = []
@@ -412,13 +425,59 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
         o = np.argsort(r, kind="stable")  # ascending file order: sequential-ish page reads
         rec["vec"][m[o]] = mm[r[o]]
         del mm
+    split = split or {}
+    new_ids: list[int] = []
+    new_vecs: list[np.ndarray] = []
+    new_sizes: list[int] = []
+    nk, nv, mk, mv = [], [], [], []
+    for h in sorted(split):
+        first, reserved = split[h]
+        part = rec[int(bounds[h - lo]): int(bounds[h - lo + 1])]
+        V = np.ascontiguousarray(part["vec"])
+        rng = np.random.default_rng((seed, h))
+        # balanced k-means into ~cap-sized parts; a part still over the limit is cut again
+        # (k-means balance is approximate), within the ids reserved for this list
+        todo, done = [np.arange(len(part))], []
+        while todo:
+            m = todo.pop()
+            k = -(-len(m) // cap)
+            if len(m) <= limit or len(done) + len(todo) + k > reserved:
+                done.append(m)
+                continue
+            lab = balanced_kmeans(V[m], k, balance, rng)
+            pieces = [m[lab == j] for j in range(k)]
+            pieces = [x for x in pieces if len(x)]
+            if len(pieces) == 1:  # identical vectors: cut arbitrarily
+                pieces = np.array_split(m, k)
+            todo.extend(pieces)
+        for j, members in enumerate(sorted(done, key=lambda x: int(x[0]))):
+            nid = first + j
+            key = int(nid).to_bytes(8, "big")
+            head = V[nearest_member(V, members)]
+            nk.append(b"H" + key)
+            nv.append(head.tobytes())
+            mk.append(b"P" + key)
+            mv.append(part[members].tobytes())
+            new_ids.append(nid)
+            new_vecs.append(head)
+            new_sizes.append(len(members))
     buf = rec.tobytes()
     del rec, cat
     isz = record_dtype(dim).itemsize
     hw = _SstSink(os.path.join(out, "sst", f"postings-H-{task:06d}.sst"))
     pw = _SstSink(os.path.join(out, "sst", f"postings-P-{task:06d}.sst"))
+    files = []
+    if nk:  # the parts of split lists: keys above every original id, ascending
+        hn = _SstSink(os.path.join(out, "sst", f"postings-HS-{task:06d}.sst"))
+        pn = _SstSink(os.path.join(out, "sst", f"postings-PS-{task:06d}.sst"))
+        hn.put_many(nk, nv)
+        pn.put_many(mk, mv)
+        files += [hn.finish(), pn.finish()]
+        del nk, nv, mk, mv
     hk, hv, pk, pv = [], [], [], []
     for h in range(lo, hi):
+        if h in split:
+            continue
         key = int(h).to_bytes(8, "big")
         hk.append(b"H" + key)
         hv.append(heads[h - lo].tobytes())
@@ -431,8 +490,12 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
     if pk:
         hw.put_many(hk, hv)
         pw.put_many(pk, pv)
-    return {"files": [f for f in (hw.finish(), pw.finish()) if f], "records": int(bounds[-1]),
-            "lo": lo, "sizes": size.astype(np.int64),
+    sizes = size.astype(np.int64)
+    sizes[[h - lo for h in split]] = -1  # replaced by their parts
+    return {"files": [f for f in (hw.finish(), pw.finish(), *files) if f],
+            "records": int(bounds[-1]), "lo": lo, "sizes": sizes,
+            "new_ids": np.array(new_ids, dtype=np.int64), "new_sizes": np.array(new_sizes),
+            "new_heads": np.array(new_vecs, dtype=np.float32).reshape(-1, dim),
             "dropped": int(dropped), "rows": int(rows), "rss": _rss(),
             "seconds": time.perf_counter() - t0}
 
@@ -460,7 +523,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                      memory_bytes: int = 256 << 20, reduce_tasks: int | None = None,
                      ray_address: str | None = None, num_cpus: int | None = None,
                      fill: float = 0.8, search_ef: int | None = None,
-                     progress: bool = True) -> dict[str, Any]:
+                     split_hubs: bool = True, progress: bool = True) -> dict[str, Any]:
     """Build a SPANN collection's files from ``source`` into folder ``out`` (see module doc).
 
     ``params``: SPANN creation knobs (head_ratio, replica_count, posting_limit, eps1, candidates,
@@ -472,7 +535,9 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     ``fill``: lists are capped at ``fill x posting_limit`` records (a vector's nearest list
     always keeps it), leaving room for online appends before the first split. ``search_ef``:
     the head graph's search beam in the map tasks (default the collection's ``head_ef``, as
-    SPANN's own build; lower is faster and slightly less exact).
+    SPANN's own build; lower is faster and slightly less exact). ``split_hubs``: lists whose
+    nearest-list records alone exceed ``posting_limit`` are split into ``cap``-sized parts with
+    new heads before import (see ``_reduce_task``).
     Writes ``out/manifest.json`` (what ``import_bulk`` reads) and returns it.
     """
     import ray
@@ -551,10 +616,12 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                                 search_ef or cfg["head_ef"])
                    for i, s in enumerate(todo)])
     hist = np.zeros(len(heads), dtype=np.int64)
+    prim = np.zeros(len(heads), dtype=np.int64)
     runs, sst = [], {f: [] for f in FAMILIES}
     rows = 0
     for r in res:
         hist += r["hist"]
+        prim += r["prim"]
         runs += r["runs"]
         rows += r["good"]
         if "failed" not in r:  # sample-stage errors are already in ``errors``
@@ -584,15 +651,46 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     cap = max(1, int(fill * cfg["posting_limit"]))
     ranges = _ranges(hist, max(1, memory_bytes // rowbytes),
                      reduce_tasks or max(2, int(ray.available_resources().get("CPU", 2))))
+    # hub lists: more nearest-list records than posting_limit -> split into ~cap-sized parts
+    over = np.flatnonzero(prim > cfg["posting_limit"]) if split_hubs else np.zeros(0, np.int64)
+    parts = 4 * (-(-prim[over] // cap)) + 4  # ids reserved per hub list (unused ones: gaps)
+    first = len(heads) + np.cumsum(parts) - parts  # new ids, after every original id
+    plan_all = {int(h): (int(f), int(k)) for h, f, k in zip(over, first, parts, strict=True)}
     red_t = ray.remote(num_cpus=1)(_reduce_task)
-    res = ray.get([red_t.remote(lo, hi, i, runs, heads[lo:hi], dim, cap, vec_files, out)
+    res = ray.get([red_t.remote(lo, hi, i, runs, heads[lo:hi], dim, cap, vec_files, out,
+                                {h: v for h, v in plan_all.items() if lo <= h < hi},
+                                cfg["balance"], cfg["seed"], cfg["posting_limit"])
                    for i, (lo, hi) in enumerate(ranges)])
     sizes = np.zeros(len(heads), dtype=np.int64)  # records per list: SPANN's list sizes
+    new_ids, new_sizes, new_heads = [], [], []
     for r in res:
         sst["postings"] += r["files"]
         sizes[r["lo"]:r["lo"] + len(r["sizes"])] = r["sizes"]
-    np.save(os.path.join(out, "list_sizes.npy"), sizes)
+        new_ids.append(r["new_ids"])
+        new_sizes.append(r["new_sizes"])
+        new_heads.append(r["new_heads"])
+    keep_ids = np.flatnonzero(sizes >= 0)
+    list_ids = np.concatenate([keep_ids, *new_ids]).astype(np.int64)
+    list_sizes = np.concatenate([sizes[keep_ids], *new_sizes]).astype(np.int64)
+    np.save(os.path.join(out, "list_ids.npy"), list_ids)
+    np.save(os.path.join(out, "list_sizes.npy"), list_sizes)
+    added = np.concatenate(new_heads) if new_heads else np.zeros((0, dim), np.float32)
+    added_ids = np.concatenate(new_ids) if new_ids else np.zeros(0, np.int64)
+    n_heads = len(list_ids)
+    t2 = time.perf_counter()
+    if head_kind(cfg, n_heads) != "hnsw":
+        graph_path = None
+    elif graph_path is not None and len(over):  # the head graph of the final heads
+        from vecdb.index.hnsw import HNSWIndex
+
+        g = HNSWIndex.load(graph_path)
+        g.remove(over.astype(np.int64))
+        g.add(np.ascontiguousarray(added), slots=added_ids)
+        g.save(graph_path)
+
     stages["reduce"] = {"seconds": time.perf_counter() - t0, "tasks": len(ranges),
+                        "hub_lists_split": int(len(over)), "parts_made": int(len(added_ids)),
+                        "graph_update_seconds": time.perf_counter() - t2,
                         "records": sum(r["records"] for r in res),
                         "dropped_by_cap": sum(r["dropped"] for r in res),
                         "max_task_rows": max((r["rows"] for r in res), default=0),
@@ -605,7 +703,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     manifest = {"format": 1, "kind": "spann", "dim": dim, "metric": metric, "params": params,
                 "config": cfg, "fill": fill, "cap": cap,
                 "head_graph": os.path.basename(graph_path) if graph_path else None,
-                "rows": rows, "slots": total, "heads": int(len(heads)),
+                "rows": rows, "slots": total, "heads": int(n_heads),
                 "tenants": sorted(tenant_ids, key=tenant_ids.get), "sst": sst,
                 "errors": errors, "stages": stages, "metric_code": metric_code(metric),
                 "seconds": time.perf_counter() - t_start,
@@ -679,7 +777,7 @@ def spann_adopter(man: dict[str, Any], bulk_dir: str):
         sizes = os.path.join(bulk_dir, "list_sizes.npy")
         if os.path.exists(sizes):  # SPANN then reads no posting list to learn its size
             arrays["list_sizes"] = np.load(sizes)
-            arrays["list_ids"] = np.arange(len(arrays["list_sizes"]), dtype=np.int64)
+            arrays["list_ids"] = np.load(os.path.join(bulk_dir, "list_ids.npy"))
         if man.get("head_graph"):  # the graph the map tasks searched
             arrays["head_graph"] = np.fromfile(os.path.join(bulk_dir, man["head_graph"]),
                                                dtype=np.uint8)
