@@ -383,7 +383,7 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
 
     ``split``: list id -> (first new id, ids reserved) for lists whose nearest-list records
     alone overflow ``limit`` (= posting_limit; hub heads): such a list is replaced by lists of
-    about ``cap`` and at most ``limit`` records each, cut by SPANN's balanced k-means, each
+    at most ``cap`` records each, cut by SPANN's balanced k-means, each
     headed by its member nearest the part's mean (what SPANN's online split does, done once
     here instead of as a cascade of splits on the first appends). Their keys go to separate
     files (new ids lie outside [lo, hi))."""
@@ -435,13 +435,14 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
         part = rec[int(bounds[h - lo]): int(bounds[h - lo + 1])]
         V = np.ascontiguousarray(part["vec"])
         rng = np.random.default_rng((seed, h))
-        # balanced k-means into ~cap-sized parts; a part still over the limit is cut again
-        # (k-means balance is approximate), within the ids reserved for this list
+        # balanced k-means into ~cap-sized parts; a part still over cap is cut again (k-means
+        # balance is approximate), within the ids reserved for this list: every part keeps
+        # the fill factor's room for appends
         todo, done = [np.arange(len(part))], []
         while todo:
             m = todo.pop()
             k = -(-len(m) // cap)
-            if len(m) <= limit or len(done) + len(todo) + k > reserved:
+            if len(m) <= cap or len(done) + len(todo) + k > reserved:
                 done.append(m)
                 continue
             lab = balanced_kmeans(V[m], k, balance, rng)
