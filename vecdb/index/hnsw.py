@@ -48,13 +48,13 @@ from vecdb.kernels import metric_code
 # 0.1-50%, random and clustered membership; bench/results/hnsw_filtered.json and the README):
 # - one query per call: the per-query SIMD scan of the members beats the walks up to ~30-40k
 #   members (1.3k QPS at 39k members vs 1.8k for the bitmap walk on a random tenant, 1.1k for the
-#   local walk on a clustered one), hence EXACT_THRESHOLD;
+#   local walk on a clustered one, for which the scan would still win), hence EXACT_THRESHOLD;
 # - batches of >= 8 queries: the GEMM scan merged into heaps in C runs ~14-18k QPS at 39k members
 #   and ~3.2k at 195k, level with the best walk at 50% of the index (3.2k QPS at recall 0.95),
 #   hence EXACT_THRESHOLD_BATCH = 256k members;
 # - above them, "local" per query: LOCAL_RATIO 0.5 sends every query of a random tenant (10-50%)
 #   to the bitmap walk and ~1/3-1/2 of a clustered tenant's queries to the seeded two-hop walk
-#   (clustered 10%: 2.5x the bitmap walk's QPS at recall 0.95). Two-hop for every query
+#   (clustered 10%: ~2x the bitmap walk's QPS at recall 0.95). Two-hop for every query
 #   (TWO_HOP_BELOW > 0) loses recall on sparse random tenants (0.81 at 1%, ef 128), so it is off.
 EXACT_THRESHOLD = 32768
 EXACT_THRESHOLD_BATCH = 262144
