@@ -495,7 +495,7 @@ class SPANNIndex(Index):
         list" without re-placing replicas; with 8 replicas most members are replicas their
         nearest list already holds, so "all" re-inserts ~370 vectors into 8 lists each per split
         on GloVe-50). "all" also refreshes replica placement as heads multiply, which matters
-        when an index grows from very few heads (engine test: recall 0.93 vs 0.89). Members of
+        when an index grows from very few heads (engine test: >= 0.9 vs 0.89). Members of
         the ``reassign_lists`` lists nearest the old head move when they are closer to a new head
         than to the old one and a new head is now their nearest (SPFresh)."""
         v = np.ascontiguousarray(rec["vec"], dtype=np.float32)
