@@ -15,8 +15,9 @@ posted to up to ``replica_count`` of its candidate heads chosen by the RNG rule 
 of the nearest; lists are capped at ``posting_limit`` (a vector's nearest list always keeps it).
 
 Search: nearest ``max_lists`` heads, query-aware pruning ``d <= (1+eps) * d_nearest``, one
-``multi_get`` of the kept lists, one parse of all records, validity (live, current version, tenant
-bit) checked before any distance, distances with the native SIMD kernel, replicas deduped.
+``multi_get`` of the kept lists (or ``io_threads`` concurrent ones), then one native pass over the
+fetched buffers (``vecdb._spann.scan``, no GIL): validity (live, current version, tenant bit)
+checked before any distance, SIMD distances, a bounded top-k that dedupes replicas by slot.
 
 Updates: ``add`` bumps each slot's version and appends records to the RNG-chosen lists (one atomic
 WriteBatch with the version chunks). Lists over the limit are split by balanced 2-means into two
