@@ -10,7 +10,9 @@ stream of inserts/deletes (with background splits) runs.
 - SPANN's posting lists live in a RocksDB (``RocksKVStore``) opened with O_DIRECT reads and a small
   block cache (counted in its RAM), so list reads really go to the device (SSD/virtual disk).
   faiss's on-disk lists and DiskANN read through mmap/their own readers (page cache not bypassed).
-- DiskANN runs in its own virtualenv (its wheel pins numpy < 2): ``--diskann-python``. Its disk
+- DiskANN runs in its own virtualenv (its wheel pins numpy < 2): ``--diskann-python`` (default
+  ``bench/data/diskann-venv``: ``python3.11 -m venv bench/data/diskann-venv &&
+  bench/data/diskann-venv/bin/pip install diskannpy numpy``). Its disk
   index takes ~20+ minutes to build on 2 cores, so it can be built once (``--diskann-index DIR``
   holding a prebuilt index: only the searches run in the benchmark). It reads with O_DIRECT and
   ``beam_width`` reads in flight per step; SPANN's ``io_threads`` rows are the comparable setting
@@ -43,7 +45,7 @@ from vecdb.kernels import metric_code
 from vecdb.storage.rocks import RocksKVStore
 
 HERE = Path(__file__).resolve().parent
-DISKANN_PY = os.environ.get("VECDB_DISKANN_PYTHON", "/tmp/s10/diskann-venv/bin/python")
+DISKANN_PY = os.environ.get("VECDB_DISKANN_PYTHON", "bench/data/diskann-venv/bin/python")
 BLOCK_CACHE = 1 << 20  # SPANN's RocksDB block cache (bytes, counted in its RAM)
 # Swept on GloVe-50 (recall@10 vs lists and bytes read): a read costs ~80 us up to ~32 KB and
 # little more per extra KB, so fewer, larger lists (head_ratio 0.015, ~5k heads) with the index's
