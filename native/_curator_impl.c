@@ -179,9 +179,8 @@ static inline void bloom_add(cur_t *c, int32_t node, int32_t tenant) {
     }
 }
 
-int cur_bloom_has(const cur_t *c, int32_t node, int32_t tenant) {
-    uint64_t h = mix64((uint64_t)(uint32_t)tenant ^ 0x5bd1e995ull);
-    uint64_t h1 = h & 0xffffffffull, h2 = (h >> 32) | 1;
+/* Bloom probe with the tenant's hashes computed once per query (not once per node). */
+static inline int bloom_has_h(const cur_t *c, int32_t node, uint64_t h1, uint64_t h2) {
     uint64_t mask = (uint64_t)c->bwords * 64 - 1;
     const uint64_t *b = c->bloom + (size_t)node * c->bwords;
     for (int i = 0; i < c->bk; i++) {
@@ -189,6 +188,11 @@ int cur_bloom_has(const cur_t *c, int32_t node, int32_t tenant) {
         if (!(b[bit >> 6] & (1ull << (bit & 63)))) return 0;
     }
     return 1;
+}
+
+int cur_bloom_has(const cur_t *c, int32_t node, int32_t tenant) {
+    uint64_t h = mix64((uint64_t)(uint32_t)tenant ^ 0x5bd1e995ull);
+    return bloom_has_h(c, node, h & 0xffffffffull, (h >> 32) | 1);
 }
 
 static void bloom_add_up(cur_t *c, int32_t node, int32_t tenant) {
@@ -663,16 +667,6 @@ static int grow_buf(void **p, int64_t *cap, int64_t need, size_t size) {
 }
 #define GROW(s, f, cap, need) grow_buf((void **)&(s)->f, &(s)->cap, (need), sizeof(*(s)->f))
 
-/* Bloom probe with the tenant's hashes computed once per query (not once per node). */
-static inline int bloom_has_h(const cur_t *c, int32_t node, uint64_t h1, uint64_t h2) {
-    uint64_t mask = (uint64_t)c->bwords * 64 - 1;
-    const uint64_t *b = c->bloom + (size_t)node * c->bwords;
-    for (int i = 0; i < c->bk; i++) {
-        uint64_t bit = (h1 + (uint64_t)i * h2) & mask;
-        if (!(b[bit >> 6] & (1ull << (bit & 63)))) return 0;
-    }
-    return 1;
-}
 
 /* One query (see cur_search). */
 static int search_one(const cur_t *c, cur_scratch *s, const float *base, const float *q,

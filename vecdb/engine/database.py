@@ -83,6 +83,13 @@ class Database:
     def create_collection(self, name: str, dim: int, metric: str = "l2", index: str = "flat",
                           params: dict[str, Any] | None = None) -> Collection:
         """Create a collection; its schema (dim, metric, index kind and params) is frozen."""
+        return self._assemble(
+            name, lambda tmp: Collection.create(tmp, name, dim, metric, index, params,
+                                                self.options))
+
+    def _assemble(self, name: str, build: Callable[[str], Any]) -> Collection:
+        """Build collection ``name`` with ``build(tmp_folder)`` in a temporary folder and rename
+        it into place: all or nothing (the engine removes ``.tmp-*`` leftovers at open)."""
         check_collection_name(name)
         with self._mutex:
             self._check_open()
@@ -90,7 +97,7 @@ class Database:
                 raise AlreadyExists(f"collection {name!r} already exists")
             tmp = os.path.join(self._root, f".tmp-{name}-{uuid.uuid4().hex[:8]}")
             try:
-                Collection.create(tmp, name, dim, metric, index, params, self.options)
+                build(tmp)
                 os.replace(tmp, os.path.join(self._root, name))
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -144,22 +151,14 @@ class Database:
         Assembled in a temporary folder and renamed into place once it reopens from its
         checkpoint (and holds ``expected_rows`` vectors, if given); a failure or a crash leaves no
         collection. Works on an open database (other collections keep serving)."""
-        check_collection_name(name)
-        with self._mutex:
-            self._check_open()
-            if self._exists(name):
-                raise AlreadyExists(f"collection {name!r} already exists")
-            tmp = os.path.join(self._root, f".tmp-{name}-{uuid.uuid4().hex[:8]}")
-            try:
-                n = Collection.import_sst(tmp, name, dim, metric, index, params, self.options,
-                                          tenants, sst, adopt)
-                if expected_rows is not None and n != expected_rows:
-                    raise FailedPrecondition(f"import of {name!r}: {n} vectors, expected "
-                                             f"{expected_rows}")
-                os.replace(tmp, os.path.join(self._root, name))
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            return self.collection(name)
+        def build(tmp: str) -> None:
+            n = Collection.import_sst(tmp, name, dim, metric, index, params, self.options,
+                                      tenants, sst, adopt)
+            if expected_rows is not None and n != expected_rows:
+                raise FailedPrecondition(f"import of {name!r}: {n} vectors, expected "
+                                         f"{expected_rows}")
+
+        return self._assemble(name, build)
 
     # -- background checkpoints -----------------------------------------------------------
     def _checkpointer(self) -> None:
