@@ -314,7 +314,7 @@ def test_sigterm_during_stream_keeps_every_ack(tmp_path):
 
         def batches():
             for lo in range(0, len(X), 100):
-                time.sleep(0.005)
+                time.sleep(0.02)  # ~4 s of stream: far longer than the 1 s grace period
                 yield np.arange(lo, lo + 100), X[lo: lo + 100]
 
         def run():
