@@ -45,6 +45,13 @@ def key_int(key: bytes) -> int:
     return int.from_bytes(key, "big")
 
 
+def key_ints(keys: list[bytes]) -> np.ndarray:
+    """int64 values of big-endian keys, in bulk (the inverse of ``be_keys``)."""
+    if all(len(k) == 8 for k in keys):
+        return np.frombuffer(b"".join(keys), dtype=">u8").astype(np.int64)
+    return np.array([key_int(k) for k in keys], dtype=np.int64)
+
+
 def vector_dtype(dim: int) -> np.dtype:
     """Layout of one ``vectors`` value: id, owner, vector."""
     return np.dtype([("id", "<u8"), ("owner", "<i4"), ("vec", "<f4", (dim,))])

@@ -790,9 +790,7 @@ class Collection:
         def flush() -> None:
             if not chunk_k:
                 return
-            slots = np.frombuffer(b"".join(chunk_k), dtype=">u8").astype(np.int64) \
-                if all(len(x) == 8 for x in chunk_k) else \
-                np.array([codec.key_int(x) for x in chunk_k], dtype=np.int64)
+            slots = codec.key_ints(chunk_k)
             rec = codec.unpack_vectors(chunk_v, self.dim)
             for owner in np.unique(rec["owner"]).tolist():
                 m = rec["owner"] == owner
