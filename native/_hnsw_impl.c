@@ -115,15 +115,20 @@ static inline void prefetch_vec(const hn_t *h, int32_t id) {
     for (size_t o = 0; o < bytes && o < 256; o += 64) __builtin_prefetch(p + o, 0, 3);
 }
 
-static int heap_grow(hn_heap *hp, int32_t need) {
-    if (need <= hp->cap) return 0;
-    int32_t c = hp->cap ? hp->cap : 64;
+/* Grow a realloc'd array *p of *cap elements of size elem to hold need (doubling, from first);
+ * 0 on success, -1 when out of memory (the array is left as it was). */
+static int grow_array(void **p, int32_t *cap, int32_t need, size_t elem, int32_t first) {
+    if (need <= *cap) return 0;
+    int32_t c = *cap ? *cap : first;
     while (c < need) c *= 2;
-    hn_pair *a = realloc(hp->a, (size_t)c * sizeof(hn_pair));
+    void *a = realloc(*p, (size_t)c * elem);
     if (!a) return -1;
-    hp->a = a;
-    hp->cap = c;
+    *p = a;
+    *cap = c;
     return 0;
+}
+static int heap_grow(hn_heap *hp, int32_t need) {
+    return grow_array((void **)&hp->a, &hp->cap, need, sizeof(hn_pair), 64);
 }
 /* max-heap on d (the result set: worst on top) */
 static inline void maxh_push(hn_heap *hp, float d, int32_t id) {
@@ -186,34 +191,13 @@ static int cmp_pair(const void *a, const void *b) {
 }
 
 static int buf_grow(hn_ctx *c, int32_t need) {
-    if (need <= c->bufcap) return 0;
-    int32_t cap = c->bufcap ? c->bufcap : 256;
-    while (cap < need) cap *= 2;
-    int32_t *b = realloc(c->buf, (size_t)cap * 4);
-    if (!b) return -1;
-    c->buf = b;
-    c->bufcap = cap;
-    return 0;
+    return grow_array((void **)&c->buf, &c->bufcap, need, sizeof(int32_t), 256);
 }
 static int dbuf_grow(hn_ctx *c, int32_t need) {
-    if (need <= c->dcap) return 0;
-    int32_t cap = c->dcap ? c->dcap : 256;
-    while (cap < need) cap *= 2;
-    float *b = realloc(c->dbuf, (size_t)cap * sizeof(float));
-    if (!b) return -1;
-    c->dbuf = b;
-    c->dcap = cap;
-    return 0;
+    return grow_array((void **)&c->dbuf, &c->dcap, need, sizeof(float), 256);
 }
 static int tmp_grow(hn_ctx *c, int32_t need) {
-    if (need <= c->tmpcap) return 0;
-    int32_t cap = c->tmpcap ? c->tmpcap : 256;
-    while (cap < need) cap *= 2;
-    hn_pair *b = realloc(c->tmp, (size_t)cap * sizeof(hn_pair));
-    if (!b) return -1;
-    c->tmp = b;
-    c->tmpcap = cap;
-    return 0;
+    return grow_array((void **)&c->tmp, &c->tmpcap, need, sizeof(hn_pair), 256);
 }
 
 /* ---------------------------------------------------------------- context pool */

@@ -345,7 +345,6 @@ class HNSWIndex(Index):
                 out_i, out_d = self._exact(Q, k, view.members())
             else:
                 seeds = view.seeds(p.seeds) if strategy != "graph" and p.seeds else None
-                out_i, out_d = pad_results(nq, k)
                 self._walk(Q, k, p, strategy, view.bitmap, seeds,
                            view.count / max(1, self._count), out_i, out_d)
                 # a walk that found fewer than min(k, |tenant|) results (the tenant's nodes were
@@ -376,7 +375,7 @@ class HNSWIndex(Index):
                                             counter, stats, seeds, local_min),
             min(p.num_threads, Q.shape[0]),
         )
-        self.last_stats = {"distances": int(stats[0]), "exact_fallbacks": 0,
+        self.last_stats = {"distances": int(stats[0]), "exact_fallbacks": int(stats[1]),
                            "seeded_walks": int(stats[2]), "strategy": strategy}
         return out_i, out_d
 
