@@ -121,6 +121,64 @@ def rng_select(const int64_t[:, ::1] cand, const float[:, ::1] cdist, const floa
                       metric, replicas, one_plus_eps1, &keep[0, 0])
 
 
+cdef extern from "_spann_impl.h" nogil:
+    int64_t sp_rng_select_heads(const int64_t *cand, const float *cdist, const float *H,
+                                int64_t m, int64_t n, int32_t C, int32_t dim, int32_t metric,
+                                int32_t replicas, float eps1, int64_t *out, uint8_t *keep)
+
+
+def rng_select_heads(X, const float[:, ::1] H, const int64_t[:, ::1] cand,
+                     const float[:, ::1] cdist, int replicas, double eps1, int metric,
+                     uint8_t[:, ::1] keep=None):
+    """SPANN's RNG replica rule reading head vectors by id from ``H``: no gathered copy.
+
+    ``X`` [n, d] float32: the vectors (only its shape is checked, may be None: the rule needs the
+    vector-to-head distances ``cdist``, not the vectors). ``H`` [m, d] float32 C-contiguous: row
+    ``i`` is head ``i``. ``cand`` [n, C] int64 candidate head ids sorted by ``cdist`` [n, C]
+    float32 ascending, -1 padded. ``metric``: 0 = squared L2, 1 = negated ip. Returns int64
+    [n, replicas]: the chosen head ids in candidate order, -1 padded. ``keep`` (optional uint8
+    [n, C]) also receives the choice as a 0/1 mask. Same decisions as
+    ``_spann_parts.rng_select`` (tested): candidate j is kept when it is within ``(1+eps1)`` of
+    the nearest (``2+2d`` for ip), fewer than ``replicas`` are kept, and no kept head is closer
+    to it than the vector is. The GIL is released for the whole rule.
+    """
+    cdef int64_t n = cand.shape[0], m = H.shape[0], rc
+    cdef int32_t C = <int32_t> cand.shape[1], dim = <int32_t> H.shape[1]
+    cdef float f = <float> (1.0 + eps1)
+    cdef uint8_t *kp = NULL
+    if replicas < 1:
+        raise ValueError(f"rng_select_heads: replicas must be >= 1, got {replicas}")
+    if metric not in (0, 1):
+        raise ValueError(f"rng_select_heads: metric must be 0 (l2) or 1 (ip), got {metric}")
+    if not (eps1 >= 0):
+        raise ValueError(f"rng_select_heads: eps1 must be >= 0, got {eps1}")
+    if cdist.shape[0] != n or cdist.shape[1] != C:
+        raise ValueError("rng_select_heads: cand and cdist shapes differ")
+    if X is not None and (X.ndim != 2 or X.shape[0] != n or X.shape[1] != dim):
+        raise ValueError("rng_select_heads: X must be [n, d] like cand rows and H columns")
+    if keep is not None:
+        if keep.shape[0] != n or keep.shape[1] != C:
+            raise ValueError("rng_select_heads: keep must have cand's shape")
+        if n and C:
+            kp = &keep[0, 0]
+    out = np.full((n, replicas), -1, dtype=np.int64)
+    cdef int64_t[:, ::1] o = out
+    if n == 0 or C == 0:
+        return out
+    if m == 0:
+        if np.any(np.asarray(cand) >= 0):
+            raise ValueError("rng_select_heads: a candidate id is not a row of H")
+        if kp != NULL:
+            keep[:, :] = 0
+        return out
+    with nogil:
+        rc = sp_rng_select_heads(&cand[0, 0], &cdist[0, 0], &H[0, 0], m, n, C, dim, metric,
+                                 replicas, f, &o[0, 0], kp)
+    if rc < 0:
+        raise ValueError("rng_select_heads: a candidate id is not a row of H")
+    return out
+
+
 def _force_scalar_widen(bint on):
     """Tests: widen float16 postings with the portable scalar code even where F16C exists."""
     sp_force_scalar_widen(on)

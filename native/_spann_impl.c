@@ -180,3 +180,32 @@ void sp_rng_select(const int64_t *cand, const float *cdist, const float *H, int6
         }
     }
 }
+
+int64_t sp_rng_select_heads(const int64_t *cand, const float *cdist, const float *H, int64_t m,
+                            int64_t n, int32_t C, int32_t dim, int32_t metric, int32_t replicas,
+                            float eps1, int64_t *out, uint8_t *keep) {
+    const float f = eps1; /* the caller passes 1+eps1 rounded to float */
+    const int32_t R = replicas > 0 ? replicas : 0;
+    for (int64_t i = 0; i < (int64_t)n * C; i++)
+        if (cand[i] >= m) return -1;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t *c = cand + i * C;
+        const float *d = cdist + i * C;
+        int64_t *o = out + i * R; /* the chosen head ids so far, also the blocking set */
+        uint8_t *k = keep != NULL ? keep + i * C : NULL;
+        if (k != NULL) memset(k, 0, (size_t)C);
+        int32_t count = 0;
+        for (int32_t j = 0; j < C && count < R; j++) {
+            if (c[j] < 0 || !sp_within(d[j], d[0], f, metric)) continue;
+            const float *hj = H + (size_t)c[j] * dim;
+            int blocked = 0;
+            for (int32_t t = 0; t < count && !blocked; t++)
+                blocked = vd_dist(H + (size_t)o[t] * dim, hj, (size_t)dim, metric) < d[j];
+            if (blocked) continue;
+            if (k != NULL) k[j] = 1;
+            o[count++] = c[j];
+        }
+        for (int32_t t = count; t < R; t++) o[t] = -1;
+    }
+    return 0;
+}

@@ -51,4 +51,13 @@ int64_t sp_scan_half(const float *q, int32_t dim, int32_t metric, const uint8_t 
 void sp_rng_select(const int64_t *cand, const float *cdist, const float *H, int64_t n, int32_t C,
                    int32_t dim, int32_t metric, int32_t replicas, float eps1, uint8_t *keep);
 
+/* The same rule reading head vectors straight from the head matrix H [m, dim] (row = candidate
+ * id): no gathered [n, C, dim] copy. out [n, replicas] receives the chosen head ids in candidate
+ * order, -1 padded; keep [n, C] (may be NULL) the same choice as a 0/1 mask. Decisions are
+ * identical to sp_rng_select on gathered rows (same distances, same order, no replica cap).
+ * Returns -1 (writing nothing) if a candidate id is >= m. */
+int64_t sp_rng_select_heads(const int64_t *cand, const float *cdist, const float *H, int64_t m,
+                            int64_t n, int32_t C, int32_t dim, int32_t metric, int32_t replicas,
+                            float eps1, int64_t *out, uint8_t *keep);
+
 #endif

@@ -480,6 +480,64 @@ def test_native_rng_select_matches_reference(code):
         assert not got[cand < 0].any()
 
 
+@pytest.mark.parametrize("code", [0, 1])
+def test_rng_select_heads_equals_rng_select(code):
+    """``_spann.rng_select_heads`` (head vectors read by id, no gathered copy) makes exactly the
+    choices of ``rng_select``: random data, padded rows, exact ties (duplicate heads and equal
+    candidate distances), tiny eps1; ids in candidate order, -1 padded; the mask variant too."""
+    from vecdb import _spann
+    from vecdb.index._spann_parts import rng_select
+
+    rng = np.random.default_rng(10 + code)
+    heads = rng.standard_normal((200, 12)).astype(np.float32)
+    heads[100:120] = heads[:20]  # duplicate heads: head-to-head distance 0, exact ties
+    heads = np.round(heads * 4) / 4  # coarse values: many equal distances
+    X = np.round(rng.standard_normal((700, 12)).astype(np.float32) * 4) / 4
+    X[:50] = heads[:50]  # vectors that are heads (distance 0 to their nearest)
+    if code == 1:
+        heads /= np.linalg.norm(heads, axis=1, keepdims=True)
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+    D = ((X[:, None, :] - heads[None]) ** 2).sum(-1) if code == 0 else -(X @ heads.T)
+    cand = np.argsort(D, axis=1, kind="stable")[:, :24].astype(np.int64)
+    cdist = np.take_along_axis(D, cand, 1).astype(np.float32)
+    cand[::5, 17:] = -1
+    cdist[::5, 17:] = np.inf
+    cand[3::11, 1:] = -1  # only the nearest head
+    cdist[3::11, 1:] = np.inf
+    for replicas, eps1 in ((8, 1.0), (1, 1.0), (3, 0.0), (24, 10.0), (30, 0.5)):
+        want = rng_select(X, cand, cdist, lambda ids: heads[ids], code, replicas, eps1, block=97)
+        keep = np.full(cand.shape, 7, dtype=np.uint8)
+        ids = _spann.rng_select_heads(X, heads, cand, cdist, replicas, eps1, code, keep)
+        assert ids.shape == (len(X), replicas) and ids.dtype == np.int64
+        assert np.array_equal(keep.view(bool), want)
+        for i in range(len(X)):
+            got = ids[i][ids[i] >= 0]
+            assert np.array_equal(got, cand[i][want[i]])
+            assert (ids[i][len(got):] == -1).all()
+        assert np.array_equal(_spann.rng_select_heads(None, heads, cand, cdist, replicas, eps1,
+                                                      code), ids)
+    with pytest.raises(ValueError):  # an id that is not a row of H
+        _spann.rng_select_heads(None, heads[:10], cand, cdist, 8, 1.0, code)
+    with pytest.raises(ValueError):
+        _spann.rng_select_heads(X[:5], heads, cand, cdist, 8, 1.0, code)
+    assert _spann.rng_select_heads(None, heads, cand[:0], cdist[:0], 8, 1.0, code).shape == (0, 8)
+
+
+def test_head_index_select_replicas_matches_rng_select(sift5k):
+    """The online index's replica choice (sparse list ids after splits, rows reused) equals the
+    gathered ``rng_select``."""
+    from vecdb.index._spann_parts import HeadIndex, rng_select
+
+    X = sift5k["base"][:600]
+    h = HeadIndex(128, 0, "flat")
+    h.add(np.arange(0, 400, 2), X[:200])
+    h.remove(np.arange(0, 100, 4))  # freed rows are reused by the next heads
+    h.add(np.arange(1000, 1030), X[200:230])
+    cand, cdist = h.search(X[230:], 32)
+    want = rng_select(X[230:], cand, cdist, h.vectors, 0, 8, 1.0)
+    assert np.array_equal(h.select_replicas(cand, cdist, 8, 1.0, block=50), want)
+
+
 def test_float16_postings(tmp_path, sift5k):
     """posting_dtype="float16": half the bytes per list, recall as float32's, distances those of
     the rounded vectors, reopen keeps the format, values beyond float16 are refused."""

@@ -277,6 +277,26 @@ class HeadIndex:
             out[rows < 0] = 0
             return out.reshape(*ids.shape, self.dim)
 
+    def select_replicas(self, cand: np.ndarray, cdist: np.ndarray, replicas: int, eps1: float,
+                        block: int = 4096) -> np.ndarray:
+        """Boolean [n, C] mask: SPANN's RNG rule (``rng_select``) for candidate heads ``cand``
+        (list ids, -1 padded, sorted by ``cdist``), reading the head vectors in place
+        (``vecdb._spann.rng_select_heads``, no GIL, no gathered [n, C, dim] copy). The ids are
+        mapped to rows of the head matrix under the lock, per block of ``block`` vectors (a
+        removed head counts as padding)."""
+        n, C = cand.shape
+        keep = np.zeros((n, C), dtype=bool)
+        cand = np.asarray(cand, dtype=np.int64)
+        cdist = np.ascontiguousarray(cdist, dtype=np.float32)
+        for s in range(0, n, block):
+            e = min(n, s + block)
+            with self._lock:
+                rows = np.ascontiguousarray(self._rows(cand[s:e].ravel()).reshape(e - s, C))
+                _spann.rng_select_heads(None, self._V[: max(self._n, 1)], rows, cdist[s:e],
+                                        int(replicas), float(eps1), int(self.code),
+                                        keep[s:e].view(np.uint8))
+        return keep
+
     _CHUNK = 256  # queries per hold of the lock (a batch does not hold off other searches)
 
     def search(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

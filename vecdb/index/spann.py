@@ -51,7 +51,6 @@ from vecdb.index._spann_parts import (
     nearest_member,
     pack_records,
     record_dtype,
-    rng_select,
     within,
 )
 from vecdb.index.acl import AccessLists, normalize_acl
@@ -240,8 +239,7 @@ class SPANNIndex(Index):
         self._heads.add(ids, X[head_rows])
         C = min(self.candidates, H)
         cand, cdist = self._heads.search(X, C)
-        keep = rng_select(X, cand, cdist, self._heads.vectors, self._code,
-                          self.replica_count, self.eps1)
+        keep = self._heads.select_replicas(cand, cdist, self.replica_count, self.eps1)
         pts, cols = np.nonzero(keep)
         lists = cand[pts, cols]
         rank = cols  # 0 = the vector's nearest head: never dropped by the cap
@@ -323,8 +321,7 @@ class SPANNIndex(Index):
             order = np.argsort(cdist, axis=1, kind="stable")
             cand = np.take_along_axis(np.where(bad, -1, cand), order, 1)
             cdist = np.take_along_axis(cdist, order, 1)
-        keep = rng_select(X, cand, cdist, self._heads.vectors, self._code,
-                          self.replica_count, self.eps1)
+        keep = self._heads.select_replicas(cand, cdist, self.replica_count, self.eps1)
         pts, cols = np.nonzero(keep)
         lists = cand[pts, cols]
         order = np.argsort(lists, kind="stable")
