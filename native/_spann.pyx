@@ -29,17 +29,26 @@ cdef extern from "_spann_impl.h" nogil:
                          const uint8_t *bitmap, int64_t bm_bytes, int32_t k, int64_t *out_slot,
                          float *out_dist, int64_t *stats)
     void sp_force_scalar_widen(int on)
+    int64_t sp_scan_fmt(const float *q, int32_t dim, int32_t metric, int fmt,
+                        const float *sq_scale, const float *sq_offset,
+                        const uint8_t *const *blocks, const int64_t *lens, int64_t nblocks,
+                        const uint8_t *live, const uint8_t *ver, int64_t nslots,
+                        const uint8_t *bitmap, int64_t bm_bytes, int32_t k, int64_t *out_slot,
+                        float *out_dist, int64_t *stats)
 
 
 def scan(const float[::1] q, list blocks, const uint8_t[::1] live, const uint8_t[::1] ver,
          bitmap, int k, int metric, int64_t[::1] out_slot, float[::1] out_dist,
-         int64_t[::1] stats, bint half=False):
+         int64_t[::1] stats, int fmt=0, sq=None):
     """Top-k of the valid records in ``blocks`` for query ``q`` (see module doc).
 
     ``live``/``ver``: uint8 per slot (same length). ``bitmap``: packed little-endian uint8
     tenant bits or None. Writes ``out_slot``/``out_dist`` (length >= k, -1/inf padded) and
     ``stats`` = [bytes fetched, records scanned, records that passed the filter]; returns the
-    number of results found. ``half``: the records hold float16 vectors (12 + 2*dim bytes).
+    number of results found. ``fmt``: the records' vector format, 0 = float32 (12 + 4*dim bytes
+    per record), 1 = float16 (12 + 2*dim; ``True`` also means float16), 2 = SQ8 (12 + dim, one
+    uint8 code per dimension; ``sq`` = (scale, offset), float32 [dim] each, value = offset +
+    scale * code).
     """
     cdef Py_ssize_t nb = len(blocks), i
     cdef int64_t got, nbytes = 0
@@ -47,10 +56,27 @@ def scan(const float[::1] q, list blocks, const uint8_t[::1] live, const uint8_t
     cdef const uint8_t *bmp = NULL
     cdef int64_t bm_bytes = 0
     cdef int64_t st[2]
+    cdef const float[::1] sq_s
+    cdef const float[::1] sq_o
+    cdef const float *ps = NULL
+    cdef const float *po = NULL
+    cdef int32_t dim = <int32_t> q.shape[0]
     if live.shape[0] != ver.shape[0]:
         raise ValueError("live and ver must have the same length")
     if k < 0 or out_slot.shape[0] < k or out_dist.shape[0] < k or stats.shape[0] < 3:
         raise ValueError("output arrays are too short")
+    if fmt not in (0, 1, 2):
+        raise ValueError(f"fmt must be 0 (float32), 1 (float16) or 2 (sq8), got {fmt}")
+    if fmt == 2:
+        if sq is None or len(sq) != 2:
+            raise ValueError("SQ8 records need sq = (scale, offset)")
+        sq_s = sq[0]
+        sq_o = sq[1]
+        if sq_s.shape[0] != dim or sq_o.shape[0] != dim:
+            raise ValueError("SQ8 scale and offset must have the query's dimension")
+        if dim:
+            ps = &sq_s[0]
+            po = &sq_o[0]
     if bitmap is not None:
         bm = bitmap
         bmp = &bm[0] if bm.shape[0] else NULL
@@ -79,12 +105,7 @@ def scan(const float[::1] q, list blocks, const uint8_t[::1] live, const uint8_t
                 raise TypeError(f"posting block {i} is {type(b).__name__}, not bytes")
             nbytes += lens[i]
         with nogil:  # ``blocks`` keeps every buffer alive for the call
-            if half:
-                got = sp_scan_half(&q[0], <int32_t> q.shape[0], metric, ptrs, lens, nb,
-                                   &live[0], &ver[0], live.shape[0], bmp, bm_bytes, k,
-                                   &out_slot[0], &out_dist[0], st)
-            else:
-                got = sp_scan(&q[0], <int32_t> q.shape[0], metric, ptrs, lens, nb, &live[0],
+            got = sp_scan_fmt(&q[0], dim, metric, fmt, ps, po, ptrs, lens, nb, &live[0],
                               &ver[0], live.shape[0], bmp, bm_bytes, k, &out_slot[0],
                               &out_dist[0], st)
     finally:

@@ -21,6 +21,10 @@
 
 #define SP_HEADER 12 /* bytes before the vector in a record */
 
+/* Record formats: the vector as float32, IEEE half floats, or SQ8 (one uint8 code per dimension,
+ * value = offset[i] + scale[i] * code, per-dimension scale/offset trained at build). */
+enum { SP_F32 = 0, SP_F16 = 1, SP_SQ8 = 2 };
+
 /* Scan ``nblocks`` blocks (``blocks[i]`` of ``lens[i]`` bytes; NULL/0 = a missing list).
  * ``live``/``ver``: one byte per slot for ``nslots`` slots. ``bitmap``: packed little-endian
  * tenant bits over ``bm_bytes`` bytes, or NULL for no tenant filter. Writes the k best
@@ -42,6 +46,21 @@ int64_t sp_scan_half(const float *q, int32_t dim, int32_t metric, const uint8_t 
                      int64_t nslots, const uint8_t *bitmap, int64_t bm_bytes, int32_t k,
                      int64_t *out_slot, float *out_dist, int64_t *stats);
 
+/* Any format: ``fmt`` one of SP_F32/SP_F16/SP_SQ8; ``sq_scale``/``sq_offset`` (dim floats each)
+ * for SP_SQ8, else unused. SQ8 distances are those of the decoded vectors (offset + scale *
+ * code), computed from the codes with the query folded into the quantizer (sp_sq8_prepare).
+ * Returns as sp_scan, or -2 when out of memory. */
+int64_t sp_scan_fmt(const float *q, int32_t dim, int32_t metric, int fmt, const float *sq_scale,
+                    const float *sq_offset, const uint8_t *const *blocks, const int64_t *lens,
+                    int64_t nblocks, const uint8_t *live, const uint8_t *ver, int64_t nslots,
+                    const uint8_t *bitmap, int64_t bm_bytes, int32_t k, int64_t *out_slot,
+                    float *out_dist, int64_t *stats);
+size_t sp_record_bytes(int fmt, int32_t dim);
+/* SQ8 query terms: ip: a = q*scale, c = q.offset (distance -(c + a.code)); l2: a =
+ * (q-offset)/scale, w = scale^2 (distance sum w (a-code)^2 + c, c collecting the dimensions
+ * whose scale is 0). */
+void sp_sq8_prepare(const float *q, const float *scale, const float *offset, int32_t dim,
+                    int32_t metric, float *a, float *w, float *c);
 
 /* SPANN's RNG replica rule for n vectors (see rng_select in vecdb/index/_spann_parts.py).
  * cand [n, C] candidate head ids sorted by cdist [n, C] ascending (-1 padded); H [n, C, dim] the
