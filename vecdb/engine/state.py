@@ -8,24 +8,38 @@ visibility check, a tenant's count and dropping a tenant are cheap.
 The state changes only through ``apply_*``, which the live write path and oplog replay share (one
 code path, so recovery cannot drift from normal operation). It is saved with every checkpoint and
 can also be rebuilt from the ``vectors``/``acl`` column families.
+
+Memory is flat per vector: the id -> slot map is a native hash table (``vecdb._idmap.IdMap``,
+~27-34 B per id instead of a Python dict's ~100-150 B), ``slot_id``/``slot_owner`` are numpy
+arrays (12 B per slot) and free slots are a numpy stack. Batch lookups, inserts and deletes run in
+C without the GIL.
+
+Locking is the collection's (``vecdb/engine/collection.py``): every ``apply_*`` runs under the
+writer mutex *and* the RW lock's write side; writers' lookups and ``allocate`` run under the
+writer mutex; readers (search, get, ids) take the read side. So no lookup overlaps a mutation and
+no two mutations overlap. ``IdMap`` is memory-safe even without that (see its docstring).
 """
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
+
+from vecdb._idmap import IdMap
 
 
 class CollectionState:
     """ids <-> slots, slot owners, grants, free slots."""
 
     def __init__(self) -> None:
-        self.slot_id = np.full(1024, -1, dtype=np.int64)
-        self.slot_owner = np.full(1024, -1, dtype=np.int32)
+        self.slot_id = np.full(1024, -1, dtype=np.int64)  # the id (uint64 bits) of each slot
+        self.slot_owner = np.full(1024, -1, dtype=np.int32)  # -1: the slot is free
         self.high = 0  # 1 + the largest slot ever used
-        self.id_slot: dict[int, int] = {}
-        self.free: set[int] = set()
+        self.id_slot = IdMap()  # id -> slot of every live vector
+        # Stack of free-slot candidates (top = _free[_nfree - 1]). Every free slot below high is
+        # in it; it may also hold stale entries (slots taken since) and repeats, which
+        # ``_take_free`` drops as it meets them and ``_compact_free`` bounds.
+        self._free = np.empty(1024, dtype=np.int64)
+        self._nfree = 0
         self.grants: dict[int, set[int]] = {}  # slot -> tenants granted besides the owner
         self.granted: dict[int, set[int]] = {}  # tenant -> slots granted to it
         self.owned: dict[int, int] = {}  # tenant -> number of vectors it owns
@@ -36,8 +50,16 @@ class CollectionState:
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Slots of ``ids`` (int64; -1 where the id does not exist)."""
-        get = self.id_slot.get
-        return np.fromiter((get(i, -1) for i in ids.tolist()), dtype=np.int64, count=len(ids))
+        return self.id_slot.lookup(ids)
+
+    def free_slots(self) -> np.ndarray:
+        """Free slots below ``high``, ascending (exact; for tests and introspection)."""
+        return np.flatnonzero(self.slot_owner[: self.high] < 0).astype(np.int64)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the id map, the slot arrays and the free stack (grants not counted)."""
+        return (self.id_slot.memory_bytes() + self.slot_id.nbytes + self.slot_owner.nbytes
+                + self._free.nbytes)
 
     def visible(self, slots: np.ndarray, tenant: int) -> np.ndarray:
         """Boolean mask: which (existing, >= 0) ``slots`` ``tenant`` may see."""
@@ -52,9 +74,51 @@ class CollectionState:
 
     def allocate(self, n: int) -> np.ndarray:
         """``n`` slots for new vectors (freed slots first), without reserving them."""
-        reuse = list(itertools.islice(self.free, n))
+        reuse = self._take_free(min(n, self.high - len(self.id_slot)))
         fresh = np.arange(self.high, self.high + n - len(reuse), dtype=np.int64)
-        return np.concatenate([np.array(reuse, dtype=np.int64), fresh])
+        return np.concatenate([reuse, fresh])
+
+    def _take_free(self, k: int) -> np.ndarray:
+        """Up to ``k`` distinct free slots from the top of the free stack (most recently freed
+        first). Looks at a window of the top, doubling it until it holds ``k`` valid candidates,
+        and drops the stale and repeated entries it saw (they are never free again as such: a
+        slot freed later is pushed again), so the stack stays a superset of the free slots."""
+        if k <= 0 or not self._nfree:
+            return np.zeros(0, dtype=np.int64)
+        nf = self._nfree
+        w = min(nf, max(2 * k, 64))
+        while True:
+            cand = self._free[nf - w : nf][::-1]
+            cand = cand[self.slot_owner[cand] < 0]
+            _, first = np.unique(cand, return_index=True)
+            cand = cand[np.sort(first)]
+            if len(cand) >= k or w == nf:
+                break
+            w = min(nf, 2 * w)
+        self._free[nf - w : nf - w + len(cand)] = cand[::-1]
+        self._nfree = nf - w + len(cand)
+        return cand[:k].copy()
+
+    def _push_free(self, slots: np.ndarray) -> None:
+        n = len(slots)
+        if not n:
+            return
+        if self._nfree + n > len(self._free):
+            buf = np.empty(max(2 * len(self._free), self._nfree + n), dtype=np.int64)
+            buf[: self._nfree] = self._free[: self._nfree]
+            self._free = buf
+        self._free[self._nfree : self._nfree + n] = slots
+        self._nfree += n
+        # bound stale entries: rebuild (O(high)) only after ~high/8 of them, so amortised O(1)
+        if self._nfree > 2 * (self.high - len(self.id_slot)) + self.high // 8 + 4096:
+            self._compact_free()
+
+    def _compact_free(self) -> None:
+        """Rebuild the stack as exactly the free slots, lowest on top (reused first)."""
+        free = self.free_slots()[::-1]
+        self._free = np.empty(max(len(free), 1024), dtype=np.int64)
+        self._free[: len(free)] = free
+        self._nfree = len(free)
 
     def acl_csr(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Access lists (owner + grants) of ``slots`` as CSR for ``Index.add``."""
@@ -88,30 +152,37 @@ class CollectionState:
     def apply_upsert(self, slots: np.ndarray, ids: np.ndarray, owner: int) -> None:
         if not len(slots):
             return
+        slots = np.asarray(slots, dtype=np.int64)
         top = int(slots.max()) + 1
         self._grow(top)
-        if top > self.high:
-            self.free.update(range(self.high, top))
-            self.high = top
         new = self.slot_owner[slots] < 0
-        self.free.difference_update(slots[new].tolist())
-        self.slot_id[slots] = ids.astype(np.int64)
+        self.slot_id[slots] = ids.astype(np.int64)  # uint64 ids keep their bits
         self.slot_owner[slots] = owner
-        self.id_slot.update(zip(ids[new].tolist(), slots[new].tolist(), strict=True))
+        self.id_slot.insert(ids[new], slots[new])
+        if top > self.high:  # slots skipped over between the old and the new high are free
+            gap = np.ones(top - self.high, dtype=bool)
+            gap[slots[slots >= self.high] - self.high] = False
+            holes = np.flatnonzero(gap) + self.high
+            self.high = top
+            self._push_free(holes[::-1])
         self.owned[owner] = self.owned.get(owner, 0) + int(new.sum())
 
     def apply_delete(self, slots: np.ndarray) -> None:
-        for s in slots.tolist():
-            o = int(self.slot_owner[s])
-            if o < 0:
-                continue
-            self.id_slot.pop(int(self.slot_id[s]), None)
-            self.owned[o] -= 1
-            for t in self.grants.pop(s, ()):
-                self.granted[t].discard(s)
-            self.free.add(s)
-        self.slot_id[slots] = -1
-        self.slot_owner[slots] = -1
+        slots = np.asarray(slots, dtype=np.int64)
+        live = np.unique(slots[self.slot_owner[slots] >= 0])
+        if not len(live):
+            return
+        self.id_slot.delete(self.slot_id[live])
+        owners, counts = np.unique(self.slot_owner[live], return_counts=True)
+        for o, c in zip(owners.tolist(), counts.tolist(), strict=True):
+            self.owned[o] -= c
+        if self.grants:
+            for s in live.tolist():
+                for t in self.grants.pop(s, ()):
+                    self.granted[t].discard(s)
+        self.slot_id[live] = -1
+        self.slot_owner[live] = -1
+        self._push_free(live[::-1])
 
     def apply_grant(self, slots: np.ndarray, tenant: int) -> None:
         mine = self.granted.setdefault(tenant, set())
@@ -156,8 +227,8 @@ class CollectionState:
         st.slot_id[: st.high] = sid
         st.slot_owner[: st.high] = own
         live = np.flatnonzero(own >= 0)
-        st.id_slot = dict(zip(sid[live].tolist(), live.tolist(), strict=True))
-        st.free = set(np.flatnonzero(own < 0).tolist())
+        st.id_slot = IdMap.from_arrays(sid[live], live)  # one pass over a table sized once
+        st._compact_free()
         if len(live):
             tenants, counts = np.unique(own[live], return_counts=True)
             st.owned = dict(zip(tenants.tolist(), counts.tolist(), strict=True))
