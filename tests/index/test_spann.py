@@ -288,9 +288,10 @@ def test_engine_collection_roundtrip(tmp_path):
 # -- the native posting scan -----------------------------------------------------------------
 
 
-def _scan_reference(q, blocks, rec_dtype, live, ver, bitmap, k, code):
+def _scan_reference(q, blocks, rec_dtype, live, ver, bitmap, k, code, sq=None):
     """Exact filtered top-k over the fetched records, in numpy: valid (live, current version,
-    tenant bit), one result per slot, (distance, slot) ascending."""
+    tenant bit), one result per slot, (distance, slot) ascending. ``sq``: SQ8 (scale, offset),
+    the records' codes are decoded in float64."""
     rec = np.concatenate([np.frombuffer(b, rec_dtype) for b in blocks if b])
     s = rec["slot"]
     ok = (s >= 0) & (s < len(live))
@@ -300,6 +301,8 @@ def _scan_reference(q, blocks, rec_dtype, live, ver, bitmap, k, code):
         bits = np.unpackbits(bitmap, bitorder="little")
         ok &= (sc < len(bits)) & bits[np.minimum(sc, len(bits) - 1)].astype(bool)
     v = rec["vec"][ok].astype(np.float64)  # float16 records: the rounded vectors
+    if sq is not None:
+        v = sq[1].astype(np.float64) + sq[0].astype(np.float64) * v
     d = ((v - q) ** 2).sum(1) if code == 0 else -(v @ q)
     best: dict[int, float] = {}
     for slot, dist in zip(s[ok].tolist(), d.tolist(), strict=True):
@@ -311,11 +314,12 @@ def _scan_reference(q, blocks, rec_dtype, live, ver, bitmap, k, code):
 @pytest.mark.parametrize("dim", [1, 15, 16, 50, 97])
 @pytest.mark.parametrize("code", [0, 1])
 @pytest.mark.parametrize("tenant", [False, True])
-@pytest.mark.parametrize("half", [False, True, "scalar"])
+@pytest.mark.parametrize("half", [False, True, "scalar", "sq8", "sq8-scalar"])
 def test_native_scan_matches_exact_filtered_topk(dim, code, tenant, half):
     """vecdb._spann.scan over blocks with replicas (the same slot in several lists), stale
     versions, tombstones, out-of-range slots, a missing list and tenant bits equals the exact
-    filtered top-k of a numpy reference over the same records."""
+    filtered top-k of a numpy reference over the same records (float32, float16 with F16C and
+    scalar widening, SQ8 codes with the fused AVX2 and the scalar kernels)."""
     from vecdb import _spann
     from vecdb.index._spann_parts import pack_records, record_dtype
 
@@ -326,7 +330,15 @@ def test_native_scan_matches_exact_filtered_topk(dim, code, tenant, half):
         V[0, 0], V[1, 0], V[2, 0] = 3e-6, -0.0, 60000.0
     live = (rng.random(n_slots) < 0.8).astype(np.uint8)  # ~20% tombstones
     ver = rng.integers(1, 256, n_slots).astype(np.uint8)
-    rd = record_dtype(dim, "<f2" if half else "<f4")
+    sq8 = isinstance(half, str) and half.startswith("sq8")
+    fmt = 2 if sq8 else int(bool(half))
+    sq = None
+    if sq8:  # random codes, scale/offset (one constant dimension: scale 0)
+        V = rng.integers(0, 256, (n_slots, dim)).astype(np.float32)
+        scale = rng.uniform(0.001, 0.05, dim).astype(np.float32)
+        scale[0] = 0
+        sq = (scale, rng.uniform(-1, 1, dim).astype(np.float32))
+    rd = record_dtype(dim, "u1" if sq8 else "<f2" if half else "<f4")
     blocks: list[bytes | None] = []
     for _ in range(7):
         s = rng.choice(n_slots, 60, replace=False)  # slots repeat across blocks: replicas
@@ -335,6 +347,8 @@ def test_native_scan_matches_exact_filtered_topk(dim, code, tenant, half):
         v[stale] = v[stale] % 255 + 1  # an older version of a re-inserted vector
         X = V[s].copy()
         X[stale] += 3.0  # its old vector differs, so a stale record would show
+        if sq8:
+            X[stale] %= 256
         blocks.append(pack_records(rd, s, v, X))
     blocks.append(None)  # a list deleted between head search and fetch
     blocks.append(pack_records(rd, np.array([n_slots + 5]), np.array([1]), V[:1]))  # unknown
@@ -345,20 +359,22 @@ def test_native_scan_matches_exact_filtered_topk(dim, code, tenant, half):
     out_s = np.empty(k, dtype=np.int64)
     out_d = np.empty(k, dtype=np.float32)
     st = np.zeros(3, dtype=np.int64)
-    _spann._force_scalar_widen(half == "scalar")  # the portable float16 path too
+    _spann._force_scalar_widen(half in ("scalar", "sq8-scalar"))  # the portable paths too
     try:
-        got = _spann.scan(q, blocks, live, ver, bitmap, k, code, out_s, out_d, st, bool(half))
+        got = _spann.scan(q, blocks, live, ver, bitmap, k, code, out_s, out_d, st, fmt, sq)
     finally:
         _spann._force_scalar_widen(False)
-    ref_s, ref_d = _scan_reference(q, blocks, rd, live, ver, bitmap, k, code)
+    ref_s, ref_d = _scan_reference(q, blocks, rd, live, ver, bitmap, k, code, sq)
     assert got == len(ref_s)
     np.testing.assert_array_equal(out_s[:got], ref_s)
     np.testing.assert_allclose(out_d[:got], ref_d, rtol=1e-4, atol=1e-4)
     assert (out_s[got:] == -1).all() and np.isinf(out_d[got:]).all()
     assert st[0] == sum(len(b) for b in blocks if b) and st[1] == st[0] // rd.itemsize
     with pytest.raises(ValueError):  # a torn block is refused, not read past its end
-        _spann.scan(q, [blocks[0][:-1]], live, ver, None, k, code, out_s, out_d, st,
-                    bool(half))
+        _spann.scan(q, [blocks[0][:-1]], live, ver, None, k, code, out_s, out_d, st, fmt, sq)
+    if sq8:
+        with pytest.raises(ValueError):  # SQ8 records need the quantizer
+            _spann.scan(q, blocks[:1], live, ver, None, k, code, out_s, out_d, st, 2)
 
 
 def test_io_threads_same_results(sift_index, sift5k):
@@ -536,6 +552,80 @@ def test_head_index_select_replicas_matches_rng_select(sift5k):
     cand, cdist = h.search(X[230:], 32)
     want = rng_select(X[230:], cand, cdist, h.vectors, 0, 8, 1.0)
     assert np.array_equal(h.select_replicas(cand, cdist, 8, 1.0, block=50), want)
+
+
+def test_sq8_postings(tmp_path, sift5k):
+    """posting_dtype="sq8": ~1/4 of float32's bytes read, recall >= 0.9 on sift-5k through the
+    build and the update path, distances those of the decoded vectors, the quantizer is durable
+    in the store (reopen gives identical results), values outside its range are clipped."""
+    from vecdb.index._spann_parts import SQ8
+    from vecdb.storage.rocks import RocksKVStore
+
+    X, Q = sift5k["base"], sift5k["queries"]
+    store = RocksKVStore(tmp_path / "db")
+    idx = SPANNIndex(128, "l2", store, posting_dtype="sq8", background=False, **SIFT)
+    idx.add(X[:4500])
+    idx.add(X[4500:], np.arange(4500, 5000))  # appends and splits with SQ8 records
+    idx.flush()
+    assert idx.stats["splits"] > 0
+    I, D = idx.search(Q, 10, params=SIFT_SEARCH)
+    assert recall(I, sift5k["gt"]) >= 0.9
+    sq_bytes = idx.last_search_stats()["bytes_read"].sum()
+    ref = SPANNIndex(128, "l2", background=False, **SIFT)
+    ref.add(X)
+    ref.search(Q, 10, params=SIFT_SEARCH)
+    assert sq_bytes < 0.35 * ref.last_search_stats()["bytes_read"].sum()
+    sq = idx._sq
+    Xd = sq.decode(sq.encode(X)).astype(np.float64)
+    d = ((Xd[I[:5]] - Q[:5, None, :].astype(np.float64)) ** 2).sum(-1)
+    np.testing.assert_allclose(D[:5], d, rtol=1e-4, atol=1e-1)
+    idx.save(tmp_path / "q.idx")
+    store.close()
+    store = RocksKVStore(tmp_path / "db")
+    again = SPANNIndex.load(tmp_path / "q.idx", store=store)
+    assert again.posting_dtype == "sq8"
+    I2, D2 = again.search(Q, 10, params=SIFT_SEARCH)
+    np.testing.assert_array_equal(I2, I)
+    np.testing.assert_array_equal(D2, D)
+    # outside the trained range: clipped, never wrapped
+    big = np.full((1, 128), 1e4, dtype=np.float32)
+    assert (sq.encode(big) == 255).all() and (sq.encode(-big) == 0).all()
+    assert SQ8.from_bytes(sq.to_bytes(), 128).scale.tolist() == sq.scale.tolist()
+    with pytest.raises(ValueError):
+        SQ8.from_bytes(sq.to_bytes()[:-4], 128)
+    store.close()
+
+
+def test_build_stream(tmp_path, sift5k):
+    """build_stream (chunks, a sample, run files, capped lists) on sift-5k: recall >= 0.9 at the
+    documented lists, every head has a list, lists capped, reopen identical, updates work after
+    it, and wrong row counts / a non-empty index are refused."""
+    X, Q = sift5k["base"], sift5k["queries"]
+    rng = np.random.default_rng(0)
+    sample = X[rng.choice(len(X), 2500, replace=False)]
+    store = MemoryKVStore()
+    idx = SPANNIndex(128, "l2", store, posting_dtype="sq8", background=False, **SIFT)
+    info = idx.build_stream((X[i:i + 700] for i in range(0, 5000, 700)), 5000, sample, tmp_path,
+                            max_rows=4000)  # several reduce ranges
+    assert info["lists"] == idx.num_lists() == len(idx._sizes) and len(idx) == 5000
+    assert np.mean([v <= idx.posting_limit for v in idx._sizes.values()]) > 0.9  # capped
+    I, _ = idx.search(Q, 10, params=SIFT_SEARCH)
+    assert recall(I, sift5k["gt"]) >= 0.9
+    assert not list(tmp_path.glob("spann-runs-*"))  # run files removed
+    held = np.concatenate([np.frombuffer(store.get("postings", b"P" + int(h).to_bytes(8, "big")),
+                                         idx._rec)["slot"] for h in idx._sizes])
+    assert set(held.tolist()) == set(range(5000))  # every vector is in some list
+    idx.save(tmp_path / "s.idx")
+    again = SPANNIndex.load(tmp_path / "s.idx", store=store)
+    np.testing.assert_array_equal(again.search(Q, 10, params=SIFT_SEARCH)[0], I)
+    again.add(X[:50] + 0.5, np.arange(5000, 5050))
+    assert (again.search(X[:5] + 0.5, 1)[0][:, 0] == np.arange(5000, 5005)).all()
+    with pytest.raises(InvalidArgument):
+        again.build_stream([X[:10]], 10, X[:10], tmp_path)
+    with pytest.raises(InvalidArgument):
+        SPANNIndex(128, background=False, **SIFT).build_stream([X[:100]], 50, X[:100], tmp_path)
+    with pytest.raises(InvalidArgument):
+        SPANNIndex(128, background=False, **SIFT).build_stream([X[:100]], 200, X[:100], tmp_path)
 
 
 def test_float16_postings(tmp_path, sift5k):

@@ -36,7 +36,10 @@ import json
 import math
 import os
 import queue
+import shutil
 import threading
+import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -45,6 +48,7 @@ import numpy as np
 from vecdb import _native, _spann
 from vecdb.errors import InvalidArgument
 from vecdb.index._spann_parts import (
+    SQ8,
     HeadIndex,
     balanced_kmeans,
     hierarchical_balanced_clusters,
@@ -141,9 +145,9 @@ class SPANNIndex(Index):
             raise InvalidArgument(f"posting_limit must be an int >= 4, got {posting_limit!r}")
         if not math.isfinite(eps1) or eps1 < 0 or not math.isfinite(balance) or balance < 0:
             raise InvalidArgument("eps1 and balance must be finite and >= 0")
-        if posting_dtype not in ("float32", "float16"):
+        if posting_dtype not in ("float32", "float16", "sq8"):
             raise InvalidArgument(
-                f"posting_dtype must be float32 or float16, got {posting_dtype!r}")
+                f"posting_dtype must be float32, float16 or sq8, got {posting_dtype!r}")
         if reassign not in ("all", "nearest"):
             raise InvalidArgument(f"reassign must be all or nearest, got {reassign!r}")
         if head_index not in ("auto", "flat", "hnsw"):
@@ -169,7 +173,9 @@ class SPANNIndex(Index):
         self.posting_dtype = posting_dtype
         self.reassign = reassign
         self._half = posting_dtype == "float16"
-        self._rec = record_dtype(self.dim, "<f2" if self._half else "<f4")
+        self._fmt = {"float32": 0, "float16": 1, "sq8": 2}[posting_dtype]  # native scan format
+        self._rec = record_dtype(self.dim, ("<f4", "<f2", "u1")[self._fmt])
+        self._sq: SQ8 | None = None  # sq8: trained by the first add, stored under b"Q"
         self._heads = self._new_heads(head_index if head_index != "auto" else "flat")
         self._next_list = 0
         self._sizes: dict[int, int] = {}  # list id -> records stored (live or not)
@@ -222,6 +228,23 @@ class SPANNIndex(Index):
             batch.put(CF, _key(b"V", c), chunk.tobytes())
         return self._ver[slots]
 
+    # -- record vectors -------------------------------------------------------------------
+    def _train_sq(self, X: np.ndarray, batch: WriteBatch) -> None:
+        """sq8: train the quantizer on the first vectors added (durable in the same batch)."""
+        if self._fmt == 2 and self._sq is None:
+            self._sq = SQ8.train(X)
+            batch.put(CF, b"Q", self._sq.to_bytes())
+
+    def _enc(self, X: np.ndarray) -> np.ndarray:
+        """Vectors as stored in records (float32/float16 by the record dtype, SQ8 codes)."""
+        return self._sq.encode(X) if self._fmt == 2 else X
+
+    def _vecs(self, rec: np.ndarray) -> np.ndarray:
+        """float32 vectors of records (decoded SQ8 codes / widened float16)."""
+        if self._fmt == 2:
+            return self._sq.decode(rec["vec"])
+        return np.ascontiguousarray(rec["vec"], dtype=np.float32)
+
     # -- build ----------------------------------------------------------------------------
     def _build(self, X: np.ndarray, slots: np.ndarray) -> None:
         """Bulk build into an empty index (heads, replicas, capped lists, one pass of writes)."""
@@ -235,6 +258,7 @@ class SPANNIndex(Index):
         ids = np.arange(H, dtype=np.int64)
         self._next_list = H
         batch = WriteBatch()
+        self._train_sq(X, batch)
         vers = self._bump(slots, batch)
         self._heads.add(ids, X[head_rows])
         C = min(self.candidates, H)
@@ -254,13 +278,148 @@ class SPANNIndex(Index):
                 primary = int((rank[a:b] == 0).sum())
                 sel = sel[: max(primary, self.posting_limit)]
             batch.put(CF, _key(b"H", h), X[head_rows[h]].tobytes())
-            batch.put(CF, _key(b"P", h), pack_records(self._rec, slots[sel], vers[sel], X[sel]))
+            batch.put(CF, _key(b"P", h), pack_records(self._rec, slots[sel], vers[sel],
+                                                      self._enc(X[sel])))
             self._sizes[h] = len(sel)
             if len(batch) >= 8192:
                 self.store.write(batch)
                 batch = WriteBatch()
         self.store.write(batch)
         del n
+
+    def build_stream(self, chunks: Iterable[np.ndarray], n_total: int, sample: np.ndarray,
+                     tmp: str | os.PathLike, search_ef: int | None = None,
+                     max_rows: int = 1 << 20) -> dict[str, float]:
+        """Bulk build from ``chunks`` (an iterable of [m, dim] arrays, ``n_total`` rows in all,
+        slots 0..n_total-1 in order) without holding them at once: for data sets larger than
+        the Python heap should hold (the issue's 5M x 128).
+
+        1. heads from ``sample`` (a uniform sample of the rows, ~10 rows per head or more):
+           SPANN's balanced hierarchical k-means down to leaves of ``1/head_ratio`` points
+           scaled by the sampling rate; each head is its leaf's mean (on a sample a member head
+           is a noisy point and becomes a hub on clustered data, measured by the bulk builder);
+           SQ8 is trained on the sample (rows outside its range are clipped).
+        2. per chunk: candidate heads (head HNSW, beam ``search_ef``, default ``head_ef``), the
+           RNG replica rule, records packed in the posting format and saved to a run file in
+           ``tmp`` sorted by list id (no vectors kept in memory between chunks).
+        3. per range of list ids holding <= ``max_rows`` records: the runs' slices of the range
+           are merged, capped at ``posting_limit`` exactly as ``add``'s build (a vector's
+           nearest list always keeps it) and written (one batch per range).
+        Returns seconds per stage. Needs an empty index; no ACLs (one tenant).
+        """
+        import tempfile
+
+        with self._wlock:
+            if len(self._heads) or self._count:
+                raise InvalidArgument("build_stream needs an empty index")
+            if n_total < 1:
+                raise InvalidArgument(f"n_total must be >= 1, got {n_total!r}")
+            t0 = time.perf_counter()
+            S = self._prepare(sample, "sample")
+            leaf_full = max(2, int(round(1 / self.head_ratio)))
+            leaf = max(2, int(round(leaf_full * len(S) / n_total)))
+            clusters = hierarchical_balanced_clusters(S, leaf, self.balance, self.seed)
+            heads = np.stack([S[c].mean(axis=0, dtype=np.float64) for c in clusters])
+            heads = np.ascontiguousarray(heads, dtype=np.float32)
+            if self.metric == "cosine":
+                heads /= np.maximum(np.linalg.norm(heads, axis=1, keepdims=True), 1e-30)
+            H = len(heads)
+            if self.head_index_kind == "auto" and H > 4096:
+                self._heads = self._new_heads("hnsw")
+            self._heads.add(np.arange(H, dtype=np.int64), heads)
+            self._next_list = H
+            batch = WriteBatch()
+            self._train_sq(S, batch)
+            for h in range(H):
+                batch.put(CF, _key(b"H", h), heads[h].tobytes())
+            self.store.write(batch)
+            del S
+            t1 = time.perf_counter()
+            ef0 = self._heads.ef
+            if search_ef is not None:
+                self._heads.ef = int(search_ef)
+            C = min(self.candidates, H)
+            counts = np.zeros(H, dtype=np.int64)
+            runs: list[str] = []
+            tdir = tempfile.mkdtemp(prefix="spann-runs-", dir=tmp)
+            start = 0
+            try:
+                for X in chunks:
+                    X = self._prepare(X)
+                    m = len(X)
+                    if start + m > n_total:
+                        raise InvalidArgument(f"the chunks hold more than n_total={n_total} rows")
+                    s = np.arange(start, start + m, dtype=np.int64)
+                    self._grow(start + m - 1)
+                    self._live[s] = True
+                    self._count += m
+                    self._acl.add_csr(s, *normalize_acl(None, m))
+                    batch = WriteBatch()
+                    vers = self._bump(s, batch)
+                    self.store.write(batch)
+                    cand, cdist = self._heads.search(X, C)
+                    keep = self._heads.select_replicas(cand, cdist, self.replica_count, self.eps1)
+                    pts, cols = np.nonzero(keep)
+                    lists = cand[pts, cols]
+                    order = np.lexsort((cdist[pts, cols], cols > 0, lists))
+                    pts, lists, cols = pts[order], lists[order], cols[order]
+                    rec = np.zeros(len(pts), dtype=self._rec)
+                    rec["slot"] = s[pts]
+                    rec["ver"] = vers[pts]
+                    rec["vec"] = self._enc(X[pts])
+                    path = os.path.join(tdir, f"run{len(runs):05d}")
+                    for name, arr in (("lid", lists.astype(np.int32)), ("sec", cols > 0),
+                                      ("d", cdist[pts, cols]),
+                                      ("rec", rec.view(np.uint8).reshape(len(rec), -1))):
+                        np.save(f"{path}.{name}.npy", arr)
+                    runs.append(path)
+                    counts += np.bincount(lists, minlength=H)
+                    start += m
+                t2 = time.perf_counter()
+                self._heads.ef = ef0
+                # reduce: list-id ranges of <= max_rows records each
+                bounds, acc, lo = [], 0, 0
+                for h in range(H):
+                    if acc and acc + counts[h] > max_rows:
+                        bounds.append((lo, h))
+                        lo, acc = h, 0
+                    acc += int(counts[h])
+                bounds.append((lo, H))
+                opened = [{name: np.load(f"{r}.{name}.npy", mmap_mode="r")
+                           for name in ("lid", "sec", "d", "rec")} for r in runs]
+                empty = np.zeros((0, self._rec.itemsize), dtype=np.uint8)  # records as bytes
+                for lo, hi in bounds:
+                    got = []
+                    for z in opened:
+                        a, b = np.searchsorted(z["lid"], [lo, hi])
+                        if b > a:
+                            got.append([np.asarray(z[name][a:b])
+                                        for name in ("lid", "sec", "d", "rec")])
+                    if got:
+                        lid, sec, d, rec = (np.concatenate(c) for c in zip(*got, strict=True))
+                        # as add's build: per list, nearest-list records first, then by distance
+                        order = np.lexsort((d, sec, lid))
+                        lid, sec, rec = lid[order], sec[order], rec[order]
+                    else:
+                        lid, sec, rec = np.zeros(0, np.int32), np.zeros(0, bool), empty
+                    cut = np.searchsorted(lid, np.arange(lo, hi + 1))
+                    batch = WriteBatch()
+                    for h in range(lo, hi):
+                        a, b = int(cut[h - lo]), int(cut[h - lo + 1])
+                        if b - a > self.posting_limit:
+                            b = a + max(int((~sec[a:b]).sum()), self.posting_limit)
+                        batch.put(CF, _key(b"P", h), rec[a:b].tobytes())
+                        self._sizes[h] = b - a
+                    self.store.write(batch)
+                del opened
+            finally:
+                self._heads.ef = ef0
+                shutil.rmtree(tdir, ignore_errors=True)
+            if start != n_total:
+                raise InvalidArgument(f"the chunks held {start} rows, not n_total={n_total}")
+            t3 = time.perf_counter()
+            return {"heads_s": t1 - t0, "assign_s": t2 - t1, "write_s": t3 - t2,
+                    "lists": float(H)}
 
     # -- writes ---------------------------------------------------------------------------
     def add(self, vectors, slots=None, acl=None) -> np.ndarray:
@@ -312,6 +471,7 @@ class SPANNIndex(Index):
         if len(s) == 0 or len(self._heads) == 0:
             return
         batch = WriteBatch()
+        self._train_sq(X, batch)
         vers = self._bump(s, batch)
         C = min(self.candidates, len(self._heads))
         cand, cdist = self._heads.search(X, C)
@@ -333,7 +493,8 @@ class SPANNIndex(Index):
                                   strict=True):
             sel = pts[a:b]
             batch.put(CF, _key(b"P", lid),
-                      (old or b"") + pack_records(self._rec, s[sel], vers[sel], X[sel]))
+                      (old or b"") + pack_records(self._rec, s[sel], vers[sel],
+                                                  self._enc(X[sel])))
             size = (len(old or b"") // self._rec.itemsize) + len(sel)
             self._sizes[lid] = size
             if size > self.posting_limit:
@@ -453,7 +614,7 @@ class SPANNIndex(Index):
 
     def _split(self, lid: int, rec: np.ndarray) -> None:
         """Balanced 2-means split of an over-full list, then LIRE reassignment."""
-        V = np.ascontiguousarray(rec["vec"], dtype=np.float32)
+        V = self._vecs(rec)
         old_head = self._heads.vectors(np.array([lid]))[0]
         lab = balanced_kmeans(V, 2, self.balance, np.random.default_rng(self.seed + lid))
         parts = [np.flatnonzero(lab == c) for c in (0, 1)]
@@ -496,7 +657,7 @@ class SPANNIndex(Index):
         when an index grows from very few heads (engine test: >= 0.9 vs 0.89). Members of
         the ``reassign_lists`` lists nearest the old head move when they are closer to a new head
         than to the old one and a new head is now their nearest (SPFresh)."""
-        v = np.ascontiguousarray(rec["vec"], dtype=np.float32)
+        v = self._vecs(rec)
         cand_s = [rec["slot"]]
         cand_v = [v]
         if self.reassign_lists:
@@ -510,7 +671,7 @@ class SPANNIndex(Index):
                 r = r[self._valid(r)]
                 if not len(r):
                     continue
-                v = np.ascontiguousarray(r["vec"], dtype=np.float32)
+                v = self._vecs(r)
                 m = ~self._head_dists(old_head, new_heads, v, strict=False)
                 cand_s.append(r["slot"][m])
                 cand_v.append(v[m])
@@ -564,7 +725,7 @@ class SPANNIndex(Index):
         del self._sizes[lid]
         self.stats["merges"] += 1
         if len(rec):
-            self._insert(np.ascontiguousarray(rec["vec"], dtype=np.float32),
+            self._insert(self._vecs(rec),
                          rec["slot"].astype(np.int64),
                          exclude={lid})
 
@@ -617,13 +778,14 @@ class SPANNIndex(Index):
         hid, hd = self._heads.search(Q, p.max_lists)
         keep = (hid >= 0) & within(hd, hd[:, :1], p.eps, self._code)
         st = np.zeros(3, dtype=np.int64)
+        sq = (self._sq.scale, self._sq.offset) if self._sq is not None else None
         for i in range(nq):
             ids = hid[i][keep[i]]
             blocks = self._fetch(_pkeys(ids), p.io_threads)
             live, ver = self._live, self._ver  # one snapshot (_grow swaps both arrays)
             m = min(len(live), len(ver))
             _spann.scan(Q[i], blocks, live[:m].view(np.uint8), ver[:m], bm, k, self._code,
-                        out_i[i], out_d[i], st, self._half)
+                        out_i[i], out_d[i], st, self._fmt, sq)
             lists_read[i] = len(ids)
             bytes_read[i] = st[0]
             scanned[i] = st[1]
@@ -645,7 +807,7 @@ class SPANNIndex(Index):
     def memory_bytes(self) -> int:
         """RAM held: heads + head graph, version map, live flags, list sizes, tenant bitmaps."""
         return (self._heads.memory_bytes() + self._ver.nbytes + self._live.nbytes
-                + 80 * len(self._sizes) + self._acl.memory_bytes())
+                + 80 * len(self._sizes) + self._acl.memory_bytes() + 8 * self.dim)
 
     def __len__(self) -> int:
         return self._count
@@ -713,6 +875,10 @@ class SPANNIndex(Index):
             chunk = np.frombuffer(v, dtype=np.uint8)
             idx._grow(c * _VCHUNK + len(chunk) - 1)
             idx._ver[c * _VCHUNK: c * _VCHUNK + len(chunk)] = chunk
+        if idx._fmt == 2:
+            raw = store.get(CF, b"Q")
+            if raw is not None:
+                idx._sq = SQ8.from_bytes(raw, idx.dim)
         for k, v in store.iterate(CF, prefix=b"H"):
             heads.append(int.from_bytes(k[1:], "big"))
             hv.append(np.frombuffer(v, dtype=np.float32))
