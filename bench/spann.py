@@ -55,6 +55,8 @@ BLOCK_CACHE = 1 << 20  # SPANN's RocksDB block cache (bytes, counted in its RAM)
 # RocksDB block cache. reassign="nearest": a split re-inserts only members that the list of
 # their nearest head lacks (the default "all" re-places every replica: ~8x slower updates).
 SPANN_KW: dict = {"posting_dtype": "float16", "reassign": "nearest"}
+# the 5M x 128 set (``--sets synthetic-stream``): SQ8 records, built by build_stream
+STREAM_KW: dict = {"posting_dtype": "sq8", "reassign": "nearest"}
 
 
 def rss() -> int:
@@ -350,6 +352,117 @@ def update_stream(idx: SPANNIndex, X_new: np.ndarray, new_slots: np.ndarray, dea
             "search_p99_ms": float(np.percentile(lat, 99) * 1e3), **idx.stats}
 
 
+# -- the issue's 5M x 128 synthetic set, built streaming ---------------------------------------
+
+
+def faiss_ivf_ondisk_stream(paths: list[str], sample: np.ndarray, Q, gt, raw, nlist: int,
+                            tmp: Path, nprobes) -> list[dict]:
+    """faiss IVF-Flat whose inverted lists are ``OnDiskInvertedLists`` from the start: trained on
+    ``sample``, then the shards are added one at a time straight into the on-disk lists (never
+    all vectors in memory)."""
+    import faiss
+
+    faiss.omp_set_num_threads(2)  # build only; searches below run with 1 thread
+    d = sample.shape[1]
+    quant = faiss.IndexFlatL2(d)
+    ivf = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_L2)
+    t0 = time.perf_counter()
+    ivf.train(sample)
+    invl = faiss.OnDiskInvertedLists(nlist, ivf.code_size, str(tmp / "ivf5m.ondisk"))
+    ivf.replace_invlists(invl, True)
+    invl.this.disown()
+    off = 0
+    for p in paths:
+        X = np.load(p)
+        ivf.add_with_ids(X, np.arange(off, off + len(X), dtype=np.int64))
+        off += len(X)
+        del X
+    build_s = time.perf_counter() - t0
+    faiss.omp_set_num_threads(1)
+    ram = nlist * d * 4
+    rows = []
+    for npb in nprobes:
+        ivf.nprobe = npb
+
+        def one(q):
+            _, i = ivf.search(q[None, :], 10)
+            return i[0]
+
+        I, t = latencies(one, Q)
+        rows.append(row("faiss-ivf-ondisk", f"nprobe={npb}", I, t, gt, ram, raw,
+                        build_s=build_s))
+    return rows
+
+
+def run_stream_set(args, tmp: Path, budgets) -> tuple[list, dict]:
+    """The issue's synthetic 5M x 128 (``--stream-n``): shards written by ``bench.bulk``'s
+    generator (``clustered_stream``, never all in memory), exact ground truth by streaming over
+    the shards, SPANN built by ``SPANNIndex.build_stream`` (run files, no full copy in the
+    heap), then SPANN at each RAM budget and faiss IVF-Flat on disk, in this one run."""
+    from bench.bulk import queries_from, streaming_gt, write_shards
+
+    n, d = args.stream_n, 128
+    name = f"synthetic-{n // 1_000_000}Mx{d}" if n >= 1_000_000 else f"synthetic-{n}x{d}"
+    shard_dir = Path(args.shards or tmp / f"shards-{n}")
+    paths = sorted(str(p) for p in shard_dir.glob("part-*.npy"))
+    if sum(np.load(p, mmap_mode="r").shape[0] for p in paths) != n:
+        shutil.rmtree(shard_dir, ignore_errors=True)
+        paths = write_shards(str(shard_dir), n, d, min(250_000, n), seed=0)
+    raw = n * d * 4
+    Q = queries_from(paths, args.stream_nq)
+    t0 = time.perf_counter()
+    gt = streaming_gt(paths, Q, 10)
+    extra: dict = {"set": name, "n": n, "dim": d, "raw_bytes": raw,
+                   "gt_s": time.perf_counter() - t0, "nq": len(Q)}
+    rng = np.random.default_rng(0)
+    hr = args.stream_head_ratio
+    per = int(min(250_000, 10 * hr * n / len(paths) + 1))
+    sample = np.concatenate([np.load(p, mmap_mode="r")[np.sort(rng.choice(
+        np.load(p, mmap_mode="r").shape[0], per, replace=False))] for p in paths])
+    rows: list[dict] = []
+    if "spann" in args.parts:
+        path = tmp / "spann-stream"
+        shutil.rmtree(path, ignore_errors=True)
+        store = RocksKVStore(path, block_cache_bytes=BLOCK_CACHE, direct_reads=True)
+        r0, t0 = rss(), time.perf_counter()
+        idx = SPANNIndex(d, "l2", store, head_ratio=hr, threads=args.threads, **STREAM_KW)
+        stages = idx.build_stream((np.load(p) for p in paths), n, sample, tmp, search_ef=64)
+        build_s = time.perf_counter() - t0
+        idx.save(path / "index.npz")
+        store.flush()
+        info = {"build_s": build_s, **stages, "build_rss_growth": max(0, rss() - r0),
+                "peak_rss_after_build": peak_rss_bytes(), "lists": idx.num_lists(),
+                "disk_bytes": store.disk_bytes(), "index_ram": idx.memory_bytes(),
+                "head_ratio": hr, **STREAM_KW}
+        print("  build", info, flush=True)
+        extra["spann_build"] = info
+        mem = idx.memory_bytes()
+        store.close()
+        del idx
+        for budget, _ in budgets:
+            cache = max(BLOCK_CACHE, int(budget * raw * 0.99) - mem)
+            store = RocksKVStore(path, block_cache_bytes=cache, direct_reads=True)
+            idx = SPANNIndex.load(path / "index.npz", store)
+            extra[f"spann_{budget}"] = {"block_cache_bytes": cache,
+                                        "ram_frac": (idx.memory_bytes() + cache) / raw}
+            grid = [(ml, args.eps) for ml in args.stream_lists]
+            for io in args.io_threads:
+                lab = f"spann-{int(budget * 100)}%" + (f"-io{io}" if io > 1 else "")
+                rows += [{**r, "budget": budget}
+                         for r in spann_sweep(idx, Q, gt, raw, lab, grid, io, cache)]
+            store.close()
+            del idx
+    if "faiss" in args.parts and not args.no_peers:
+        print(f"[{name}] faiss IVF-Flat on-disk (streamed in)", flush=True)
+        nlist = int(np.clip(4 * np.sqrt(n), 16, 4096))
+        fs = sample[rng.choice(len(sample), min(len(sample), nlist * 40), replace=False)]
+        rows += faiss_ivf_ondisk_stream(paths, fs, Q, gt, raw, nlist, tmp, args.stream_nprobes)
+    extra["diskann"] = ("not run: its disk index build on GloVe-50 (390k x 50) took ~13 min "
+                        "here; scaled by rows and dimension (x12.8, ~x2.6) that is ~7 h for "
+                        "5M x 128 on these 2 cores")
+    return [{**r, "set": name} for r in rows], extra
+
+
 # -- main -----------------------------------------------------------------------------------------
 
 
@@ -454,6 +567,16 @@ def main(argv=None) -> None:
                     default={"spann", "faiss", "hnsw", "diskann", "updates"},
                     help="which measurements to run (spann,faiss,hnsw,hnswlib,diskann,updates)")
     ap.add_argument("--name", default="spann", help="results file name")
+    ap.add_argument("--stream-n", type=int, default=5_000_000,
+                    help="rows of the streamed synthetic set (--sets synthetic-stream)")
+    ap.add_argument("--stream-nq", type=int, default=500)
+    ap.add_argument("--stream-head-ratio", type=float, default=0.01)
+    ap.add_argument("--stream-lists", type=lambda s: [int(x) for x in s.split(",")],
+                    default=[16, 32, 48, 64, 96])
+    ap.add_argument("--stream-nprobes", type=lambda s: [int(x) for x in s.split(",")],
+                    default=[8, 16, 32, 64, 128])
+    ap.add_argument("--shards", default="", help="folder of the streamed set's .npy shards "
+                    "(written there if missing)")
     args = ap.parse_args(argv)
     tmp = Path(args.tmp if not args.smoke else tempfile.mkdtemp(prefix="spann-smoke-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -475,6 +598,12 @@ def main(argv=None) -> None:
         extra["smoke_updates"] = update_stream(st, X[3000:], np.arange(3000, 4000),
                                                np.arange(0, 500), Q, 200)
         print("  updates", extra["smoke_updates"], flush=True)
+        # the streamed set's path (shards, streaming ground truth, build_stream, faiss streamed)
+        args.stream_n, args.stream_nq, args.stream_head_ratio = 6000, 30, 0.05
+        args.stream_lists, args.stream_nprobes, args.io_threads = [8, 32], [4, 16], [1, 4]
+        r, e = run_stream_set(args, tmp, budgets)
+        rows += r
+        extra["smoke_stream"] = e
         write_results("spann-smoke", rows, extra)
         shutil.rmtree(tmp, ignore_errors=True)
         return
@@ -505,6 +634,10 @@ def main(argv=None) -> None:
             print("  updates", u, flush=True)
             extra[f"{name}_updates"] = u
             store.close()
+        elif name == "synthetic-stream":
+            r, e = run_stream_set(args, tmp, budgets)
+            rows += r
+            extra[e["set"]] = e
         elif name == "synthetic":
             n, d = args.synthetic_n, 128
             chunks = list(clustered_stream(n, d, chunk=50_000, seed=7))
