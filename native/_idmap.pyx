@@ -78,10 +78,11 @@ cdef class IdMap:
     cdef int readers
     cdef bint writing
 
-    def __cinit__(self, int64_t capacity=0):
-        if capacity < 0:
-            raise InvalidArgument(f"capacity must be >= 0, got {capacity}")
-        if idm_init(&self.t, idm_cap_for(capacity)) != 0:
+    def __cinit__(self, int64_t expected=0):
+        """An empty map with room for ``expected`` ids before its first rehash."""
+        if expected < 0:
+            raise InvalidArgument(f"expected must be >= 0, got {expected}")
+        if idm_init(&self.t, idm_cap_for(expected)) != 0:
             raise MemoryError("IdMap: out of memory")
         self.retired = NULL
         self.nretired = 0
