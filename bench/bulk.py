@@ -113,7 +113,8 @@ def online_rate(src_paths: list[str], n: int, dim: int, workers: int, params: di
     shutil.rmtree(sub, ignore_errors=True)
     shutil.rmtree(data, ignore_errors=True)
     return {"workers": workers, "rows": r["rows_written"], "seconds": el,
-            "vectors_per_s": r["rows_written"] / el, "errors": len(r["errors"])}
+            "vectors_per_s": r["rows_written"] / el, "errors": len(r["errors"]),
+            "cpu_seconds": r["cpu_s"], "vectors_per_cpu_s": r["rows_written"] / r["cpu_s"]}
 
 
 def online_into(data: str, n: int, dim: int, workers: int, tmp: str, batch: int, id_start: int,
@@ -132,6 +133,7 @@ def online_into(data: str, n: int, dim: int, workers: int, tmp: str, batch: int,
     shutil.rmtree(sub, ignore_errors=True)
     return {"workers": workers, "rows": r["rows_written"], "seconds": el,
             "vectors_per_s": r["rows_written"] / el, "errors": len(r["errors"]),
+            "cpu_seconds": r["cpu_s"], "vectors_per_cpu_s": r["rows_written"] / r["cpu_s"],
             "into": "bulk-imported collection"}
 
 
@@ -174,7 +176,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="head search beam of the map tasks (default: the collection's head_ef)")
     ap.add_argument("--threads", type=int, default=2, help="SPANN head-graph build threads")
     ap.add_argument("--sample-rows", type=int, default=None,
-                    help="default: max(200k, 3 x head_ratio x n), at most n")
+                    help="default: the builder's (10 rows per head: max(200k, 10 x head_ratio x "
+                         "n), at most n)")
+    ap.add_argument("--head-vectors", default="centroid", choices=("centroid", "member"))
     ap.add_argument("--memory-mb", type=int, default=256)
     ap.add_argument("--nq", type=int, default=1000)
     ap.add_argument("--tmp", default=None)
@@ -182,8 +186,6 @@ def main(argv: list[str] | None = None) -> None:
     if a.smoke:
         a.n, a.dim, a.shard, a.online_n, a.nq, a.sample_rows = 20_000, 32, 5_000, 4_000, 100, 10_000
         a.into_n, a.into_batch = 1_000, 250
-    if a.sample_rows is None:
-        a.sample_rows = min(a.n, max(200_000, int(3 * a.head_ratio * a.n)))
     from vecdb.ingest.bulk import bulk_build_spann, import_bulk
     from vecdb.ingest.online import init_ray
 
@@ -202,10 +204,13 @@ def main(argv: list[str] | None = None) -> None:
         man = bulk_build_spann(os.path.join(tmp, "src"), os.path.join(tmp, "out"), dim=a.dim,
                                tenant="t", params=params, sample_rows=a.sample_rows,
                                memory_bytes=a.memory_mb << 20, batch_rows=20_000,
-                               fill=a.fill, search_ef=a.search_ef)
+                               fill=a.fill, search_ef=a.search_ef,
+                               head_vectors=a.head_vectors)
         imp = import_bulk(os.path.join(tmp, "data"), "bulk", os.path.join(tmp, "out"))
         stages = dict(man["stages"])
-        stages["import"] = {"seconds": imp["seconds"], "driver_peak_rss": peak_rss_bytes()}
+        stages["import"] = {"seconds": imp["seconds"], "driver_peak_rss": peak_rss_bytes(),
+                            "cpu_seconds": imp["cpu_seconds"]}
+        offline_cpu = sum(v.get("cpu_seconds", 0.0) for v in stages.values())
         build_s = man["seconds"] + imp["seconds"]
         t1 = time.perf_counter()
         db = vecdb.open(os.path.join(tmp, "data"))
@@ -231,6 +236,9 @@ def main(argv: list[str] | None = None) -> None:
         offline_vps = man["rows"] / build_s
         per_core_ratio = (offline_vps / 2) / online[0]["vectors_per_s"]
         per_core_ratio_into = (offline_vps / 2) / into[0]["vectors_per_s"]
+        offline_vpc = man["rows"] / offline_cpu
+        cpu_ratio_into = offline_vpc / into[0]["vectors_per_cpu_s"]
+        cpu_ratio_fresh = offline_vpc / online[0]["vectors_per_cpu_s"]
         summary = {"n": a.n, "dim": a.dim, "shards": len(paths), "heads": man["heads"],
                    "offline_seconds": build_s, "offline_vectors_per_s": offline_vps,
                    "offline_vectors_per_s_per_core": offline_vps / 2,
@@ -241,28 +249,42 @@ def main(argv: list[str] | None = None) -> None:
                    "online_into_imported_2_workers_vectors_per_s": into[1]["vectors_per_s"],
                    "offline_per_core_over_online_into_imported": per_core_ratio_into,
                    "goal_ratio_baseline": "online single stream into the imported collection",
+                   "offline_cpu_seconds": offline_cpu,
+                   "offline_vectors_per_cpu_s": offline_vpc,
+                   "online_into_imported_1_worker_vectors_per_cpu_s":
+                       into[0]["vectors_per_cpu_s"],
+                   "online_1_worker_vectors_per_cpu_s": online[0]["vectors_per_cpu_s"],
+                   "offline_over_online_into_imported_per_cpu_s": cpu_ratio_into,
+                   "offline_over_online_fresh_per_cpu_s": cpu_ratio_fresh,
                    "disk_bytes_per_vector": disk / man["rows"],
                    "sst_bytes_per_vector": man["sst_bytes"] / man["rows"],
                    "recall_at_10": {r["max_lists"]: r["recall"] for r in rec_rows},
                    "driver_peak_rss": peak_rss_bytes(), "params": params,
                    "fill": a.fill, "search_ef": a.search_ef, "reopen_seconds": open_s,
-                   "sample_rows": a.sample_rows, "memory_mb": a.memory_mb,
+                   "sample_rows": man["stages"]["sample"]["rows"], "memory_mb": a.memory_mb,
+                   "head_vectors": a.head_vectors,
                    "online_into_rows": a.into_n, "online_into_batch": a.into_batch,
                    "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
         table = extrapolate(stages, man["rows"], a.dim, disk / man["rows"], a.head_ratio, 2)
-        print("\nstage        seconds   worker/driver peak RSS (MB)")
+        print("\nstage        seconds  CPU-seconds   worker/driver peak RSS (MB)")
         for k, v in stages.items():
             rss = v.get("worker_peak_rss") or v.get("driver_peak_rss") or 0
-            print(f"{k:<12} {v['seconds']:8.1f}   {rss / 2**20:8.0f}")
+            print(f"{k:<12} {v['seconds']:8.1f} {v.get('cpu_seconds', 0):11.1f}   "
+                  f"{rss / 2**20:8.0f}")
         print(f"\noffline: {offline_vps:,.0f} vectors/s end to end ({build_s:.0f}s), "
               f"{disk / man['rows']:.0f} B/vector on disk, recall@10 "
               + ", ".join(f"{r['recall']:.3f}@{r['max_lists']}" for r in rec_rows))
+        print(f"offline CPU: {offline_cpu:,.0f} CPU-seconds, {offline_vpc:,.0f} vectors per "
+              f"CPU-second")
         for o in online:
-            print(f"online {o['workers']} worker(s): {o['vectors_per_s']:,.0f} vectors/s "
-                  f"({o['rows']:,} rows)")
+            print(f"online {o['workers']} worker(s): {o['vectors_per_s']:,.0f} vectors/s, "
+                  f"{o['vectors_per_cpu_s']:,.0f} per CPU-second ({o['rows']:,} rows)")
         for o in into:
             print(f"online {o['workers']} worker(s) into the imported collection: "
-                  f"{o['vectors_per_s']:,.0f} vectors/s ({o['rows']:,} rows)")
+                  f"{o['vectors_per_s']:,.0f} vectors/s, {o['vectors_per_cpu_s']:,.0f} per "
+                  f"CPU-second ({o['rows']:,} rows)")
+        print(f"offline / online single stream, per CPU-second: {cpu_ratio_into:.1f}x (into the "
+              f"imported collection), {cpu_ratio_fresh:.1f}x (fresh collection)")
         print(f"offline per core / online single stream: {per_core_ratio_into:.1f}x (into the "
               f"imported collection: the baseline), {per_core_ratio:.1f}x (fresh collection)")
         for t in table:

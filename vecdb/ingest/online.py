@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from vecdb.errors import InvalidArgument, VecdbError
+from vecdb.ingest import cpu
 from vecdb.ingest.sinks import EmbeddedSink, GrpcSink, write_batch
 from vecdb.ingest.sources import (
     DEFAULT_COLUMNS,
@@ -197,7 +198,9 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
     ``id_start`` + global row number. ``state_path`` (default ``<source>.ingest-state.json`` next to
     the first shard) makes the job resumable; ``status_path`` gets the progress JSON. ``create``:
     dict(dim, metric, index, params) to create the collection if missing.
-    Returns a report: rows_total, rows_written, errors (file, row, error), elapsed_s, rows_per_s.
+    Returns a report: rows_total, rows_written, errors (file, row, error), elapsed_s, rows_per_s,
+    cpu_s (CPU seconds of this process tree while streaming: driver, Ray, workers, the embedded
+    sink actor; see ``vecdb.ingest.cpu``; a remote server's CPU is not in it).
     """
     import ray
 
@@ -233,6 +236,7 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
             "tenant": tenant, "crash": _crash}
     task = ray.remote(num_cpus=1, max_retries=0)(ingest_shard)
     t0 = time.perf_counter()
+    c0 = cpu.snapshot()
     summary0 = ray.get(tracker.summary.remote())
     prog = Progress(summary0["rows_total"], status_path, done=summary0["rows_acked"],
                     stream=__import__("sys").stderr if progress else None)
@@ -262,6 +266,7 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
         ray.get(tracker.flush.remote())
         sm = ray.get(tracker.summary.remote())
         el = time.perf_counter() - t0
+        cpu_s = cpu.cpu_between(c0, cpu.snapshot())
         snap = prog.close(errors=len(sm["errors"]))
     finally:
         if sink_actor is not None:
@@ -272,5 +277,6 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
         ray.kill(tracker)
     return {"rows_total": sm["rows_total"], "rows_acked": sm["rows_acked"],
             "rows_written": sm["rows_written"], "errors": sm["errors"], "elapsed_s": el,
+            "cpu_s": cpu_s,
             "rows_per_s": snap["rows_per_s"], "resumed": sm["resumed"], "workers": workers,
             "state_path": state_path, "status_path": status_path}
