@@ -74,16 +74,28 @@ int idm_needs_grow(const idm_table *t, int64_t n_new) {
     return (double)(t->used + n_new) > 0.7 * (double)t->cap;
 }
 
-/* Copy src's live entries into dst (freshly initialised, large enough). */
+/* Copy src's live entries into dst (freshly initialised, large enough). src is read in order;
+ * the random writes into dst are prefetched IDM_PREFETCH live entries ahead. */
 int idm_rehash_into(const idm_table *src, idm_table *dst) {
     const uint64_t mask = (uint64_t)dst->cap - 1;
+    idm_entry *out = dst->tab;
+    int64_t ahead = 0; /* src index of the next entry to prefetch for */
+    int64_t inflight = 0;
     for (int64_t i = 0; i < src->cap; i++) {
+        while (inflight < IDM_PREFETCH && ahead < src->cap) {
+            if (src->tab[ahead].val >= 0) {
+                __builtin_prefetch(&out[idm_hash(src->tab[ahead].key) & mask], 1, 1);
+                inflight++;
+            }
+            ahead++;
+        }
         const idm_entry *e = &src->tab[i];
         if (e->val < 0) continue;
+        inflight--;
         uint64_t b = idm_hash(e->key) & mask;
-        while (dst->tab[b].val != IDM_EMPTY) b = (b + 1) & mask;
-        dst->tab[b].key = e->key;
-        dst->tab[b].val = e->val;
+        while (out[b].val != IDM_EMPTY) b = (b + 1) & mask;
+        out[b].key = e->key;
+        out[b].val = e->val;
     }
     dst->live = dst->used = src->live;
     return 0;
