@@ -47,14 +47,17 @@ from vecdb.storage.rocks import RocksKVStore
 HERE = Path(__file__).resolve().parent
 DISKANN_PY = os.environ.get("VECDB_DISKANN_PYTHON", "bench/data/diskann-venv/bin/python")
 BLOCK_CACHE = 1 << 20  # SPANN's RocksDB block cache (bytes, counted in its RAM)
-# Swept on GloVe-50 (recall@10 vs lists and bytes read): a read costs ~80 us up to ~32 KB and
-# little more per extra KB, so fewer, larger lists (head_ratio 0.015, ~5k heads) with the index's
-# default replicas (8, eps1 1.0) reach 0.90 with ~20 reads where head_ratio 0.035 with 4 replicas
-# (eps1 0.3) needed ~42. float16 posting vectors halve the bytes of each read (recall@10 at 20
-# lists 0.908 vs 0.910 with float32). The index's RAM is ~8% of raw; the rest of the budget is
-# RocksDB block cache. reassign="nearest": a split re-inserts only members that the list of
-# their nearest head lacks (the default "all" re-places every replica: ~8x slower updates).
-SPANN_KW: dict = {"posting_dtype": "float16", "reassign": "nearest"}
+# Swept on GloVe-50 (recall@10 vs lists read; 500-1000 queries): a read costs ~85 us up to
+# ~40 KB and ~136 us at 128 KB, so fewer, larger lists win. SQ8 records (62 bytes vs 112 for
+# float16) put ~1.8x the records in a read; with them, lists needed for 0.90: head_ratio 0.015
+# (5k lists, 22 KB) 24, 0.0075 (42 KB) 17, 0.005 (1.7k lists, 59 KB) 14, 0.0035 (1.2k lists,
+# 84 KB) 11; float16 at 0.015 (40 KB) needed 20. SQ8 alone costs ~1.5 points of recall at the
+# same lists (distances of the decoded vectors, no re-rank: a re-rank would need extra reads).
+# The index's RAM is ~2% of raw; the rest of the budget is RocksDB block cache, which then
+# holds ~9% of the posting bytes (the most recently read lists). reassign="nearest": a split
+# re-inserts only members that the list of their nearest head lacks (the default "all"
+# re-places every replica: ~8x slower updates).
+SPANN_KW: dict = {"posting_dtype": "sq8", "reassign": "nearest"}
 # the 5M x 128 set (``--sets synthetic-stream``): SQ8 records, built by build_stream
 STREAM_KW: dict = {"posting_dtype": "sq8", "reassign": "nearest"}
 
@@ -126,9 +129,10 @@ def spann_sweep(idx: SPANNIndex, Q, gt, raw: int, label: str, grid, io_threads: 
         I, t = latencies(one, Q)
         lists = np.mean([s["lists_read"][0] for s in stats])
         byts = np.mean([s["bytes_read"][0] for s in stats])
+        ram_lists = np.mean([s["lists_from_ram"][0] for s in stats])
         rows.append(row(label, f"lists={ml},eps={eps}", I, t, gt, ram, raw,
                         lists_per_q=float(lists), kb_per_q=float(byts / 1024),
-                        io_threads=io_threads))
+                        store_lists_per_q=float(lists - ram_lists), io_threads=io_threads))
     return rows
 
 
@@ -490,11 +494,21 @@ def run_set(name: str, X, Q, gt, metric, args, tmp: Path, budgets, stream_chunk=
         # each row uses its budget; reopening is also the path a restarted server takes
         probe = SPANNIndex.load(path / "index.npz", RocksKVStore(
             path, block_cache_bytes=BLOCK_CACHE, direct_reads=not args.page_cache))
-        cache = max(BLOCK_CACHE, int(budget * raw * 0.99) - probe.memory_bytes())
+        free = int(budget * raw * 0.99) - probe.memory_bytes()
         probe.store.close()
+        # --pin: most of the free RAM holds the most-probed lists (chosen with base vectors as
+        # proxy queries, never the test queries), the rest is RocksDB's LRU block cache
+        pin = max(0, free - BLOCK_CACHE) if args.pin else 0
+        cache = max(BLOCK_CACHE, free - pin)
         store = RocksKVStore(path, block_cache_bytes=cache, direct_reads=not args.page_cache)
         idx = SPANNIndex.load(path / "index.npz", store)
-        info = {**info, "block_cache_bytes": cache,
+        if pin:
+            proxy = X[np.random.default_rng(1).choice(len(X), min(len(X), 20_000),
+                                                      replace=False)]
+            idx.pin_lists(pin, proxy, max_lists=int(np.median(args.lists)))
+        info = {**info, "block_cache_bytes": cache, "pinned_lists": len(idx._pinned),
+                "pinned_bytes": sum(len(v) for v in idx._pinned.values()),
+                "index_ram": idx.memory_bytes(),
                 "ram_frac": (idx.memory_bytes() + cache) / raw}
         print("  build", {k: round(v, 3) if isinstance(v, float) else v
                           for k, v in info.items()}, flush=True)
@@ -541,7 +555,7 @@ def main(argv=None) -> None:
     ap.add_argument("--synthetic-n", type=int, default=200_000)
     ap.add_argument("--nq", type=int, default=1000)
     ap.add_argument("--lists", type=lambda s: [int(x) for x in s.split(",")],
-                    default=[12, 16, 20, 24, 32, 48, 64])
+                    default=[6, 8, 10, 11, 12, 14, 16, 20])
     ap.add_argument("--eps", type=float, default=10.0)
     ap.add_argument("--nprobes", type=lambda s: [int(x) for x in s.split(",")],
                     default=[4, 8, 16, 32, 64])
@@ -566,6 +580,8 @@ def main(argv=None) -> None:
     ap.add_argument("--page-cache", action="store_true",
                     help="RocksDB without O_DIRECT (reads may hit the OS page cache, like mmap)")
     ap.add_argument("--no-updates", action="store_true")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                    help="SPANN: hold the most-probed lists in the RAM budget (pin_lists)")
     ap.add_argument("--parts", type=lambda s: set(s.split(",")),
                     default={"spann", "faiss", "hnsw", "diskann", "updates"},
                     help="which measurements to run (spann,faiss,hnsw,hnswlib,diskann,updates)")
@@ -585,7 +601,7 @@ def main(argv=None) -> None:
     tmp.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     extra: dict = {"block_cache_bytes": BLOCK_CACHE}
-    ratio = {0.15: 0.015, 0.30: 0.015}  # RAM budget -> head_ratio (GloVe-50; see SPANN_KW)
+    ratio = {0.15: 0.0035, 0.30: 0.0035}  # RAM budget -> head_ratio (GloVe-50; see SPANN_KW)
     budgets = [(b, ratio[b]) for b in map(float, args.budgets.split(","))]
     if args.smoke:
         args.lists, args.nprobes, args.efs, args.Ls = [8, 32], [4, 16], [16, 64], [20, 40]

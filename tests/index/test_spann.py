@@ -629,6 +629,38 @@ def test_build_stream(tmp_path, sift5k):
         SPANNIndex(128, background=False, **SIFT).build_stream([X[:100]], 200, X[:100], tmp_path)
 
 
+def test_pin_lists(sift5k):
+    """pin_lists holds the most-probed lists in RAM: identical results, fewer lists read from the
+    store, counted in memory_bytes; the pinned copies follow appends, splits and GC, so results
+    stay identical to reading the store; max_bytes=0 unpins; bad budgets are refused."""
+    X, Q = sift5k["base"], sift5k["queries"]
+    idx = SPANNIndex(128, "l2", posting_dtype="sq8", background=False, head_ratio=0.06,
+                     posting_limit=120)
+    idx.add(X[:4000])
+    I0, D0 = idx.search(Q, 10, params=SIFT_SEARCH)
+    m0 = idx.memory_bytes()
+    n = idx.pin_lists(200_000, X[::7], max_lists=32)
+    assert n > 0 and 200_000 + 100 * n >= idx.memory_bytes() - m0 > 100_000
+    I1, D1 = idx.search(Q, 10, params=SIFT_SEARCH)
+    np.testing.assert_array_equal(I0, I1)
+    np.testing.assert_array_equal(D0, D1)
+    st = idx.last_search_stats()
+    assert st["lists_from_ram"].sum() > 0 and (st["lists_from_ram"] <= st["lists_read"]).all()
+    idx.add(X[4000:], np.arange(4000, 5000))  # appends to pinned lists, splits of some
+    idx.remove(np.arange(0, 300))
+    idx.compact()  # GC rewrites lists
+    assert idx.stats["splits"] > 0
+    I2, D2 = idx.search(Q, 10, params=SIFT_SEARCH)
+    idx.pin_lists(0, X[:1])
+    assert not idx._pinned
+    I3, D3 = idx.search(Q, 10, params=SIFT_SEARCH)
+    np.testing.assert_array_equal(I2, I3)
+    np.testing.assert_array_equal(D2, D3)
+    assert not np.isin(I2, np.arange(300)).any()
+    with pytest.raises(InvalidArgument):
+        idx.pin_lists(-1, X[:1])
+
+
 def test_float16_postings(tmp_path, sift5k):
     """posting_dtype="float16": half the bytes per list, recall as float32's, distances those of
     the rounded vectors, reopen keeps the format, values beyond float16 are refused."""

@@ -192,6 +192,7 @@ class SPANNIndex(Index):
         self._closed = False
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None  # posting reads for io_threads > 1
+        self._pinned: dict[int, bytes] = {}  # list id -> its value, held in RAM (pin_lists)
         self._pool_lock = threading.Lock()
         self.stats = {"splits": 0, "merges": 0, "reassigned": 0, "gc_records": 0}
         if _fresh:  # a new index owns the postings family: drop anything a previous one left
@@ -489,17 +490,20 @@ class SPANNIndex(Index):
         uniq, starts = np.unique(lists, return_index=True)
         ends = np.append(starts[1:], len(lists))
         olds = self._fetch(_pkeys(uniq), _UPDATE_IO)
+        repin: dict[int, bytes] = {}
         for lid, a, b, old in zip(uniq.tolist(), starts.tolist(), ends.tolist(), olds,
                                   strict=True):
             sel = pts[a:b]
-            batch.put(CF, _key(b"P", lid),
-                      (old or b"") + pack_records(self._rec, s[sel], vers[sel],
-                                                  self._enc(X[sel])))
+            value = (old or b"") + pack_records(self._rec, s[sel], vers[sel], self._enc(X[sel]))
+            batch.put(CF, _key(b"P", lid), value)
+            if lid in self._pinned:
+                repin[lid] = value
             size = (len(old or b"") // self._rec.itemsize) + len(sel)
             self._sizes[lid] = size
             if size > self.posting_limit:
                 self._todo.add(lid)
         self.store.write(batch)
+        self._pinned.update(repin)  # pinned copies follow their lists (after the write)
 
     def remove(self, slots) -> None:
         s = self._slots(slots)
@@ -610,6 +614,8 @@ class SPANNIndex(Index):
         elif dropped > 0:
             self.store.put(CF, _key(b"P", lid), rec.tobytes())
             self._sizes[lid] = len(rec)
+            if lid in self._pinned:
+                self._pinned[lid] = rec.tobytes()
         self.stats["gc_records"] += max(0, dropped)
 
     def _split(self, lid: int, rec: np.ndarray) -> None:
@@ -637,6 +643,7 @@ class SPANNIndex(Index):
         self._heads.add(np.array(new_ids), np.stack(new_heads))
         self.store.write(batch)
         self._heads.remove([lid])
+        self._pinned.pop(lid, None)
         del self._sizes[lid]
         self.stats["splits"] += 1
         for nid, p in zip(new_ids, parts, strict=True):
@@ -722,6 +729,7 @@ class SPANNIndex(Index):
         b.delete(CF, _key(b"H", lid))
         self._heads.remove([lid])
         self.store.write(b)
+        self._pinned.pop(lid, None)
         del self._sizes[lid]
         self.stats["merges"] += 1
         if len(rec):
@@ -767,8 +775,9 @@ class SPANNIndex(Index):
         lists_read = np.zeros(nq, dtype=np.int64)
         bytes_read = np.zeros(nq, dtype=np.int64)
         scanned = np.zeros(nq, dtype=np.int64)
+        from_ram = np.zeros(nq, dtype=np.int64)
         if nq == 0 or len(self._heads) == 0:
-            self._local.stats = (lists_read, bytes_read, scanned)
+            self._local.stats = (lists_read, bytes_read, scanned, from_ram)
             return out_i, out_d
         bm = None
         if tenant is not None:
@@ -781,7 +790,15 @@ class SPANNIndex(Index):
         sq = (self._sq.scale, self._sq.offset) if self._sq is not None else None
         for i in range(nq):
             ids = hid[i][keep[i]]
-            blocks = self._fetch(_pkeys(ids), p.io_threads)
+            pinned = self._pinned
+            if pinned:  # lists held in RAM are not read
+                got = [pinned.get(j) for j in ids.tolist()]
+                blocks = [b for b in got if b is not None]
+                from_ram[i] = len(blocks)
+                miss = ids[np.fromiter((b is None for b in got), bool, len(got))]
+                blocks += self._fetch(_pkeys(miss), p.io_threads)
+            else:
+                blocks = self._fetch(_pkeys(ids), p.io_threads)
             live, ver = self._live, self._ver  # one snapshot (_grow swaps both arrays)
             m = min(len(live), len(ver))
             _spann.scan(Q[i], blocks, live[:m].view(np.uint8), ver[:m], bm, k, self._code,
@@ -789,13 +806,50 @@ class SPANNIndex(Index):
             lists_read[i] = len(ids)
             bytes_read[i] = st[0]
             scanned[i] = st[1]
-        self._local.stats = (lists_read, bytes_read, scanned)
+        self._local.stats = (lists_read, bytes_read, scanned, from_ram)
         return out_i, out_d
 
     def last_search_stats(self) -> dict[str, np.ndarray]:
-        """Per query of this thread's last ``search``: lists read, bytes read, records scanned."""
-        lr, br, sc = getattr(self._local, "stats", (np.zeros(0),) * 3)
-        return {"lists_read": lr, "bytes_read": br, "records_scanned": sc}
+        """Per query of this thread's last ``search``: lists scanned (``lists_read``), their
+        bytes, records scanned, and how many of the lists were pinned in RAM (``pin_lists``):
+        disk reads = lists_read - lists_from_ram (less any RocksDB block cache hits)."""
+        lr, br, sc, fr = getattr(self._local, "stats", (np.zeros(0),) * 4)
+        return {"lists_read": lr, "bytes_read": br, "records_scanned": sc,
+                "lists_from_ram": fr}
+
+    def pin_lists(self, max_bytes: int, queries: np.ndarray, max_lists: int = 16) -> int:
+        """Hold the posting lists that ``queries`` (a sample like the expected queries, e.g.
+        base vectors) probe most often, per byte, in RAM, up to ``max_bytes``; returns how many.
+
+        A frequency-chosen set beats an LRU cache of the same size on a skewed probe
+        distribution (GloVe-50, 10 MB, lists probed by 20k base vectors as proxy queries: 21% of
+        a test query's lists vs ~14% from RocksDB's LRU block cache). Pinned copies follow
+        their lists (appends, GC, splits, merges), are counted in ``memory_bytes`` and are not
+        saved (call again after ``load``). ``max_bytes=0`` unpins everything."""
+        if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0:
+            raise InvalidArgument(f"max_bytes must be an int >= 0, got {max_bytes!r}")
+        if max_bytes == 0 or len(self._heads) == 0:
+            self._pinned = {}
+            return 0
+        Q = self._prepare(queries, "queries")
+        with self._wlock:
+            hid, _ = self._heads.search(Q, max(1, int(max_lists)))
+            ids = np.array(sorted(self._sizes), dtype=np.int64)
+            size = np.array([self._sizes[i] for i in ids.tolist()], dtype=np.float64)
+            size = np.maximum(size, 1) * self._rec.itemsize
+            pos = np.searchsorted(ids, hid[hid >= 0])
+            ok = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == hid[hid >= 0])
+            freq = np.bincount(pos[ok], minlength=len(ids)).astype(np.float64)
+            order = np.argsort(-(freq / size), kind="stable")
+            order = order[freq[order] > 0]
+            chosen = order[np.cumsum(size[order]) <= max_bytes]
+            pin: dict[int, bytes] = {}
+            for lid, raw in zip(ids[chosen].tolist(), self._fetch(_pkeys(ids[chosen]), 4),
+                                strict=True):
+                if raw is not None:
+                    pin[lid] = raw
+            self._pinned = pin
+            return len(pin)
 
     @property
     def acl(self) -> AccessLists:
@@ -805,9 +859,12 @@ class SPANNIndex(Index):
         return len(self._heads)
 
     def memory_bytes(self) -> int:
-        """RAM held: heads + head graph, version map, live flags, list sizes, tenant bitmaps."""
+        """RAM held: heads + head graph, version map, live flags, list sizes, tenant bitmaps,
+        the SQ8 quantizer and the pinned lists."""
+        pinned = self._pinned
         return (self._heads.memory_bytes() + self._ver.nbytes + self._live.nbytes
-                + 80 * len(self._sizes) + self._acl.memory_bytes() + 8 * self.dim)
+                + 80 * len(self._sizes) + self._acl.memory_bytes() + 8 * self.dim
+                + sum(len(v) + 100 for v in list(pinned.values())))
 
     def __len__(self) -> int:
         return self._count
