@@ -190,10 +190,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sample-rows", type=int, default=None,
                     help="default: the builder's (10 rows per head: max(200k, 10 x head_ratio x "
                          "n), at most n)")
-    ap.add_argument("--head-vectors", default="centroid", choices=("centroid", "member"))
+    ap.add_argument("--head-vectors", default="member", choices=("centroid", "member"))
     ap.add_argument("--memory-mb", type=int, default=256)
     ap.add_argument("--nq", type=int, default=1000)
     ap.add_argument("--tmp", default=None)
+    ap.add_argument("--name", default=None,
+                    help="results name under bench/results (default bulk, bulk-smoke)")
+    ap.add_argument("--probes", type=int, default=6, help="HeadGroups probes of the map stage")
+    ap.add_argument("--head-search", default="groups", choices=("groups", "graph"))
     a = ap.parse_args(argv)
     if a.smoke:
         a.n, a.dim, a.shard, a.online_n, a.nq, a.sample_rows = 20_000, 32, 5_000, 4_000, 100, 10_000
@@ -217,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
                                tenant="t", params=params, sample_rows=a.sample_rows,
                                memory_bytes=a.memory_mb << 20, batch_rows=20_000,
                                fill=a.fill, search_ef=a.search_ef,
-                               head_vectors=a.head_vectors)
+                               head_vectors=a.head_vectors, head_search=a.head_search,
+                               probes=a.probes)
         imp = import_bulk(os.path.join(tmp, "data"), "bulk", os.path.join(tmp, "out"))
         stages = dict(man["stages"])
         stages["import"] = {"seconds": imp["seconds"], "driver_peak_rss": peak_rss_bytes(),
@@ -280,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
                    "driver_peak_rss": peak_rss_bytes(), "params": params,
                    "fill": a.fill, "search_ef": a.search_ef, "reopen_seconds": open_s,
                    "sample_rows": man["stages"]["sample"]["rows"], "memory_mb": a.memory_mb,
-                   "head_vectors": a.head_vectors,
+                   "head_vectors": a.head_vectors, "head_search": a.head_search,
+                   "probes": a.probes,
                    "online_into_rows": a.into_n, "online_into_batch": a.into_batch,
                    "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
         table = extrapolate(stages, man["rows"], a.dim, disk / man["rows"], a.head_ratio, 2)
@@ -311,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{t['hours']:7.1f} h, disk {t['disk_TB']:.2f} TB, "
                   f"heads {t['heads_RAM_GB']:.0f} GB RAM, training sample "
                   f"{t['sample_RAM_GB']:.0f} GB")
-        name = "bulk-smoke" if a.smoke else "bulk"
+        name = a.name or ("bulk-smoke" if a.smoke else "bulk")
         write_results(name, rec_rows, {"summary": summary, "stages": stages,
                                        "online": online, "online_into_imported": into,
                                        "extrapolation": table})

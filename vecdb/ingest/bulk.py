@@ -520,6 +520,7 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
     from vecdb.index._spann_parts import balanced_kmeans, nearest_member, record_dtype
 
     t0 = time.perf_counter()
+    tm = {}
     parts = []
     for p in runs:
         a = np.load(p, mmap_mode="r")
@@ -529,6 +530,7 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
         del a
     cat = np.concatenate(parts) if parts else np.zeros(0, dtype=run_dtype())
     del parts
+    tm["load_runs"] = time.perf_counter() - t0
     cat = cat[np.lexsort((cat["d"], cat["sec"], cat["lid"]))]
     rows = len(cat)
     # the cap, vectorised: rank of each record inside its list vs max(primaries, cap)
@@ -542,6 +544,8 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
     dropped = rows - len(cat)
     size = np.bincount(cat["lid"].astype(np.int64) - lo, minlength=hi - lo)
     bounds = np.concatenate([[0], np.cumsum(size)])
+    tm["sort_cap"] = time.perf_counter() - t0 - tm["load_runs"]
+    t1 = time.perf_counter()
     # vectors: gathered from the memory-mapped vector file of the map task that read each slot
     rec = np.zeros(len(cat), dtype=record_dtype(dim))
     rec["slot"] = cat["slot"]
@@ -555,6 +559,8 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
         o = np.argsort(r, kind="stable")  # ascending file order: sequential-ish page reads
         rec["vec"][m[o]] = mm[r[o]]
         del mm
+    tm["gather"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
     split = split or {}
     new_ids: list[int] = []
     new_vecs: list[np.ndarray] = []
@@ -592,6 +598,8 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
             new_ids.append(nid)
             new_vecs.append(head)
             new_sizes.append(len(members))
+    tm["hub_split"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
     buf = rec.tobytes()
     del rec, cat
     isz = record_dtype(dim).itemsize
@@ -628,7 +636,8 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
             "new_ids": np.array(new_ids, dtype=np.int64), "new_sizes": np.array(new_sizes),
             "new_heads": np.array(new_vecs, dtype=np.float32).reshape(-1, dim),
             "dropped": int(dropped), "rows": int(rows), "rss": _rss(),
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0,
+            "split": {**tm, "write_sst": time.perf_counter() - t1}}
 
 
 def _ranges(hist: np.ndarray, max_rows: int, min_ranges: int) -> list[tuple[int, int]]:
@@ -857,6 +866,8 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                         "records": sum(r["records"] for r in res),
                         "dropped_by_cap": sum(r["dropped"] for r in res),
                         "max_task_rows": max((r["rows"] for r in res), default=0),
+                        "task_split": {k: sum(r["split"][k] for r in res)
+                                       for k in (res[0]["split"] if res else {})},
                         "worker_peak_rss": max((r["rss"] for r in res), default=0)}
     log(f"reduce: {stages['reduce']['records']} records in {len(ranges)} tasks "
         f"({stages['reduce']['seconds']:.1f}s)")
