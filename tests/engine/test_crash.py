@@ -62,7 +62,10 @@ def run_round(path: str, first: int, rng: random.Random, kind: str = "flat"
                     break
     finally:
         proc.send_signal(signal.SIGKILL)
-        rest, err = proc.communicate()
+        proc.wait()
+        # read through the text wrappers: communicate() reads the raw pipes and would drop lines
+        # the loop above had already buffered (acknowledged batches the check would miss)
+        rest, err = proc.stdout.read(), proc.stderr.read()
     # lines written before the kill may still be in the pipe: those batches were acknowledged
     for line in rest.splitlines():
         parts = line.split()
