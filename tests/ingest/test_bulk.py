@@ -251,3 +251,11 @@ def test_head_groups_find_the_exact_candidates(code):
     small = HeadGroups.build(heads[:10], code, group_size=40, probes=3)
     i, d = small.search(V[:5], 24)  # fewer heads than k: -1 / inf padding
     assert (i[:, 10:] == -1).all() and np.isinf(d[:, 10:]).all() and (i[:, :10] >= 0).all()
+
+
+@pytest.mark.parametrize("kw", [{"head_search": "hnsw"}, {"probes": 0}, {"head_vectors": "mean"}])
+def test_bad_bulk_knobs_are_refused_before_any_work(tmp_path, kw):
+    np.save(tmp_path / "a.npy", np.zeros((10, 4), np.float32))
+    with pytest.raises(InvalidArgument):
+        bulk_build_spann(str(tmp_path / "a.npy"), str(tmp_path / "out"), progress=False, **kw)
+    assert not (tmp_path / "out").exists()

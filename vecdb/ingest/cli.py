@@ -49,12 +49,19 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--tenant", default="default")
     b.add_argument("--id-start", type=int, default=0)
     b.add_argument("--params", default="{}", help="SPANN creation knobs as JSON")
-    b.add_argument("--sample-rows", type=int, default=200_000)
+    b.add_argument("--sample-rows", type=int,
+                   help="training sample (default ~10 rows per head, at least 200k)")
     b.add_argument("--batch", type=int, default=20_000)
     b.add_argument("--memory-mb", type=int, default=256)
     b.add_argument("--fill", type=float, default=0.8,
                    help="lists filled to this fraction of posting_limit (room for appends)")
-    b.add_argument("--search-ef", type=int, help="head search beam (default: head_ef)")
+    b.add_argument("--search-ef", type=int,
+                   help="head graph beam with --head-search graph (default: head_ef)")
+    b.add_argument("--head-search", default="groups", choices=("groups", "graph"),
+                   help="map-stage candidate search: batched GEMMs over head groups or the graph")
+    b.add_argument("--probes", type=int, default=6, help="head groups probed per vector")
+    b.add_argument("--head-vectors", default="member", choices=("member", "centroid"),
+                   help="a leaf's head: its member nearest the mean (SPANN) or the mean")
     i = sub.add_parser("import", help="import a bulk build into a stopped data folder")
     i.add_argument("--data", required=True)
     i.add_argument("--collection", required=True)
@@ -97,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                                  id_start=a.id_start, params=json.loads(a.params),
                                  sample_rows=a.sample_rows, batch_rows=a.batch,
                                  memory_bytes=a.memory_mb << 20, ray_address=a.ray_address,
-                                 fill=a.fill, search_ef=a.search_ef)
+                                 fill=a.fill, search_ef=a.search_ef,
+                                 head_search=a.head_search, probes=a.probes,
+                                 head_vectors=a.head_vectors)
             print(f"built {m['rows']:,} rows, {m['heads']:,} heads in {m['seconds']:.1f}s "
                   f"-> {a.out}")
             return _report_errors(m["errors"])
