@@ -3,28 +3,33 @@ atomically into a stopped data folder.
 
 ::
 
-    shards --(1) sample tasks--> sample --hierarchical_balanced_clusters--> heads   (driver)
-    shards --(2) map tasks (one per shard)-->
+    shards --(1) sample tasks--> sample (~10 rows per head) --balanced k-means parts--> Ray tasks:
+               hierarchical_balanced_clusters per part --> heads; driver: head HNSW + HeadGroups
+    shards --(2) map tasks (one per shard)--> HeadGroups candidates --> _spann.rng_select_heads
                vectors/acl/payload SST (keys = slots, one disjoint range per task)
-               runs: (list id, primary?, dist, slot, vector) sorted by list id, one per batch
+               runs: (list id, primary?, dist, slot) sorted by list id, one per batch
                histogram of list sizes
     runs --(3) reduce tasks (one per list-id range, sized by the histogram to the memory budget)-->
+               cap, split hub lists, gather vectors from the map tasks' vector files -->
                postings SST: b"H"+list -> head vector, b"P"+list -> packed records (capped)
-    import_bulk: new collection in a temp folder, ingest_external_file per column family,
-               engine state + SPANN checkpoint, verify by reopening, rename into place.
+    import_bulk: Database.import_sst (engine): SST files ingested per column family, maps
+               rebuilt, SPANN adopted (saved head graph and list sizes), checkpoint, reopened
+               and counted, renamed into place.
 
-The SPANN parts are SPANN's own (``vecdb.index._spann_parts``): the same balanced hierarchical
-clustering and nearest-member heads, the same candidate search (``HeadIndex``) and RNG replica rule
-(``rng_select``), the same posting cap rule (a vector's nearest list always keeps it) and the same
-record format and keys (``b"H"``/``b"P"``/``b"V"`` + list id in the ``postings`` family). The
-engine's ``vectors``/``acl``/``payload`` values use the engine's codec. So the imported collection
-is exactly what ``SPANNIndex`` + the engine would have written, and it takes online updates
-afterwards (splits, merges) like any other SPANN collection.
+The SPANN parts are SPANN's own (``vecdb.index._spann_parts``, ``vecdb._spann``): the same
+balanced hierarchical clustering and nearest-member heads, the same RNG replica rule (native
+``rng_select_heads``), the same posting cap rule (a vector's nearest list always keeps it) and
+the same record format and keys (``b"H"``/``b"P"``/``b"V"`` + list id in the ``postings``
+family). The candidate heads of a vector come from ``HeadGroups`` (batched GEMMs, near-exact)
+instead of the head graph. The engine's ``vectors``/``acl``/``payload`` values use the engine's
+codec. So the imported collection is what ``SPANNIndex`` + the engine would have written, and it
+takes online updates afterwards (splits, merges) like any other SPANN collection.
 
-Memory: every stage streams. A map task holds one batch (``batch_rows``) plus the heads; a reduce
-task holds one list-id range whose rows fit ``memory_bytes``; the driver holds the sample
-(``sample_rows``), the heads and the histogram. Heads are a sample of ``head_ratio`` x N real
-vectors: at 1B vectors that is the one O(N) in-memory piece, as in SPANN itself.
+Memory: every stage streams. A map task holds one batch (``batch_rows``) plus the heads and the
+head groups; a reduce task holds one list-id range whose rows fit ``memory_bytes``; the driver
+holds the sample (``sample_rows``, ~10 x the heads), the heads and the histogram. Heads are
+``head_ratio`` x N vectors: at 1B vectors they and their training sample are the O(N)
+in-memory pieces, as in SPANN itself.
 """
 
 from __future__ import annotations
