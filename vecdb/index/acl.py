@@ -8,6 +8,8 @@ live in the engine.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from vecdb.errors import InvalidArgument
@@ -52,14 +54,71 @@ def normalize_acl(acl, n: int) -> tuple[np.ndarray, np.ndarray]:
     return indptr, indices
 
 
+_NONE = -1  # owner[slot]: no tenant
+_MULTI = -2  # owner[slot]: two or more tenants, listed in _multi[slot]
+_MAX_TENANT = 2**31 - 1  # tenants are stored as int32, -1/-2 are sentinels
+_SMALL_BATCH = 64  # add_csr up to this many slots: per-slot set is cheaper than the numpy path
+_SCALAR_GROUP = 8  # a tenant with at most this many bits to flip: Python loop, not ufunc.at
+_MULTI_ENTRY_BYTES = 200  # measured (tracemalloc): dict entry + int key + small int32 array
+
+
+def _check_tenants(ten: np.ndarray) -> None:
+    if ten.size and (int(ten.min()) < 0 or int(ten.max()) >= _MAX_TENANT):
+        raise InvalidArgument(f"acl: tenant ids must be in [0, {_MAX_TENANT})")
+
+
+def _groups(keys: np.ndarray):
+    """``(key, positions)`` for each distinct value of ``keys`` (positions in stable order)."""
+    if not keys.size:
+        return
+    if keys[0] == keys[-1] and (keys == keys[0]).all():
+        yield int(keys[0]), np.arange(len(keys))
+        return
+    order = np.argsort(keys, kind="stable")
+    k = keys[order]
+    cut = np.flatnonzero(k[1:] != k[:-1]) + 1
+    starts = np.concatenate(([0], cut))
+    ends = np.concatenate((cut, [len(k)])).tolist()
+    for key, a, b in zip(k[starts].tolist(), starts.tolist(), ends, strict=True):
+        yield key, order[a:b]
+
+
+class _SlotTenantsView(Mapping):
+    """Read-only ``slot -> sorted int32 tenants`` view over the compact layout (the shape of the
+    former ``_slot_tenants`` dict, for code and tests that still inspect it)."""
+
+    def __init__(self, acl: AccessLists):
+        self._acl = acl
+
+    def __getitem__(self, slot: int) -> np.ndarray:
+        ts = self._acl.tenants_of(slot)
+        if not len(ts):
+            raise KeyError(slot)
+        return ts
+
+    def __iter__(self):
+        return iter(np.flatnonzero(self._acl._owner != _NONE).tolist())
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self._acl._owner != _NONE))
+
+
 class AccessLists:
-    """Per-tenant slot bitmaps + per-slot tenant lists, growable, serialisable."""
+    """Per-tenant slot bitmaps + per-slot tenant lists, growable, serialisable.
+
+    Per-slot lists are stored compactly because they are the largest per-vector cost after the
+    vectors: ``_owner[slot]`` (int32, 4 B/slot) holds the one tenant of a slot with exactly one
+    (the common case), ``-1`` for none and ``-2`` for two or more, whose sorted int32 lists live
+    in the sparse dict ``_multi`` (grants beyond the owner are rare). Bulk paths (``add_csr``,
+    ``clear_many``, ``to_arrays``) are vectorised: no per-slot Python except for ``_multi`` slots.
+    """
 
     def __init__(self, capacity: int = 1024):
-        self._cap_bytes = max(8, (capacity + 7) // 8)
+        self._cap_bytes = max(8, (int(capacity) + 7) // 8)
         self._bitmaps: dict[int, np.ndarray] = {}
         self._counts: dict[int, int] = {}
-        self._slot_tenants: dict[int, np.ndarray] = {}
+        self._owner = np.full(self._cap_bytes * 8, _NONE, dtype=np.int32)
+        self._multi: dict[int, np.ndarray] = {}
 
     # -- capacity -------------------------------------------------------------------------
     def _ensure(self, max_slot: int) -> None:
@@ -73,6 +132,9 @@ class AccessLists:
             nb = np.zeros(cap, dtype=np.uint8)
             nb[: len(bm)] = bm
             self._bitmaps[t] = nb
+        own = np.full(cap * 8, _NONE, dtype=np.int32)
+        own[: len(self._owner)] = self._owner
+        self._owner = own
         self._cap_bytes = cap
 
     def _bm(self, tenant: int) -> np.ndarray:
@@ -82,115 +144,225 @@ class AccessLists:
             self._counts[tenant] = 0
         return bm
 
+    @property
+    def _slot_tenants(self) -> Mapping[int, np.ndarray]:
+        return _SlotTenantsView(self)
+
+    def _set_bits(self, slots: np.ndarray, tenants: np.ndarray) -> None:
+        """Set bit ``slots[i]`` in tenant ``tenants[i]``'s bitmap; pairs must be new (not set)."""
+        for t, pos in _groups(tenants):
+            bm = self._bm(t)
+            if len(pos) <= _SCALAR_GROUP:
+                for x in slots[pos].tolist():
+                    bm[x >> 3] |= 1 << (x & 7)
+            else:
+                sel = slots[pos]
+                np.bitwise_or.at(bm, sel >> 3, (1 << (sel & 7)).astype(np.uint8))
+            self._counts[t] += len(pos)
+
+    def _clear_bits(self, slots: np.ndarray, tenants: np.ndarray) -> None:
+        """Clear bit ``slots[i]`` in tenant ``tenants[i]``'s bitmap; pairs must be set."""
+        for t, pos in _groups(tenants):
+            bm = self._bitmaps[t]
+            if len(pos) <= _SCALAR_GROUP:
+                for x in slots[pos].tolist():
+                    bm[x >> 3] &= ~(1 << (x & 7)) & 0xFF
+            else:
+                sel = slots[pos]
+                np.bitwise_and.at(bm, sel >> 3, ~(1 << (sel & 7)).astype(np.uint8))
+            self._counts[t] -= len(pos)
+
     # -- mutation -------------------------------------------------------------------------
     def set(self, slot: int, tenants) -> None:
-        """Replace the access list of ``slot``."""
+        """Replace the access list of ``slot`` (an int or an iterable of tenant ids)."""
+        slot = int(slot)
+        if slot < 0:
+            raise InvalidArgument(f"acl: slot {slot} is negative")
+        if isinstance(tenants, (int, np.integer)):
+            lst = [int(tenants)]
+        else:
+            ts = np.asarray(tenants, dtype=np.int64).ravel()
+            lst = ts.tolist() if ts.size < 2 else np.unique(ts).tolist()
+        if lst and not (lst[0] >= 0 and lst[-1] < _MAX_TENANT):  # lst is sorted
+            raise InvalidArgument(f"acl: tenant ids must be in [0, {_MAX_TENANT})")
         self.clear(slot)
-        ts = np.unique(np.asarray(tenants, dtype=np.int64).ravel()).astype(np.int32)
-        if not len(ts):
+        if not lst:
             return
         self._ensure(slot)
-        for t in ts.tolist():
-            self._bm(t)[slot >> 3] |= np.uint8(1 << (slot & 7))
+        byte, bit = slot >> 3, 1 << (slot & 7)
+        for t in lst:
+            self._bm(t)[byte] |= bit
             self._counts[t] += 1
-        self._slot_tenants[slot] = ts
+        if len(lst) == 1:
+            self._owner[slot] = lst[0]
+        else:
+            self._owner[slot] = _MULTI
+            self._multi[slot] = np.array(lst, dtype=np.int32)
 
     def add_csr(self, slots: np.ndarray, indptr: np.ndarray, indices: np.ndarray) -> None:
-        if len(slots):
-            self._ensure(int(np.max(slots)))
-        if len(slots) > 64 and self._add_csr_fresh(
-            np.asarray(slots, dtype=np.int64), indptr, indices
-        ):
+        """Replace the access lists of ``slots``: slot ``slots[i]`` gets the tenants
+        ``indices[indptr[i]:indptr[i+1]]`` (repeats ignored; a repeated slot: the last list wins,
+        as with one ``set`` per slot in order). Validates everything before changing anything."""
+        slots = np.asarray(slots, dtype=np.int64).ravel()
+        indptr = np.asarray(indptr, dtype=np.int64).ravel()
+        n = len(slots)
+        if len(indptr) != n + 1:
+            raise InvalidArgument(f"acl: indptr has {len(indptr)} entries for {n} slots")
+        if n == 0:
             return
-        for i, s in enumerate(np.asarray(slots).tolist()):
-            self.set(s, indices[indptr[i] : indptr[i + 1]])
-
-    def _add_csr_fresh(self, slots: np.ndarray, indptr: np.ndarray, indices: np.ndarray) -> bool:
-        """Vectorised ``add_csr`` for distinct slots that have no access list yet (bulk inserts
-        and loads): one bitmap update per tenant instead of one ``set`` per slot. Returns False,
-        changing nothing, when the general path is needed (existing or repeated slots, repeated
-        or negative tenants within a slot)."""
-        st = self._slot_tenants
-        if st and any(s in st for s in slots.tolist()):
-            return False
-        if len(np.unique(slots)) != len(slots):
-            return False
-        indptr = np.asarray(indptr, dtype=np.int64)
         lens = np.diff(indptr)
+        if indptr[0] < 0 or indptr[-1] > len(indices) or (lens < 0).any():
+            raise InvalidArgument("acl: malformed CSR (indptr must be monotone within indices)")
+        if int(slots.min()) < 0:
+            raise InvalidArgument("acl: slots must be non-negative")
         ten = np.asarray(indices[indptr[0] : indptr[-1]], dtype=np.int64)
-        if ten.size and ten.min() < 0:
-            return False
-        rows = np.repeat(slots, lens)
-        if ten.size and lens.max() > 1:  # sort each slot's tenants; reject duplicates
-            order = np.lexsort((ten, np.repeat(np.arange(len(slots)), lens)))
-            ten, rows = ten[order], rows[order]
-            if ((rows[1:] == rows[:-1]) & (ten[1:] == ten[:-1])).any():
-                return False
-        ten32 = ten.astype(np.int32)
-        by_t = np.argsort(ten, kind="stable")
-        ts, starts = np.unique(ten[by_t], return_index=True)
-        ends = np.append(starts[1:], len(by_t))[: len(starts)]
-        for t, a, b in zip(ts.tolist(), starts.tolist(), ends.tolist(), strict=True):
-            sel = rows[by_t[a:b]]
-            bm = self._bm(t)
-            np.bitwise_or.at(bm, sel >> 3, (1 << (sel & 7)).astype(np.uint8))
-            self._counts[t] += b - a
-        nonempty = lens > 0
-        if (lens == 1).all():  # one tenant per slot (the common case): row views
-            lists = list(ten32.reshape(-1, 1))
-        else:
-            lists = np.split(ten32, indptr[1:-1] - indptr[0])
-        st.update(
-            (s, lst)
-            for s, lst, ok in zip(slots.tolist(), lists, nonempty.tolist(), strict=True)
-            if ok
-        )
-        return True
+        _check_tenants(ten)
+        if n <= _SMALL_BATCH:
+            for i, s in enumerate(slots.tolist()):
+                self.set(s, ten[indptr[i] - indptr[0] : indptr[i + 1] - indptr[0]])
+            return
+        self._ensure(int(slots.max()))
+        touched, uniq = slots, True
+        if not (slots[1:] > slots[:-1]).all():
+            touched, last = np.unique(slots[::-1], return_index=True)
+            if len(touched) < n:  # a repeated slot: its last occurrence wins
+                uniq = False
+                keep = np.zeros(n, dtype=bool)
+                keep[n - 1 - last] = True
+                lens = np.where(keep, lens, 0)
+                ten = ten[np.repeat(keep, np.diff(indptr))]
+        rows = np.repeat(slots, lens)  # entry -> slot
+        if not (uniq and (lens <= 1).all()):  # sort by (slot, tenant), drop repeats
+            order = np.lexsort((ten, rows))
+            rows, ten = rows[order], ten[order]
+            dup = np.zeros(len(rows), dtype=bool)
+            dup[1:] = (rows[1:] == rows[:-1]) & (ten[1:] == ten[:-1])
+            if dup.any():
+                rows, ten = rows[~dup], ten[~dup]
+        self._clear_distinct(touched)
+        if not rows.size:
+            return
+        first = np.ones(len(rows), dtype=bool)
+        first[1:] = rows[1:] != rows[:-1]
+        starts = np.flatnonzero(first)
+        cnt = np.diff(np.append(starts, len(rows)))
+        one = cnt == 1
+        self._owner[rows[starts[one]]] = ten[starts[one]]
+        if not one.all():
+            ms = starts[~one]
+            self._owner[rows[ms]] = _MULTI
+            ten32 = ten.astype(np.int32)
+            for s, a, c in zip(rows[ms].tolist(), ms.tolist(), cnt[~one].tolist(), strict=True):
+                self._multi[s] = ten32[a : a + c].copy()
+        self._set_bits(rows, ten)
 
     def clear(self, slot: int) -> None:
-        ts = self._slot_tenants.pop(slot, None)
-        if ts is None:
+        """Empty the access list of ``slot`` (no-op if it has none)."""
+        slot = int(slot)
+        if not 0 <= slot < len(self._owner):
             return
-        for t in ts.tolist():
-            self._bitmaps[t][slot >> 3] &= np.uint8(~(1 << (slot & 7)) & 0xFF)
+        o = int(self._owner[slot])
+        if o == _NONE:
+            return
+        byte, mask = slot >> 3, ~(1 << (slot & 7)) & 0xFF
+        for t in (o,) if o >= 0 else self._multi.pop(slot).tolist():
+            self._bitmaps[t][byte] &= mask
             self._counts[t] -= 1
+        self._owner[slot] = _NONE
+
+    def clear_many(self, slots) -> None:
+        """Empty the access lists of ``slots`` in one vectorised pass (repeats and slots without
+        a list are fine)."""
+        s = np.asarray(slots, dtype=np.int64).ravel()
+        if not (s[1:] > s[:-1]).all():
+            s = np.sort(s)
+            s = s[np.append(True, s[1:] != s[:-1])]
+        self._clear_distinct(s[(s >= 0) & (s < len(self._owner))])
+
+    def _clear_distinct(self, s: np.ndarray) -> None:
+        """``clear_many`` for distinct in-range slots."""
+        o = self._owner[s]
+        has = o != _NONE
+        if not has.any():
+            return
+        s, o = s[has], o[has]
+        one = o >= 0
+        cs, ct = s[one], o[one].astype(np.int64)
+        if not one.all():
+            ms = s[~one].tolist()
+            lists = [self._multi.pop(x) for x in ms]
+            cs = np.concatenate([cs, np.repeat(s[~one], [len(x) for x in lists])])
+            ct = np.concatenate([ct, np.concatenate(lists).astype(np.int64)])
+        self._clear_bits(cs, ct)
+        self._owner[s] = _NONE
 
     def grant(self, slot: int, tenant: int) -> bool:
         """Add ``tenant`` to ``slot``'s list; returns False if it was already there."""
-        if tenant < 0:
+        slot, tenant = int(slot), int(tenant)
+        if not 0 <= tenant < _MAX_TENANT:
             raise InvalidArgument("tenant ids must be non-negative")
-        ts = self._slot_tenants.get(slot)
-        if ts is not None and tenant in ts:
-            return False
+        if slot < 0:
+            raise InvalidArgument(f"acl: slot {slot} is negative")
         self._ensure(slot)
-        self._bm(tenant)[slot >> 3] |= np.uint8(1 << (slot & 7))
+        o = int(self._owner[slot])
+        if o == tenant:
+            return False
+        if o == _MULTI:
+            ts = self._multi[slot]
+            i = int(np.searchsorted(ts, tenant))
+            if i < len(ts) and ts[i] == tenant:
+                return False
+            self._multi[slot] = np.insert(ts, i, tenant)
+        elif o >= 0:
+            self._owner[slot] = _MULTI
+            self._multi[slot] = np.array(sorted((o, tenant)), dtype=np.int32)
+        else:
+            self._owner[slot] = tenant
+        self._bm(tenant)[slot >> 3] |= 1 << (slot & 7)
         self._counts[tenant] += 1
-        self._slot_tenants[slot] = np.sort(np.append(ts if ts is not None else [], tenant)).astype(
-            np.int32
-        )
         return True
 
     def revoke(self, slot: int, tenant: int) -> bool:
         """Remove ``tenant`` from ``slot``'s list; returns False if it was not there."""
-        ts = self._slot_tenants.get(slot)
-        if ts is None or tenant not in ts:
+        slot, tenant = int(slot), int(tenant)
+        if tenant < 0 or not 0 <= slot < len(self._owner):
             return False
-        self._bitmaps[tenant][slot >> 3] &= np.uint8(~(1 << (slot & 7)) & 0xFF)
-        self._counts[tenant] -= 1
-        rest = ts[ts != tenant]
-        if len(rest):
-            self._slot_tenants[slot] = rest
+        o = int(self._owner[slot])
+        if o == tenant:
+            self._owner[slot] = _NONE
+        elif o == _MULTI:
+            ts = self._multi[slot]
+            rest = ts[ts != tenant]
+            if len(rest) == len(ts):
+                return False
+            if len(rest) == 1:
+                self._owner[slot] = rest[0]
+                del self._multi[slot]
+            else:
+                self._multi[slot] = rest
         else:
-            del self._slot_tenants[slot]
+            return False
+        self._bitmaps[tenant][slot >> 3] &= ~(1 << (slot & 7)) & 0xFF
+        self._counts[tenant] -= 1
         return True
 
     # -- queries --------------------------------------------------------------------------
     def tenants_of(self, slot: int) -> np.ndarray:
-        return self._slot_tenants.get(slot, np.zeros(0, dtype=np.int32))
+        """Sorted int32 tenants on ``slot``'s list (a copy; empty if none)."""
+        slot = int(slot)
+        if 0 <= slot < len(self._owner):
+            o = int(self._owner[slot])
+            if o >= 0:
+                return np.array([o], dtype=np.int32)
+            if o == _MULTI:
+                return self._multi[slot].copy()
+        return np.zeros(0, dtype=np.int32)
 
     def has(self, slot: int, tenant: int) -> bool:
         bm = self._bitmaps.get(tenant)
-        return bm is not None and slot >> 3 < len(bm) and bool((bm[slot >> 3] >> (slot & 7)) & 1)
+        if bm is None or not 0 <= slot < len(bm) * 8:
+            return False
+        return bool((bm[slot >> 3] >> (slot & 7)) & 1)
 
     def count(self, tenant: int) -> int:
         return self._counts.get(tenant, 0)
@@ -217,21 +389,38 @@ class AccessLists:
         )
 
     def memory_bytes(self) -> int:
-        return sum(b.nbytes for b in self._bitmaps.values()) + sum(
-            t.nbytes + 64 for t in self._slot_tenants.values()
+        """Bytes held: tenant bitmaps, the int32 owner array, and the 2+-tenant lists."""
+        return (
+            sum(b.nbytes for b in self._bitmaps.values())
+            + self._owner.nbytes
+            + sum(t.nbytes + _MULTI_ENTRY_BYTES for t in self._multi.values())
         )
 
     # -- persistence ----------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
-        slots = np.array(sorted(self._slot_tenants), dtype=np.int64)
-        lists = [self._slot_tenants[s] for s in slots.tolist()]
+        """Checkpoint arrays: slots with a list (sorted int64) and their sorted tenants as CSR
+        (``acl_indptr`` int64, ``acl_indices`` int32): the format every version reads."""
+        slots = np.flatnonzero(self._owner != _NONE).astype(np.int64)
+        own = self._owner[slots]
+        lens = np.ones(len(slots), dtype=np.int64)
+        mpos = np.flatnonzero(own == _MULTI)
+        lists = [self._multi[s] for s in slots[mpos].tolist()]
+        lens[mpos] = [len(x) for x in lists]
         indptr = np.zeros(len(slots) + 1, dtype=np.int64)
-        indptr[1:] = np.cumsum([len(x) for x in lists])
-        indices = np.concatenate(lists).astype(np.int32) if lists else np.zeros(0, dtype=np.int32)
+        np.cumsum(lens, out=indptr[1:])
+        indices = np.empty(int(indptr[-1]), dtype=np.int32)
+        one = own >= 0
+        indices[indptr[:-1][one]] = own[one]
+        if lists:
+            ml = lens[mpos]
+            within = np.arange(int(ml.sum())) - np.repeat(np.cumsum(ml) - ml, ml)
+            indices[np.repeat(indptr[mpos], ml) + within] = np.concatenate(lists)
         return {"acl_slots": slots, "acl_indptr": indptr, "acl_indices": indices}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], capacity: int = 1024) -> AccessLists:
+        """Inverse of ``to_arrays`` (also reads checkpoints written by the per-slot-dict layout,
+        which used the same arrays)."""
         out = cls(capacity)
         out.add_csr(arrays["acl_slots"], arrays["acl_indptr"], arrays["acl_indices"])
         return out
