@@ -14,9 +14,10 @@ import vecdb.index.acl as acl_mod
 from vecdb.errors import InvalidArgument
 from vecdb.index.acl import AccessLists
 
-TENANTS = range(6)
+TENANTS = [0, 1, 2, 3, 4, 5, 40_000]  # 40000 > int16: the owner array must widen
+TENANT = st.one_of(st.integers(0, 5), st.just(40_000))
 SLOTS = st.one_of(st.integers(0, 40), st.sampled_from([63, 64, 200, 1031]))
-TLIST = st.lists(st.integers(0, 5), max_size=4)  # may repeat a tenant
+TLIST = st.lists(TENANT, max_size=4)  # may repeat a tenant
 
 
 def model_arrays(model: dict[int, set[int]]) -> dict[str, np.ndarray]:
@@ -97,13 +98,13 @@ class ACLMachine(RuleBasedStateMachine):
         for s, ts in items:  # in order: a repeated slot's last list wins
             self.model[s] = set(ts)
 
-    @rule(slot=SLOTS, t=st.integers(0, 5))
+    @rule(slot=SLOTS, t=TENANT)
     def grant(self, slot, t):
         want = t not in self.model.get(slot, set())
         assert self.a.grant(slot, t) == want
         self.model.setdefault(slot, set()).add(t)
 
-    @rule(slot=SLOTS, t=st.integers(0, 5))
+    @rule(slot=SLOTS, t=TENANT)
     def revoke(self, slot, t):
         want = t in self.model.get(slot, set())
         assert self.a.revoke(slot, t) == want
@@ -194,8 +195,9 @@ def test_bulk_paths_at_scale():
     for s in extra.tolist():
         a.grant(s, 50 + s % 3)
     assert len(a._multi) == len(extra)
-    # capacity 2**18 slots: 4 B owner + 53 bitmaps of 1/8 B + 2000 sparse lists (~210 B each)
-    assert a.memory_bytes() == 4 * 2**18 + 53 * 2**15 + 2000 * (8 + acl_mod._MULTI_ENTRY_BYTES)
+    # capacity 2**18 slots: 2 B (int16) owner + 53 bitmaps of 1/8 B + 2000 sparse lists
+    assert a._owner.dtype == np.int16
+    assert a.memory_bytes() == 2 * 2**18 + 53 * 2**15 + 2000 * (8 + acl_mod._MULTI_ENTRY_BYTES)
     slots = rng.integers(0, n, 50_000)
     new = rng.integers(0, 50, 50_000).astype(np.int32)
     a.add_csr(slots, np.arange(50_001), new)
@@ -222,3 +224,21 @@ def test_grant_rejects_negative_tenant():
     with pytest.raises(InvalidArgument):
         a.grant(3, -1)
     assert a.tenants_of(3).tolist() == [] and not a.revoke(3, -1) and not a.has(-3, 0)
+
+
+def test_owner_array_lazy_and_widening():
+    """No tenants: no owner array (an index over acl=None pays only its bitmaps, i.e. nothing);
+    a tenant id past int16 widens it to int32 keeping every list."""
+    a = AccessLists(1024)
+    a.add_csr(np.arange(5000), np.zeros(5001, dtype=np.int64), np.zeros(0, dtype=np.int32))
+    assert a.memory_bytes() == 0 and a._owner.nbytes == 0 and a.to_arrays()["acl_slots"].size == 0
+    a.add_csr(np.arange(100), np.arange(101), np.full(100, 32_767, dtype=np.int32))
+    assert a._owner.dtype == np.int16
+    assert a.grant(7, 2**31 - 2) and a.grant(3000, 40_000)
+    assert a._owner.dtype == np.int32
+    assert a.tenants_of(7).tolist() == [32_767, 2**31 - 2]
+    assert a.tenants_of(3000).tolist() == [40_000]
+    assert a.revoke(7, 32_767) and a.tenants_of(7).tolist() == [2**31 - 2]
+    assert a.members(32_767).tolist() == [s for s in range(100) if s != 7]
+    b = AccessLists.from_arrays(a.to_arrays())
+    assert b.tenants_of(7).tolist() == [2**31 - 2] and b.count(40_000) == 1

@@ -57,6 +57,7 @@ def normalize_acl(acl, n: int) -> tuple[np.ndarray, np.ndarray]:
 _NONE = -1  # owner[slot]: no tenant
 _MULTI = -2  # owner[slot]: two or more tenants, listed in _multi[slot]
 _MAX_TENANT = 2**31 - 1  # tenants are stored as int32, -1/-2 are sentinels
+_INT16_MAX = 2**15 - 1  # the owner array is int16 while every tenant id fits
 _SMALL_BATCH = 64  # add_csr up to this many slots: per-slot set is cheaper than the numpy path
 _SCALAR_GROUP = 8  # a tenant with at most this many bits to flip: Python loop, not ufunc.at
 _MULTI_ENTRY_BYTES = 200  # measured (tracemalloc): dict entry + int key + small int32 array
@@ -107,17 +108,20 @@ class AccessLists:
     """Per-tenant slot bitmaps + per-slot tenant lists, growable, serialisable.
 
     Per-slot lists are stored compactly because they are the largest per-vector cost after the
-    vectors: ``_owner[slot]`` (int32, 4 B/slot) holds the one tenant of a slot with exactly one
-    (the common case), ``-1`` for none and ``-2`` for two or more, whose sorted int32 lists live
-    in the sparse dict ``_multi`` (grants beyond the owner are rare). Bulk paths (``add_csr``,
-    ``clear_many``, ``to_arrays``) are vectorised: no per-slot Python except for ``_multi`` slots.
+    vectors: ``_owner[slot]`` holds the one tenant of a slot with exactly one (the common case),
+    ``-1`` for none and ``-2`` for two or more, whose sorted int32 lists live in the sparse dict
+    ``_multi`` (grants beyond the owner are rare). ``_owner`` is int16 (2 B/slot) while every
+    tenant id is < 32767 and int32 after, and is only allocated once a slot gets a tenant (an
+    index without access lists, e.g. SPANN over ``acl=None``, pays nothing for it). Bulk paths
+    (``add_csr``, ``clear_many``, ``to_arrays``) are vectorised: no per-slot Python except for
+    ``_multi`` slots.
     """
 
     def __init__(self, capacity: int = 1024):
         self._cap_bytes = max(8, (int(capacity) + 7) // 8)
         self._bitmaps: dict[int, np.ndarray] = {}
         self._counts: dict[int, int] = {}
-        self._owner = np.full(self._cap_bytes * 8, _NONE, dtype=np.int32)
+        self._owner = np.zeros(0, dtype=np.int16)  # allocated by _room on the first tenant
         self._multi: dict[int, np.ndarray] = {}
 
     # -- capacity -------------------------------------------------------------------------
@@ -132,10 +136,18 @@ class AccessLists:
             nb = np.zeros(cap, dtype=np.uint8)
             nb[: len(bm)] = bm
             self._bitmaps[t] = nb
-        own = np.full(cap * 8, _NONE, dtype=np.int32)
-        own[: len(self._owner)] = self._owner
-        self._owner = own
         self._cap_bytes = cap
+
+    def _room(self, max_slot: int, max_tenant: int) -> None:
+        """Make ``_owner`` cover slots up to ``max_slot`` (at the bitmaps' capacity) and hold
+        tenant ids up to ``max_tenant``."""
+        self._ensure(max_slot)
+        own = self._owner
+        dt = np.int16 if own.dtype == np.int16 and max_tenant <= _INT16_MAX else np.int32
+        if len(own) < self._cap_bytes * 8 or dt != own.dtype:
+            new = np.full(self._cap_bytes * 8, _NONE, dtype=dt)
+            new[: len(own)] = own
+            self._owner = new
 
     def _bm(self, tenant: int) -> np.ndarray:
         bm = self._bitmaps.get(tenant)
@@ -188,7 +200,7 @@ class AccessLists:
         self.clear(slot)
         if not lst:
             return
-        self._ensure(slot)
+        self._room(slot, lst[-1])
         byte, bit = slot >> 3, 1 << (slot & 7)
         for t in lst:
             self._bm(t)[byte] |= bit
@@ -221,7 +233,11 @@ class AccessLists:
             for i, s in enumerate(slots.tolist()):
                 self.set(s, ten[indptr[i] - indptr[0] : indptr[i + 1] - indptr[0]])
             return
-        self._ensure(int(slots.max()))
+        if not ten.size:  # no tenants at all (e.g. acl=None): nothing to store
+            self._ensure(int(slots.max()))
+            self.clear_many(slots)
+            return
+        self._room(int(slots.max()), int(ten.max()))
         touched, uniq = slots, True
         if not (slots[1:] > slots[:-1]).all():
             touched, last = np.unique(slots[::-1], return_index=True)
@@ -303,7 +319,7 @@ class AccessLists:
             raise InvalidArgument("tenant ids must be non-negative")
         if slot < 0:
             raise InvalidArgument(f"acl: slot {slot} is negative")
-        self._ensure(slot)
+        self._room(slot, tenant)
         o = int(self._owner[slot])
         if o == tenant:
             return False
