@@ -119,8 +119,7 @@ class FlatIndex(Index):
         s = s[self._live[s]]
         self._live[s] = False
         self._count -= len(s)
-        for x in s.tolist():
-            self._acl.clear(x)
+        self._acl.clear_many(s)
 
     def _check_live(self, slot: int) -> None:
         if not (0 <= slot < self._high and self._live[slot]):

@@ -266,8 +266,7 @@ class HNSWIndex(Index):
             live = s[self._live[s]]
             if len(live):  # replace = delete + insert
                 self._core.remove(np.ascontiguousarray(live))
-                for x in live.tolist():
-                    self._acl.clear(x)
+                self._acl.clear_many(live)
                 self._count -= len(live)
             if self._free:
                 taken = set(s.tolist())
@@ -290,8 +289,7 @@ class HNSWIndex(Index):
                 return
             self._live[s] = False
             self._count -= len(s)
-            for x in s.tolist():
-                self._acl.clear(x)
+            self._acl.clear_many(s)
             self._core.remove(np.ascontiguousarray(s))
             self._free.extend(s.tolist())
 
