@@ -610,6 +610,9 @@ def test_build_stream(tmp_path, sift5k):
                             max_rows=4000)  # several reduce ranges
     assert info["lists"] == idx.num_lists() == len(idx._sizes) and len(idx) == 5000
     assert np.mean([v <= idx.posting_limit for v in idx._sizes.values()]) > 0.9  # capped
+    # hub lists (over 2x the leaf size of 1/head_ratio = 17) were split into leaf-sized parts
+    assert info["hubs_split"] > 0 and max(idx._sizes.values()) <= 2 * 17 + 17
+    assert set(idx._heads.ids().tolist()) == set(idx._sizes)  # every head has its list
     I, _ = idx.search(Q, 10, params=SIFT_SEARCH)
     assert recall(I, sift5k["gt"]) >= 0.9
     assert not list(tmp_path.glob("spann-runs-*"))  # run files removed

@@ -290,7 +290,7 @@ class SPANNIndex(Index):
 
     def build_stream(self, chunks: Iterable[np.ndarray], n_total: int, sample: np.ndarray,
                      tmp: str | os.PathLike, search_ef: int | None = None,
-                     max_rows: int = 1 << 20) -> dict[str, float]:
+                     max_rows: int = 1 << 20, split_hubs: bool = True) -> dict[str, float]:
         """Bulk build from ``chunks`` (an iterable of [m, dim] arrays, ``n_total`` rows in all,
         slots 0..n_total-1 in order) without holding them at once: for data sets larger than
         the Python heap should hold (the issue's 5M x 128).
@@ -305,8 +305,13 @@ class SPANNIndex(Index):
            ``tmp`` sorted by list id (no vectors kept in memory between chunks).
         3. per range of list ids holding <= ``max_rows`` records: the runs' slices of the range
            are merged, capped at ``posting_limit`` exactly as ``add``'s build (a vector's
-           nearest list always keeps it) and written (one batch per range).
-        Returns seconds per stage. Needs an empty index; no ACLs (one tenant).
+           nearest list always keeps it) and written (one batch per range). ``split_hubs``: a
+           list still holding more than twice the leaf size (``1/head_ratio``) after the cap (a
+           hub: its head is the nearest of many vectors, typical of mean heads on clustered
+           data) is split by balanced k-means into parts of about the leaf size, each part a
+           new list whose head is the part's mean.
+        Returns seconds per stage and the counts of lists and split hubs. Needs an empty index;
+        no ACLs (one tenant).
         """
         import tempfile
 
@@ -389,6 +394,7 @@ class SPANNIndex(Index):
                 opened = [{name: np.load(f"{r}.{name}.npy", mmap_mode="r")
                            for name in ("lid", "sec", "d", "rec")} for r in runs]
                 empty = np.zeros((0, self._rec.itemsize), dtype=np.uint8)  # records as bytes
+                hubs = 0
                 for lo, hi in bounds:
                     got = []
                     for z in opened:
@@ -409,6 +415,10 @@ class SPANNIndex(Index):
                         a, b = int(cut[h - lo]), int(cut[h - lo + 1])
                         if b - a > self.posting_limit:
                             b = a + max(int((~sec[a:b]).sum()), self.posting_limit)
+                        if split_hubs and b - a > 2 * leaf_full:
+                            self._split_hub(h, rec[a:b], leaf_full, batch)
+                            hubs += 1
+                            continue
                         batch.put(CF, _key(b"P", h), rec[a:b].tobytes())
                         self._sizes[h] = b - a
                     self.store.write(batch)
@@ -420,7 +430,33 @@ class SPANNIndex(Index):
                 raise InvalidArgument(f"the chunks held {start} rows, not n_total={n_total}")
             t3 = time.perf_counter()
             return {"heads_s": t1 - t0, "assign_s": t2 - t1, "write_s": t3 - t2,
-                    "lists": float(H)}
+                    "lists": float(len(self._sizes)), "hubs_split": float(hubs)}
+
+    def _split_hub(self, lid: int, raw: np.ndarray, leaf: int, batch: WriteBatch) -> None:
+        """build_stream: replace list ``lid`` (its records as a uint8 [n, record] array) by
+        ``ceil(n / leaf)`` balanced k-means parts, each a new list headed by its mean."""
+        r = np.ascontiguousarray(raw).view(self._rec).reshape(-1)
+        V = self._vecs(r)
+        k = max(2, -(-len(r) // leaf))
+        lab = balanced_kmeans(V, k, self.balance, np.random.default_rng(self.seed + lid))
+        ids, heads = [], []
+        for c in range(k):
+            part = np.flatnonzero(lab == c)
+            if not len(part):
+                continue
+            hv = V[part].mean(axis=0, dtype=np.float64).astype(np.float32)
+            if self.metric == "cosine":
+                hv /= max(float(np.linalg.norm(hv)), 1e-30)
+            nid = self._next_list
+            self._next_list += 1
+            batch.put(CF, _key(b"H", nid), hv.tobytes())
+            batch.put(CF, _key(b"P", nid), np.ascontiguousarray(raw[part]).tobytes())
+            self._sizes[nid] = len(part)
+            ids.append(nid)
+            heads.append(hv)
+        batch.delete(CF, _key(b"H", lid))
+        self._heads.add(np.array(ids, dtype=np.int64), np.stack(heads))
+        self._heads.remove([lid])
 
     # -- writes ---------------------------------------------------------------------------
     def add(self, vectors, slots=None, acl=None) -> np.ndarray:
