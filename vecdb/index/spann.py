@@ -478,8 +478,7 @@ class SPANNIndex(Index):
                 return s
             self._grow(int(s.max()))
             old = s[self._live[s]]
-            for x in old.tolist():
-                self._acl.clear(x)
+            self._acl.clear_many(old)
             self._count += n - len(old)
             self._live[s] = True
             self._acl.add_csr(s, indptr, indices)
@@ -548,8 +547,7 @@ class SPANNIndex(Index):
             s = s[self._live[s]]
             self._live[s] = False  # tombstone: records stay until their list is rewritten
             self._count -= len(s)
-            for x in s.tolist():
-                self._acl.clear(x)
+            self._acl.clear_many(s)
 
     def _check_live(self, slot: int) -> None:
         if not (0 <= slot < len(self._live) and self._live[slot]):
