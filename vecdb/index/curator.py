@@ -538,6 +538,94 @@ class CuratorIndex(Index):
     def __len__(self) -> int:
         return len(self._core)
 
+    # -- bulk build (vecdb.ingest.bulk_curator) ---------------------------------------------
+    def train_tree(self, sample: np.ndarray, n_total: int) -> dict[str, np.ndarray]:
+        """The shared tree trained on ``sample`` (prepared vectors: normalised for cosine)
+        standing for ``n_total`` vectors: Curator's own hierarchical k-means, as a retrain on
+        that sample would make it. Changes nothing in this index."""
+        X = self._prepare(sample, "sample")
+        if not isinstance(n_total, int | np.integer) or n_total < len(X):
+            raise InvalidArgument(f"n_total must be an int >= the sample size, got {n_total!r}")
+        if len(X) == 0:
+            return self._single_leaf()
+        return self._train_tree(np.ascontiguousarray(X), int(n_total))
+
+    @classmethod
+    def with_tree(cls, dim: int, metric: str, tree: dict[str, np.ndarray],
+                  trained_on: int = 0, **params: Any) -> CuratorIndex:
+        """An empty index whose shared tree is ``tree`` (from ``train_tree``), counted as trained
+        at ``trained_on`` vectors (the automatic retrain then fires at ``retrain_factor`` times
+        that). The bulk path's map tasks route with it; its import places into it."""
+        idx = cls(dim, metric, **params)
+        # own writable copies (a tree from Ray's object store is read-only; the core wants
+        # writable buffers): small, nodes x dim
+        dt = {"centroids": np.float32, "parent": np.int32, "child_ptr": np.int32,
+              "children": np.int32}
+        t = {k: np.array(tree[k], dtype=v, order="C", copy=True) for k, v in dt.items()}
+        if t["centroids"].ndim != 2 or t["centroids"].shape[1] != idx.dim:
+            raise InvalidArgument(f"tree centroids must be [nodes, {idx.dim}]")
+        if len(t["parent"]) != len(t["centroids"]) or len(t["child_ptr"]) != len(t["parent"]) + 1:
+            raise InvalidArgument("tree arrays disagree on the number of nodes")
+        idx._tree = t
+        idx._core = idx._new_core(t)
+        idx._trained_on = int(trained_on) if len(t["parent"]) > 1 else 0
+        return idx
+
+    def reserve(self, capacity: int) -> None:
+        """Size the vector matrix for slots ``< capacity`` at once (a bulk import knows its
+        slot range: no doubling copies of a large matrix while placing)."""
+        if isinstance(capacity, bool) or not isinstance(capacity, int | np.integer):
+            raise InvalidArgument(f"capacity must be an int, got {capacity!r}")
+        if capacity > 0:
+            with self._lock.write():
+                if capacity > len(self._vecs):
+                    v = np.zeros((int(capacity), self.dim), dtype=np.float32)
+                    v[: len(self._vecs)] = self._vecs
+                    self._vecs = v
+
+    def route(self, vectors) -> np.ndarray:
+        """Leaf of each vector in the current tree (int32 [n]): where ``add`` would place it.
+        Read-only; what the bulk path's map tasks run in parallel."""
+        X = self._prepare(vectors)
+        with self._lock.read():
+            return self._core.route(X)
+
+    def place_routed(self, vectors, slots, leaves, acl=None) -> None:
+        """Insert new vectors whose leaves were computed already (``route`` on this tree, e.g.
+        by parallel bulk tasks): ``add`` without the routing and without automatic retraining.
+        ``slots`` must not be live; ``leaves`` must be leaves of the tree. Validates everything
+        before changing anything."""
+        X = self._prepare(vectors)
+        n = X.shape[0]
+        s = self._slots(slots, n)
+        lv = np.ascontiguousarray(leaves, dtype=np.int32)
+        if lv.shape != (n,):
+            raise InvalidArgument(f"leaves must have shape ({n},), got {lv.shape}")
+        indptr, indices = normalize_acl(acl, n)
+        if indices.size and int(indices.max()) > _INT32_MAX:
+            raise InvalidArgument("acl: tenant ids must be < 2^31")
+        if n == 0:
+            return
+        with self._lock.write():
+            cp = self._tree["child_ptr"]
+            if lv.min() < 0 or lv.max() >= len(cp) - 1 or (cp[lv + 1] != cp[lv]).any():
+                raise InvalidArgument("leaves: every entry must be a leaf node of the tree")
+            if len(np.unique(s)) != n or any(self._core.slot_leaf(int(x)) >= 0
+                                             for x in s.tolist()):
+                raise InvalidArgument("place_routed: slots must be distinct and not live")
+            self._grow(int(s.max()))
+            self._vecs[s] = X
+            self._high = max(self._high, int(s.max()) + 1)
+            ps = np.repeat(s, np.diff(indptr))
+            pt = np.ascontiguousarray(indices, dtype=np.int32)
+
+            def op(core):
+                core.place(s, lv)
+                if len(pt):
+                    core.grant_many(ps, pt)
+
+            self._log(op)
+
     # -- persistence ------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         with self._lock.read():

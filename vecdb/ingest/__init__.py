@@ -9,10 +9,13 @@
     # offline: heads + posting lists + SST files, then an atomic import into a stopped folder
     out = ingest.bulk_build_spann("shards/", "./bulk-out", dim=128, tenant="acme")
     ingest.import_bulk("./data", "docs", "./bulk-out")
+    # offline Curator: tree trained on a sample, rows routed to leaves by parallel tasks
+    ingest.bulk_build_curator("shards/", "./cur-out", dim=128, tenant="acme")
+    ingest.import_bulk("./data", "docs2", "./cur-out")
 
 ``main(argv)`` is the command line (``python -m vecdb.ingest --help``; ``vecdb ingest`` calls it).
 Sources: ``sources.py``; job state and progress: ``state.py``; sinks: ``sinks.py``; online path:
-``online.py``; offline path: ``bulk.py``.
+``online.py``; offline paths: ``bulk.py`` (SPANN), ``bulk_curator.py`` (Curator).
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ def bulk_build_spann(*args, **kwargs):
     return f(*args, **kwargs)
 
 
+def bulk_build_curator(*args, **kwargs):
+    """See ``vecdb.ingest.bulk_curator.bulk_build_curator``."""
+    from vecdb.ingest.bulk_curator import bulk_build_curator as f
+
+    return f(*args, **kwargs)
+
+
 def import_bulk(*args, **kwargs):
     """See ``vecdb.ingest.bulk.import_bulk``."""
     from vecdb.ingest.bulk import import_bulk as f
@@ -49,5 +59,5 @@ def main(argv: list[str] | None = None) -> int:
     return f(argv)
 
 
-__all__ = ["run_online", "bulk_build_spann", "import_bulk", "main", "Columns", "discover",
-           "plan", "read_batches", "JobState", "Progress"]
+__all__ = ["run_online", "bulk_build_spann", "bulk_build_curator", "import_bulk", "main",
+           "Columns", "discover", "plan", "read_batches", "JobState", "Progress"]

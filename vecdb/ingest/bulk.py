@@ -397,6 +397,40 @@ class _SstSink:
         return self.path
 
 
+def write_engine_rows(sst: dict[str, _SstSink], b: Any, X: np.ndarray, slots: np.ndarray,
+                      tenant_ids: dict[str, int], tenant: str, id_start: int
+                      ) -> np.ndarray | None:
+    """One batch's engine rows into the task's ``vectors``/``acl``/``payload`` SST sinks (keys =
+    global slots, values in the engine's codec; ``X`` the prepared vectors). Shared by every bulk
+    build (SPANN, Curator). Returns the batch's ids when they came from the source (to check
+    uniqueness across shards), None when generated (``id_start`` + slot: unique by
+    construction)."""
+    from vecdb.engine import codec
+
+    ids = b.ids if b.ids is not None else (id_start + slots).astype(np.uint64)
+    owners = np.full(len(b), tenant_ids[tenant] if b.tenants is None else 0, np.int32)
+    if b.tenants is not None:
+        owners = np.array([tenant_ids[t] for t in b.tenants], dtype=np.int32)
+    keys = codec.be_keys(slots)
+    sst["vectors"].put_many(keys, codec.pack_vectors(ids, owners, X))
+    if b.acl is not None:
+        ak, av = [], []
+        for i, (key, lst) in enumerate(zip(keys, b.acl, strict=True)):
+            g = sorted({tenant_ids[t] for t in lst} - {int(owners[i])})
+            if g:
+                ak.append(key)
+                av.append(np.array(g, dtype="<i4").tobytes())
+        if ak:
+            sst["acl"].put_many(ak, av)
+    if b.payloads is not None:
+        pk = [key for key, p in zip(keys, b.payloads, strict=True) if p is not None]
+        pv = [json.dumps(p, separators=(",", ":")).encode() for p in b.payloads
+              if p is not None]
+        if pk:
+            sst["payload"].put_many(pk, pv)
+    return b.ids
+
+
 def _map_task(shard: Shard, task: int, dim: int, metric: str, heads: np.ndarray,
               cfg: dict[str, Any], tenant_ids: dict[str, int], tenant: str, id_start: int,
               columns: Columns, out: str, batch_rows: int,
@@ -405,7 +439,6 @@ def _map_task(shard: Shard, task: int, dim: int, metric: str, heads: np.ndarray,
     """Stream one shard: engine rows (vectors/acl/payload SSTs), the prepared vectors (a
     memory-mapped file the reduce gathers from) and the sorted runs of list assignments."""
     from vecdb import _spann
-    from vecdb.engine import codec
     from vecdb.kernels import metric_code, prepare
 
     code = metric_code(metric)
@@ -436,30 +469,10 @@ def _map_task(shard: Shard, task: int, dim: int, metric: str, heads: np.ndarray,
             t2 = time.perf_counter()
             split["read"] += t2 - t1
             slots = shard.offset + b.rows
-            ids = b.ids if b.ids is not None else (id_start + slots).astype(np.uint64)
-            owners = np.full(len(b), tenant_ids[tenant] if b.tenants is None else 0, np.int32)
-            if b.tenants is not None:
-                owners = np.array([tenant_ids[t] for t in b.tenants], dtype=np.int32)
-            keys = codec.be_keys(slots)
-            sst["vectors"].put_many(keys, codec.pack_vectors(ids, owners, X))
+            ids = write_engine_rows(sst, b, X, slots, tenant_ids, tenant, id_start)
             vecs[b.rows] = X
-            if b.ids is not None:  # generated ids are unique by construction
+            if ids is not None:
                 ids_seen.append(ids)
-            if b.acl is not None:
-                ak, av = [], []
-                for i, (key, lst) in enumerate(zip(keys, b.acl, strict=True)):
-                    g = sorted({tenant_ids[t] for t in lst} - {int(owners[i])})
-                    if g:
-                        ak.append(key)
-                        av.append(np.array(g, dtype="<i4").tobytes())
-                if ak:
-                    sst["acl"].put_many(ak, av)
-            if b.payloads is not None:
-                pk = [key for key, p in zip(keys, b.payloads, strict=True) if p is not None]
-                pv = [json.dumps(p, separators=(",", ":")).encode() for p in b.payloads
-                      if p is not None]
-                if pk:
-                    sst["payload"].put_many(pk, pv)
             good += len(b)
             t3 = time.perf_counter()
             split["engine_rows"] += t3 - t2
@@ -904,7 +917,9 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
     folder (SST files moved in by ``ingest_external_file``, maps rebuilt from the ``vectors`` and
     ``acl`` families, a checkpoint written, reopened and counted) and renamed into place. The
     SPANN index is adopted, not rebuilt: its postings and heads are already in the files, and
-    the head graph the map tasks searched becomes the collection's saved head graph.
+    the head graph the map tasks searched becomes the collection's saved head graph. A Curator
+    build (``manifest["kind"] == "curator"``, ``bulk_curator.bulk_build_curator``) is adopted
+    from its trained tree and the map tasks' leaves (``bulk_curator.curator_adopter``).
     ``options``: engine options. Returns {"rows", "seconds", "disk_bytes", "cpu_seconds"}
     (CPU of this process and its children during the import).
     """
@@ -923,10 +938,17 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
     try:
         if db.has_collection(collection):
             raise AlreadyExists(f"collection {collection!r} already exists in {data}")
-        col = db.import_sst(collection, dim=man["dim"], metric=man["metric"], index="spann",
+        kind = man.get("kind", "spann")
+        if kind == "curator":  # the Curator bulk build (vecdb.ingest.bulk_curator)
+            from vecdb.ingest.bulk_curator import curator_adopter
+
+            adopt = curator_adopter(man, out)
+        else:
+            adopt = spann_adopter(man, out)
+        col = db.import_sst(collection, dim=man["dim"], metric=man["metric"], index=kind,
                             params=man["params"], tenants=man["tenants"],
-                            sst={f: man["sst"][f] for f in FAMILIES if man["sst"][f]},
-                            adopt=spann_adopter(man, out), expected_rows=man["rows"])
+                            sst={f: man["sst"][f] for f in FAMILIES if man["sst"].get(f)},
+                            adopt=adopt, expected_rows=man["rows"])
         size = col.disk_bytes()
     finally:
         db.close()

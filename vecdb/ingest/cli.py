@@ -5,7 +5,8 @@
     online  SOURCE --collection C (--data DIR | --address HOST:PORT [--api-key K])
             [--tenant T] [--workers N] [--batch 5000] [--state FILE] [--id-start N]
             [--create-dim D --metric l2 --index hnsw]
-    bulk    SOURCE --out DIR [--dim D] [--metric l2] [--tenant T] [--params JSON]
+    bulk    SOURCE --out DIR [--index spann|curator] [--dim D] [--metric l2] [--tenant T]
+            [--params JSON]
             [--sample-rows N] [--batch N] [--memory-mb M] [--fill 0.8] [--search-ef EF]
     import  --data DIR --collection C --bulk DIR        (the data folder must be stopped)
 
@@ -41,14 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--metric", default="l2")
     o.add_argument("--index", default="flat")
     o.add_argument("--index-params", default="{}")
-    b = sub.add_parser("bulk", help="offline SPANN build into SST files")
+    b = sub.add_parser("bulk", help="offline SPANN (or Curator) build into SST files")
     b.add_argument("source", nargs="+")
     b.add_argument("--out", required=True)
     b.add_argument("--dim", type=int)
     b.add_argument("--metric", default="l2")
     b.add_argument("--tenant", default="default")
     b.add_argument("--id-start", type=int, default=0)
-    b.add_argument("--params", default="{}", help="SPANN creation knobs as JSON")
+    b.add_argument("--index", default="spann", choices=("spann", "curator"),
+                   help="collection kind to build (curator: tree trained on a sample, rows "
+                        "routed to leaves in parallel)")
+    b.add_argument("--params", default="{}", help="SPANN (or Curator) creation knobs as JSON")
     b.add_argument("--sample-rows", type=int,
                    help="training sample (default ~10 rows per head, at least 200k)")
     b.add_argument("--batch", type=int, default=20_000)
@@ -97,6 +101,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ingested {r['rows_written']:,} rows into {a.collection!r} "
                   f"({r['rows_per_s']:,.0f} rows/s); state: {r['state_path']}")
             return _report_errors(r["errors"])
+        if a.cmd == "bulk" and a.index == "curator":
+            from vecdb.ingest.bulk_curator import bulk_build_curator, main_summary
+
+            m = bulk_build_curator(a.source, a.out, dim=a.dim, metric=a.metric,
+                                   tenant=a.tenant, id_start=a.id_start,
+                                   params=json.loads(a.params), sample_rows=a.sample_rows,
+                                   batch_rows=a.batch, ray_address=a.ray_address)
+            print(f"{main_summary(m)} -> {a.out}")
+            return _report_errors(m["errors"])
         if a.cmd == "bulk":
             from vecdb.ingest.bulk import bulk_build_spann
 
