@@ -319,11 +319,18 @@ def diskann(X, Q, gt, metric, raw, budget, tmp: Path, threads: int, Ls) -> tuple
 
 
 def update_stream(idx: SPANNIndex, X_new: np.ndarray, new_slots: np.ndarray, dead: np.ndarray,
-                  Q: np.ndarray, batch: int) -> dict:
+                  Q: np.ndarray, batch: int, max_lists: int = 32) -> dict:
     """Insert ``X_new`` and delete ``dead`` in batches in a writer thread while this thread runs
-    single-query searches; returns throughput and search latencies during the stream."""
+    single-query searches; returns throughput and search latencies during the stream.
+
+    Also checks, for every search during the stream, that no slot whose ``remove`` had returned
+    before the search started comes back (``deleted_returned_during``)."""
     done = threading.Event()
-    t_upd = {}
+    t_upd: dict = {}
+    # batch index after which each dead slot's removal was acknowledged (big = not removed)
+    top = int(max(new_slots.max(initial=0), dead.max(initial=0))) + 1
+    dead_at = np.full(top, np.iinfo(np.int64).max, dtype=np.int64)
+    acked = [0]  # removal batches acknowledged so far
 
     def writer():
         t0 = time.perf_counter()
@@ -331,7 +338,14 @@ def update_stream(idx: SPANNIndex, X_new: np.ndarray, new_slots: np.ndarray, dea
         for b in range(nb):
             s = slice(b * batch, (b + 1) * batch)
             idx.add(X_new[s], new_slots[s])
-            idx.remove(dead[b * len(dead) // nb:(b + 1) * len(dead) // nb])
+            gone = dead[b * len(dead) // nb:(b + 1) * len(dead) // nb]
+            idx.remove(gone)
+            dead_at[gone] = b
+            acked[0] = b + 1
+            if (b + 1) % 10 == 0:
+                el = time.perf_counter() - t0
+                print(f"    batch {b + 1}/{nb}: {el:.0f} s, "
+                      f"{(b + 1) * (2 * batch) / el:.0f} updates/s (ingest)", flush=True)
         t_upd["ingest_s"] = time.perf_counter() - t0
         idx.flush()
         t_upd["with_maintenance_s"] = time.perf_counter() - t0
@@ -339,21 +353,29 @@ def update_stream(idx: SPANNIndex, X_new: np.ndarray, new_slots: np.ndarray, dea
 
     th = threading.Thread(target=writer)
     lat = []
+    bad = 0
     th.start()
     i = 0
     while not done.is_set():
         q = Q[i % len(Q)]
+        g = acked[0]
         t0 = time.perf_counter()
-        idx.search(q[None, :], 10, params={"max_lists": 32})
+        ids, _ = idx.search(q[None, :], 10, params={"max_lists": max_lists})
         lat.append(time.perf_counter() - t0)
+        r = ids[0][(ids[0] >= 0) & (ids[0] < top)]
+        bad += int((dead_at[r] < g).sum())
         i += 1
     th.join()
     lat = np.array(lat)
     n = len(X_new) + len(dead)
-    return {"updates": n, "ingest_s": t_upd["ingest_s"],
+    return {"updates": n, "batch": batch, "ingest_s": t_upd["ingest_s"],
+            "with_maintenance_s": t_upd["with_maintenance_s"],
             "updates_per_s": n / t_upd["with_maintenance_s"],
-            "searches_during": len(lat), "search_mean_ms": float(lat.mean() * 1e3),
-            "search_p99_ms": float(np.percentile(lat, 99) * 1e3), **idx.stats}
+            "searches_during": len(lat), "search_max_lists": max_lists,
+            "search_mean_ms": float(lat.mean() * 1e3),
+            "search_p50_ms": float(np.percentile(lat, 50) * 1e3),
+            "search_p99_ms": float(np.percentile(lat, 99) * 1e3),
+            "deleted_returned_during": bad, **idx.stats}
 
 
 # -- the issue's 5M x 128 synthetic set, built streaming ---------------------------------------
@@ -589,6 +611,8 @@ def main(argv=None) -> None:
                     default={"spann", "faiss", "hnsw", "diskann", "updates"},
                     help="which measurements to run (spann,faiss,hnsw,hnswlib,diskann,updates)")
     ap.add_argument("--name", default="spann", help="results file name")
+    ap.add_argument("--update-n", type=int, default=0,
+                    help="update stream: rows inserted (and as many deleted); 0 = 10%% of the set")
     ap.add_argument("--stream-n", type=int, default=5_000_000,
                     help="rows of the streamed synthetic set (--sets synthetic-stream)")
     ap.add_argument("--stream-nq", type=int, default=500)
@@ -640,8 +664,10 @@ def main(argv=None) -> None:
             extra[name] = e
             if args.no_updates or "updates" not in args.parts:
                 continue
-            # updates: 90% built, then insert the last 10% while deleting 10% of the old ones
-            n0 = int(len(X) * 0.9)
+            # updates: built on all but the last --update-n rows, then insert those while
+            # deleting as many old ones (default 10% of the set)
+            n0 = len(X) - (args.update_n or len(X) // 10)
+            up0 = os.getloadavg()
             store = RocksKVStore(tmp / "spann-upd", block_cache_bytes=BLOCK_CACHE,
                                  direct_reads=True)
             upd = SPANNIndex(X.shape[1], metric, store, head_ratio=ratio[0.15],
@@ -655,9 +681,20 @@ def main(argv=None) -> None:
             I, _ = upd.search(Q, 10, params={"max_lists": 64, "eps": args.eps})
             u["recall_after_lists64"] = recall_at_k(I, alive[g], 10)
             u["deleted_returned"] = int(np.isin(I, dead).sum())
+            u["lists_after"] = upd.num_lists()
+            u["loadavg_stream"] = [list(up0), list(os.getloadavg())]
+            store.close()
+            print("  updates", u, flush=True)
+            # the same configuration built fresh on the surviving set (in RAM: recall only)
+            fresh = SPANNIndex(X.shape[1], metric, None, head_ratio=ratio[0.15],
+                               threads=args.threads, **SPANN_KW)
+            fresh.add(X[alive], alive)
+            If, _ = fresh.search(Q, 10, params={"max_lists": 64, "eps": args.eps})
+            u["fresh_recall_lists64"] = recall_at_k(If, alive[g], 10)
+            u["fresh_lists"] = fresh.num_lists()
+            fresh.close()
             print("  updates", u, flush=True)
             extra[f"{name}_updates"] = u
-            store.close()
         elif name == "synthetic-stream":
             r, e = run_stream_set(args, tmp, budgets)
             rows += r
