@@ -331,6 +331,7 @@ def update_stream(idx: SPANNIndex, X_new: np.ndarray, new_slots: np.ndarray, dea
     top = int(max(new_slots.max(initial=0), dead.max(initial=0))) + 1
     dead_at = np.full(top, np.iinfo(np.int64).max, dtype=np.int64)
     acked = [0]  # removal batches acknowledged so far
+    timeline: list[tuple[float, int]] = []  # per batch: (seconds since start, splits so far)
 
     def writer():
         t0 = time.perf_counter()
@@ -342,6 +343,7 @@ def update_stream(idx: SPANNIndex, X_new: np.ndarray, new_slots: np.ndarray, dea
             idx.remove(gone)
             dead_at[gone] = b
             acked[0] = b + 1
+            timeline.append((round(time.perf_counter() - t0, 3), idx.stats["splits"]))
             if (b + 1) % 10 == 0:
                 el = time.perf_counter() - t0
                 print(f"    batch {b + 1}/{nb}: {el:.0f} s, "
@@ -375,7 +377,7 @@ def update_stream(idx: SPANNIndex, X_new: np.ndarray, new_slots: np.ndarray, dea
             "search_mean_ms": float(lat.mean() * 1e3),
             "search_p50_ms": float(np.percentile(lat, 50) * 1e3),
             "search_p99_ms": float(np.percentile(lat, 99) * 1e3),
-            "deleted_returned_during": bad, **idx.stats}
+            "deleted_returned_during": bad, "batch_timeline": timeline, **idx.stats}
 
 
 # -- the 5M x 128 synthetic set, built streaming ---------------------------------------

@@ -387,6 +387,56 @@ def test_io_threads_same_results(sift_index, sift5k):
         sift_index.search(Q, 10, params={"io_threads": 0})
 
 
+def test_io_threads_concurrent_callers_errors_and_close(sift5k):
+    """Concurrent posting reads (io_threads > 1): several searching threads at once, each asking
+    for more reads in flight than the last (the reader pool grows under them), get the
+    single-reader results; a failing read surfaces in the caller; after close() a search starts
+    new readers."""
+    idx = SPANNIndex(128, "l2", background=False, **SIFT)
+    idx.add(sift5k["base"])
+    Q = sift5k["queries"][:40]
+    I1, D1 = idx.search(Q, 10, params=SIFT_SEARCH)
+    out: dict[int, tuple] = {}
+
+    errors: list[BaseException] = []
+
+    def worker(w: int) -> None:
+        try:  # each asks for more reads in flight: the pool is replaced while others use it
+            out[w] = idx.search(Q, 10, params={"max_lists": 64, "io_threads": 2 + w})
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    ths = [threading.Thread(target=worker, args=(w,)) for w in range(6)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    assert not errors and len(out) == 6
+    for I, D in out.values():
+        np.testing.assert_array_equal(I, I1)
+        np.testing.assert_array_equal(D, D1)
+    real = idx.store.multi_get
+    calls = []
+
+    def failing(cf, keys):
+        calls.append(len(keys))
+        if len(calls) == 2:  # one group of one query, read on a reader thread or this one
+            raise OSError("device error")
+        return real(cf, keys)
+
+    idx.store.multi_get = failing
+    with pytest.raises(OSError, match="device error"):
+        idx.search(Q[:1], 10, params={"max_lists": 64, "io_threads": 4})
+    idx.store.multi_get = real
+    I4, _ = idx.search(Q, 10, params={"max_lists": 64, "io_threads": 4})
+    np.testing.assert_array_equal(I4, I1)  # readers still serve after a failed read
+    idx.close()
+    assert idx._pool is None
+    I5, _ = idx.search(Q, 10, params={"max_lists": 64, "io_threads": 3})
+    np.testing.assert_array_equal(I5, I1)
+    idx.close()
+
+
 def test_head_index_loads_saved_graph(monkeypatch, sift5k):
     """HeadIndex.add(..., graph=) loads a matching saved graph instead of building one, and
     ignores (builds) when the graph does not hold exactly these heads."""

@@ -194,6 +194,7 @@ class SPANNIndex(Index):
         self._pool: ThreadPoolExecutor | None = None  # posting reads for io_threads > 1
         self._pinned: dict[int, bytes] = {}  # list id -> its value, held in RAM (pin_lists)
         self._pool_lock = threading.Lock()
+        self._retired: list[ThreadPoolExecutor] = []  # outgrown pools (see _fetch)
         self.stats = {"splits": 0, "merges": 0, "reassigned": 0, "gc_records": 0}
         if _fresh:  # a new index owns the postings family: drop anything a previous one left
             b = WriteBatch()
@@ -787,9 +788,11 @@ class SPANNIndex(Index):
         if pool is None or pool._max_workers < t:
             with self._pool_lock:
                 if self._pool is None or self._pool._max_workers < t:
-                    old, self._pool = self._pool, ThreadPoolExecutor(t, "spann-io")
-                    if old is not None:
-                        old.shutdown(wait=False)
+                    # the smaller pool is retired, not shut down: a concurrent search may still
+                    # be submitting to it (submit after shutdown raises); close() ends it
+                    if self._pool is not None:
+                        self._retired.append(self._pool)
+                    self._pool = ThreadPoolExecutor(t, "spann-io")
                 pool = self._pool
         parts = [keys[j * n // t:(j + 1) * n // t] for j in range(t)]
         futs = [pool.submit(self.store.multi_get, CF, part) for part in parts[1:]]
@@ -907,9 +910,11 @@ class SPANNIndex(Index):
         """Stop the background worker (pending work is finished first)."""
         self.flush()
         self._closed = True
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        with self._pool_lock:
+            pools = self._retired + ([self._pool] if self._pool is not None else [])
+            self._pool, self._retired = None, []
+        for p in pools:
+            p.shutdown(wait=True)
 
     # -- persistence ----------------------------------------------------------------------
     def _config(self) -> dict[str, Any]:
