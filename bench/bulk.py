@@ -2,6 +2,7 @@
 
     python -m bench.bulk --smoke                  # seconds-to-a-minute; what CI runs
     python -m bench.bulk --n 10000000 --shard 250000 --head-ratio 0.02   # the issue's run
+    python -m bench.bulk --index curator --n 1000000   # Curator: serial upserts vs bulk path
 
 Measured in one run, on the same synthetic clustered data (``bench.datasets.clustered_stream``,
 written to disk shard by shard as .npy, never all in memory):
@@ -169,6 +170,137 @@ def extrapolate(stages: dict, n: int, dim: int, bytes_per_vec: float, head_ratio
     return out
 
 
+def curator_bench(a: argparse.Namespace) -> None:
+    """``--index curator``: serial ``Collection.upsert`` ingest of a Curator collection vs the
+    Curator bulk path (``bulk_build_curator`` + ``import_bulk``) on the same shards, one tenant.
+
+    Serial: one embedded collection, upserts of ``--upsert-batch`` rows shard by shard (the tree
+    trains at ``train_size`` rows and retrains in the background as the data grows, as a user
+    gets it), then a checkpoint (the import writes one too). Bulk: per-stage seconds and
+    CPU-seconds (sample, train, route with its read/engine-rows/route split, import with the
+    adopt part timed separately). Recall@10 of both against exact ground truth at a few
+    ``gamma2``. Writes bench/results/bulk-curator[-smoke].json."""
+    from vecdb.ingest import bulk_curator, cpu
+    from vecdb.ingest.bulk import import_bulk
+    from vecdb.ingest.online import init_ray
+
+    if a.smoke:
+        a.n, a.dim, a.shard, a.nq = 20_000, 32, 5_000, 100
+    init_ray(num_cpus=2)
+    tmp = tempfile.mkdtemp(prefix="bench-bulkcur-", dir=a.tmp)
+    params = {"train_sample": a.sample_rows or 100_000}
+    if a.smoke:
+        params["train_sample"] = 8_000
+    load_start = os.getloadavg()
+    gammas = (16.0, 96.0, 400.0)
+    try:
+        paths = write_shards(os.path.join(tmp, "src"), a.n, a.dim, a.shard)
+        Q = queries_from(paths, a.nq)
+        gt = streaming_gt(paths, Q, 10)
+        print(f"generated {a.n:,} x {a.dim} in {len(paths)} shards")
+
+        def recalls(col) -> list[dict]:
+            out = []
+            for g in gammas:
+                t1 = time.perf_counter()
+                res = col.search(Q, 10, tenant="t", params={"gamma2": g})
+                out.append({"gamma2": g, "recall": recall_at_k(res.ids, gt, 10),
+                            "qps": len(Q) / (time.perf_counter() - t1)})
+            return out
+
+        # serial: Collection.upsert, one process
+        db = vecdb.open(os.path.join(tmp, "serial"))
+        col = db.create_collection("s", dim=a.dim, index="curator", params=params)
+        col.create_tenant("t")
+        c0 = cpu.snapshot()
+        t0 = time.perf_counter()
+        off = 0
+        for p in paths:
+            X = np.load(p)
+            for s in range(0, len(X), a.upsert_batch):
+                part = X[s:s + a.upsert_batch]
+                col.upsert(np.arange(off + s, off + s + len(part)), part, tenant="t")
+            off += len(X)
+        up_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        col.checkpoint()
+        ck_s = time.perf_counter() - t1
+        ser_cpu = cpu.cpu_between(c0, cpu.snapshot())
+        ser_rec = recalls(col)
+        trained_on = col._index._trained_on
+        db.close()
+        serial = {"seconds": up_s + ck_s, "upsert_seconds": up_s, "checkpoint_seconds": ck_s,
+                  "cpu_seconds": ser_cpu, "vectors_per_s": a.n / (up_s + ck_s),
+                  "vectors_per_cpu_s": a.n / ser_cpu, "tree_trained_on": trained_on,
+                  "recall": ser_rec}
+        shutil.rmtree(os.path.join(tmp, "serial"), ignore_errors=True)
+        print(f"serial upsert: {up_s:.1f}s + checkpoint {ck_s:.1f}s, {ser_cpu:.1f} CPU-s, "
+              f"recall " + ", ".join(f"{r['recall']:.3f}@g{r['gamma2']:g}" for r in ser_rec))
+
+        # bulk: build on Ray + import (the adopt step timed through a wrapper)
+        adopt_t: dict[str, float] = {}
+        orig = bulk_curator.curator_adopter
+
+        def timed(man, out):
+            f = orig(man, out)
+
+            def adopt(store, st):
+                t = time.perf_counter()
+                r = f(store, st)
+                adopt_t["seconds"] = time.perf_counter() - t
+                return r
+            return adopt
+
+        bulk_curator.curator_adopter = timed
+        try:
+            man = bulk_curator.bulk_build_curator(os.path.join(tmp, "src"),
+                                                  os.path.join(tmp, "out"), dim=a.dim,
+                                                  tenant="t", params=params,
+                                                  batch_rows=20_000)
+            imp = import_bulk(os.path.join(tmp, "data"), "bulk", os.path.join(tmp, "out"))
+        finally:
+            bulk_curator.curator_adopter = orig
+        stages = dict(man["stages"])
+        stages["import"] = {"seconds": imp["seconds"], "cpu_seconds": imp["cpu_seconds"],
+                            "adopt_place_seconds": adopt_t.get("seconds", 0.0),
+                            "driver_peak_rss": peak_rss_bytes()}
+        bulk_cpu = sum(v.get("cpu_seconds", 0.0) for v in stages.values())
+        bulk_s = man["seconds"] + imp["seconds"]
+        db = vecdb.open(os.path.join(tmp, "data"))
+        t1 = time.perf_counter()
+        bcol = db.collection("bulk")  # what the import's own reopen from its checkpoint costs
+        stages["import"]["reopen_seconds"] = time.perf_counter() - t1
+        bulk_rec = recalls(bcol)
+        db.close()
+        bulk = {"seconds": bulk_s, "cpu_seconds": bulk_cpu, "vectors_per_s": man["rows"] / bulk_s,
+                "vectors_per_cpu_s": man["rows"] / bulk_cpu, "recall": bulk_rec,
+                "stages": stages, "sample_rows": man["stages"]["sample"]["rows"]}
+        print("\nstage        seconds  CPU-seconds")
+        for k, v in stages.items():
+            print(f"{k:<12} {v['seconds']:8.1f} {v.get('cpu_seconds', 0):11.1f}")
+        print(f"route task split (task-seconds): {stages['route']['task_split']}; "
+              f"import: adopt/place {stages['import']['adopt_place_seconds']:.1f}s, a reopen "
+              f"from the checkpoint {stages['import']['reopen_seconds']:.1f}s")
+        print(f"serial: {serial['vectors_per_s']:,.0f} vectors/s, "
+              f"{serial['vectors_per_cpu_s']:,.0f} per CPU-second")
+        print(f"bulk:   {bulk['vectors_per_s']:,.0f} vectors/s, "
+              f"{bulk['vectors_per_cpu_s']:,.0f} per CPU-second; recall "
+              + ", ".join(f"{r['recall']:.3f}@g{r['gamma2']:g}" for r in bulk_rec))
+        rows = [{"system": sys_, "gamma2": r["gamma2"], "recall": r["recall"], "qps": r["qps"]}
+                for sys_, rr in (("serial upsert", ser_rec), ("bulk", bulk_rec)) for r in rr]
+        summary = {"n": a.n, "dim": a.dim, "shards": len(paths), "params": params,
+                   "upsert_batch": a.upsert_batch, "serial": serial, "bulk": bulk,
+                   "speedup_wall": serial["seconds"] / bulk_s,
+                   "speedup_cpu": bulk["vectors_per_cpu_s"] / serial["vectors_per_cpu_s"],
+                   "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
+        print(f"bulk / serial: {summary['speedup_wall']:.2f}x wall, "
+              f"{summary['speedup_cpu']:.2f}x per CPU-second")
+        write_results(a.name or ("bulk-curator-smoke" if a.smoke else "bulk-curator"), rows,
+                      {"summary": summary})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true")
@@ -198,7 +330,14 @@ def main(argv: list[str] | None = None) -> None:
                     help="results name under bench/results (default bulk, bulk-smoke)")
     ap.add_argument("--probes", type=int, default=6, help="HeadGroups probes of the map stage")
     ap.add_argument("--head-search", default="groups", choices=("groups", "graph"))
+    ap.add_argument("--index", default="spann", choices=("spann", "curator"),
+                    help="curator: serial upserts vs the Curator bulk path (curator_bench)")
+    ap.add_argument("--upsert-batch", type=int, default=10_000,
+                    help="--index curator: rows per serial Collection.upsert")
     a = ap.parse_args(argv)
+    if a.index == "curator":
+        curator_bench(a)
+        return
     if a.smoke:
         a.n, a.dim, a.shard, a.online_n, a.nq, a.sample_rows = 20_000, 32, 5_000, 4_000, 100, 10_000
         a.into_n, a.into_batch = 1_000, 250
