@@ -240,3 +240,24 @@ def test_sample_is_not_correlated_with_a_seeded_generator(ray_local, tmp_path):
     r_bulk = recall_at_k(bulk.search(Q, K, 0, p)[0], gt, K)
     r_serial = recall_at_k(serial.search(Q, K, 0, p)[0], gt, K)
     assert r_serial > 0.9 and r_bulk >= r_serial - 0.02, (r_bulk, r_serial)
+
+
+def test_cosine_bulk_stores_normalised_vectors_and_finds_them(ray_local, tmp_path):
+    X = np.concatenate(list(clustered_stream(6000, 8, chunk=3000, seed=6))) * 7.0
+    np.save(tmp_path / "a.npy", X)
+    man = bulk_build_curator(str(tmp_path / "a.npy"), str(tmp_path / "out"), metric="cosine",
+                             params={"train_size": 1000}, tenant="t", progress=False)
+    assert man["trained_on"] == 6000
+    import_bulk(str(tmp_path / "d"), "c", str(tmp_path / "out"))
+    db = vecdb.open(str(tmp_path / "d"))
+    try:
+        col = db.collection("c")
+        idx = col._index
+        assert idx.trained and np.allclose(np.linalg.norm(idx.vectors([0, 5999]), axis=1), 1,
+                                           atol=1e-5)
+        Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+        assert np.allclose(idx.vectors([17]), Xn[17], atol=1e-5)
+        res = col.search(X[:50] * 3.0, 1, tenant="t", params={"gamma2": 400.0})
+        assert (res.ids[:, 0] == np.arange(50)).mean() > 0.95
+    finally:
+        db.close()
