@@ -261,3 +261,23 @@ def test_cosine_bulk_stores_normalised_vectors_and_finds_them(ray_local, tmp_pat
         assert (res.ids[:, 0] == np.arange(50)).mean() > 0.95
     finally:
         db.close()
+
+
+def test_bench_curator_smoke(tmp_path):
+    """``python -m bench.bulk --index curator --smoke`` runs end to end (tests/test_bench_smoke.py
+    runs only the default SPANN mode of bench.bulk)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, VECDB_BENCH_RESULTS=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "bench.bulk", "--index", "curator", "--smoke"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "bulk-curator-smoke.json").read_text())
+    s = doc["summary"]
+    assert {r["system"] for r in doc["rows"]} == {"serial upsert", "bulk"}
+    assert s["bulk"]["recall"][-1]["recall"] >= s["serial"]["recall"][-1]["recall"] - 0.02
