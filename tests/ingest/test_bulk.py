@@ -259,3 +259,23 @@ def test_bad_bulk_knobs_are_refused_before_any_work(tmp_path, kw):
     with pytest.raises(InvalidArgument):
         bulk_build_spann(str(tmp_path / "a.npy"), str(tmp_path / "out"), progress=False, **kw)
     assert not (tmp_path / "out").exists()
+
+
+def test_sample_is_independent_of_a_generator_seeded_like_it(tmp_path):
+    """The sample task must not draw the uniforms a data generator seeded ``(seed, offset)`` drew
+    (the benchmark's ``clustered_stream`` picks labels that way): unsalted, it kept exactly the
+    rows whose generator draw was < p, i.e. a few clusters, and trained hub heads."""
+    from vecdb.ingest.bulk import _sample_task
+    from vecdb.ingest.sources import Columns, plan
+
+    n, p = 20_000, 0.1
+    X = np.random.default_rng(3).standard_normal((n, 4)).astype(np.float32)
+    np.save(tmp_path / "a.npy", X)
+    shards, _ = plan([str(tmp_path / "a.npy")])
+    out = _sample_task(shards[0], 4, "l2", p, 0, 5_000, Columns())
+    row = {r.tobytes(): i for i, r in enumerate(X)}
+    picked = np.array([row[v.tobytes()] for v in out["sample"]])
+    u = np.random.default_rng((0, shards[0].offset)).random(n)  # the generator's draws
+    assert 0.07 * n < len(picked) < 0.13 * n
+    # unsalted: every picked row has u < p (mean ~0.05); independent: mean ~0.5
+    assert 0.4 < u[picked].mean() < 0.6 and (u[picked] >= p).mean() > 0.8

@@ -54,7 +54,6 @@ from vecdb.ingest.sources import (
 from vecdb.ingest.state import write_json_atomic
 
 ENGINE_FAMILIES = ("vectors", "acl", "payload")
-_SAMPLE_SALT = 0x5A3D_1E37  # added to the sampling seed (see bulk_build_curator)
 
 
 def _curator(dim: int, metric: str, params: dict[str, Any]):
@@ -188,12 +187,9 @@ def bulk_build_curator(source: str | Sequence[str], out: str, *, dim: int | None
     want = cfg["train_sample"] if sample_rows is None else sample_rows
     p = min(1.0, 1.05 * want / max(1, total))  # a little over, then trimmed to ``want``
     sample_t = ray.remote(num_cpus=1)(_sample_task)
-    # the sample tasks draw from default_rng((seed, shard offset)): salted, so that the draws
-    # cannot be the very stream a generator seeded (seed, offset) made the data with (measured:
-    # bench.datasets.clustered_stream(seed=0) sampled with seed 0 kept only the clusters whose
-    # label draws were < p, and the tree trained on that gave recall 0.59 instead of 0.985)
-    res = ray.get([sample_t.remote(s, dim, metric, p, cfg["seed"] + _SAMPLE_SALT, batch_rows,
-                                   columns)
+    # the sample tasks salt their seed (bulk.SAMPLE_SALT): a generator seeded like them would
+    # otherwise share their random stream and bias the sample
+    res = ray.get([sample_t.remote(s, dim, metric, p, cfg["seed"], batch_rows, columns)
                    for s in shards])
     errors = list(rejected)
     failed = set()
