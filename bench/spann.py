@@ -139,6 +139,22 @@ def spann_sweep(idx: SPANNIndex, Q, gt, raw: int, label: str, grid, io_threads: 
 # -- faiss IVF-Flat with on-disk inverted lists ---------------------------------------------------
 
 
+def _ivf_rows(ivf, nprobes, Q, gt, ram: int, raw: int, build_s: float) -> list[dict]:
+    """One result row per nprobe: single-query latencies of the on-disk IVF index."""
+    rows = []
+    for npb in nprobes:
+        ivf.nprobe = npb
+
+        def one(q):
+            _, i = ivf.search(q[None, :], 10)
+            return i[0]
+
+        I, t = latencies(one, Q)
+        rows.append(row("faiss-ivf-ondisk", f"nprobe={npb}", I, t, gt, ram, raw,
+                        build_s=build_s))
+    return rows
+
+
 def faiss_ivf_ondisk(X, Q, gt, metric, raw, nlist: int, tmp: Path, nprobes) -> list[dict]:
     import faiss
 
@@ -161,18 +177,7 @@ def faiss_ivf_ondisk(X, Q, gt, metric, raw, nlist: int, tmp: Path, nprobes) -> l
     invl.this.disown()  # the index owns the on-disk lists now (no double free)
     build_s = time.perf_counter() - t0
     ram = nlist * d * 4
-    rows = []
-    for npb in nprobes:
-        ivf.nprobe = npb
-
-        def one(q):
-            _, i = ivf.search(q[None, :], 10)
-            return i[0]
-
-        I, t = latencies(one, Q)
-        rows.append(row("faiss-ivf-ondisk", f"nprobe={npb}", I, t, gt, ram, raw,
-                        build_s=build_s))
-    return rows
+    return _ivf_rows(ivf, nprobes, Q, gt, ram, raw, build_s)
 
 
 # -- in-memory references: vecdb HNSW (and hnswlib) -----------------------------------------------
@@ -408,18 +413,7 @@ def faiss_ivf_ondisk_stream(paths: list[str], sample: np.ndarray, Q, gt, raw, nl
     build_s = time.perf_counter() - t0
     faiss.omp_set_num_threads(1)
     ram = nlist * d * 4
-    rows = []
-    for npb in nprobes:
-        ivf.nprobe = npb
-
-        def one(q):
-            _, i = ivf.search(q[None, :], 10)
-            return i[0]
-
-        I, t = latencies(one, Q)
-        rows.append(row("faiss-ivf-ondisk", f"nprobe={npb}", I, t, gt, ram, raw,
-                        build_s=build_s))
-    return rows
+    return _ivf_rows(ivf, nprobes, Q, gt, ram, raw, build_s)
 
 
 def run_stream_set(args, tmp: Path, budgets) -> tuple[list, dict]:
