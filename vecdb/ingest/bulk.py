@@ -308,6 +308,32 @@ def _sample_task(shard: Shard, dim: int, metric: str, p: float, seed: int, batch
             "tenants": sorted(tenants), "rss": _rss()}
 
 
+def sample_stage(shards: list[Shard], dim: int, metric: str, p: float, seed: int,
+                 batch_rows: int, columns: Columns, rejected: list[dict[str, Any]],
+                 tenant: str) -> tuple[np.ndarray, int, list[dict[str, Any]], set[str], set[str],
+                                       int]:
+    """Stage 1 of every bulk build: one Ray ``_sample_task`` per shard. Returns the sample, the
+    number of good rows, the errors (planning rejects first), the failed shards, the tenant names
+    seen (plus ``tenant``) and the tasks' peak RSS."""
+    import ray
+
+    task = ray.remote(num_cpus=1)(_sample_task)
+    res = ray.get([task.remote(s, dim, metric, p, seed, batch_rows, columns) for s in shards])
+    errors = list(rejected)
+    failed: set[str] = set()
+    names = {tenant}
+    for r in res:
+        errors += r["errors"]
+        if "failed" in r:
+            failed.add(r["shard"])
+        else:
+            names.update(r["tenants"])
+    parts = [r["sample"] for r in res if "sample" in r]
+    sample = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+    return (sample, sum(r.get("good", 0) for r in res), errors, failed, names,
+            max((r.get("rss", 0) for r in res), default=0))
+
+
 def _leaf_size(cfg: dict[str, Any], n_sample: int, n_total: int) -> int:
     """SPANN's leaf size (``round(1/head_ratio)`` points per head) scaled by the sampling rate,
     so the number of heads ~ what the serial build makes on all rows."""
@@ -757,21 +783,8 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     if sample_rows is None:
         sample_rows = sample_rows_for(cfg, total)
     p = min(1.0, sample_rows / max(1, total))
-    sample_t = ray.remote(num_cpus=1)(_sample_task)
-    res = ray.get([sample_t.remote(s, dim, metric, p, cfg["seed"], batch_rows, columns)
-                   for s in shards])
-    errors = list(rejected)
-    failed = set()
-    names = {tenant}
-    for r in res:
-        errors += r["errors"]
-        if "failed" in r:
-            failed.add(r["shard"])
-        else:
-            names.update(r["tenants"])
-    sample = np.concatenate([r["sample"] for r in res if "sample" in r]) if res else \
-        np.zeros((0, dim), np.float32)
-    n_good = sum(r.get("good", 0) for r in res)
+    sample, n_good, errors, failed, names, sample_rss = sample_stage(
+        shards, dim, metric, p, cfg["seed"], batch_rows, columns, rejected, tenant)
     t1 = time.perf_counter()
     c1 = cpu.snapshot()
     cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -791,13 +804,13 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     c2 = cpu.snapshot()
     stages["sample"] = {"seconds": t1 - t0, "rows": int(len(sample)),
                         "cpu_seconds": cpu.cpu_between(c0, c1),
-                        "worker_peak_rss": max((r.get("rss", 0) for r in res), default=0)}
+                        "worker_peak_rss": sample_rss}
     stages["heads"] = {"seconds": time.perf_counter() - t1, "heads": int(len(heads)),
                        "cluster_seconds": t2 - t1, "graph_seconds": t3 - t2,
                        "groups_seconds": time.perf_counter() - t3,
                        "cpu_seconds": cpu.cpu_between(c1, c2),
                        "driver_peak_rss": _rss()}
-    del sample, res
+    del sample
     log(f"{len(heads)} heads from a {stages['sample']['rows']}-row sample "
         f"({stages['sample']['seconds'] + stages['heads']['seconds']:.1f}s)")
     tenant_ids = {t: i for i, t in enumerate(sorted(names))}

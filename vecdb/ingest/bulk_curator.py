@@ -40,7 +40,7 @@ import numpy as np
 
 from vecdb.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from vecdb.ingest import cpu
-from vecdb.ingest.bulk import _rss, _sample_task, _SstSink, write_engine_rows
+from vecdb.ingest.bulk import _rss, _SstSink, sample_stage, write_engine_rows
 from vecdb.ingest.sources import (
     DEFAULT_COLUMNS,
     Columns,
@@ -186,27 +186,11 @@ def bulk_build_curator(source: str | Sequence[str], out: str, *, dim: int | None
     c0 = cpu.snapshot()
     want = cfg["train_sample"] if sample_rows is None else sample_rows
     p = min(1.0, 1.05 * want / max(1, total))  # a little over, then trimmed to ``want``
-    sample_t = ray.remote(num_cpus=1)(_sample_task)
-    # the sample tasks salt their seed (bulk.SAMPLE_SALT): a generator seeded like them would
-    # otherwise share their random stream and bias the sample
-    res = ray.get([sample_t.remote(s, dim, metric, p, cfg["seed"], batch_rows, columns)
-                   for s in shards])
-    errors = list(rejected)
-    failed = set()
-    names = {tenant}
-    for r in res:
-        errors += r["errors"]
-        if "failed" in r:
-            failed.add(r["shard"])
-        else:
-            names.update(r["tenants"])
-    parts = [r["sample"] for r in res if "sample" in r]
-    sample = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+    sample, n_good, errors, failed, names, _ = sample_stage(
+        shards, dim, metric, p, cfg["seed"], batch_rows, columns, rejected, tenant)
     if len(sample) > want:  # Bernoulli sampling overshoots a little: keep exactly ``want``
         pick = np.random.default_rng(cfg["seed"]).choice(len(sample), want, replace=False)
         sample = sample[np.sort(pick)]
-    n_good = sum(r.get("good", 0) for r in res)
-    del res, parts
     t1 = time.perf_counter()
     c1 = cpu.snapshot()
     if n_good == 0:
