@@ -376,9 +376,28 @@ class CuratorIndex(Index):
             return
         while cap <= max_slot:
             cap *= 2
+        self._resize(cap)
+
+    def _resize(self, cap: int) -> None:
+        """The vector matrix with ``cap`` rows (``cap`` >= the current rows); caller holds the
+        write lock."""
         v = np.zeros((cap, self.dim), dtype=np.float32)
         v[: len(self._vecs)] = self._vecs
         self._vecs = v
+
+    @staticmethod
+    def _acl_pairs(acl, n: int, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The validated access lists of ``n`` vectors at slots ``s`` as (slot, tenant) pairs."""
+        indptr, indices = normalize_acl(acl, n)
+        if indices.size and int(indices.max()) > _INT32_MAX:
+            raise InvalidArgument("acl: tenant ids must be < 2^31")
+        return np.repeat(s, np.diff(indptr)), np.ascontiguousarray(indices, dtype=np.int32)
+
+    def _put_vectors(self, s: np.ndarray, X: np.ndarray) -> None:
+        """Store ``X`` at slots ``s`` (non-empty); caller holds the write lock."""
+        self._grow(int(s.max()))
+        self._vecs[s] = X
+        self._high = max(self._high, int(s.max()) + 1)
 
     @staticmethod
     def _tenant(tenant) -> int:
@@ -398,16 +417,10 @@ class CuratorIndex(Index):
                 s = np.arange(self._high, self._high + n, dtype=np.int64)
             else:
                 s = self._slots(slots, n)
-            indptr, indices = normalize_acl(acl, n)
-            if indices.size and int(indices.max()) > _INT32_MAX:
-                raise InvalidArgument("acl: tenant ids must be < 2^31")
+            ps, pt = self._acl_pairs(acl, n, s)
             if n == 0:
                 return s
-            self._grow(int(s.max()))
-            self._vecs[s] = X
-            self._high = max(self._high, int(s.max()) + 1)
-            ps = np.repeat(s, np.diff(indptr))
-            pt = np.ascontiguousarray(indices, dtype=np.int32)
+            self._put_vectors(s, X)
             out: list[np.ndarray] = []
 
             def op(core):
@@ -579,9 +592,7 @@ class CuratorIndex(Index):
         if capacity > 0:
             with self._lock.write():
                 if capacity > len(self._vecs):
-                    v = np.zeros((int(capacity), self.dim), dtype=np.float32)
-                    v[: len(self._vecs)] = self._vecs
-                    self._vecs = v
+                    self._resize(int(capacity))
 
     def route(self, vectors) -> np.ndarray:
         """Leaf of each vector in the current tree (int32 [n]): where ``add`` would place it.
@@ -601,9 +612,7 @@ class CuratorIndex(Index):
         lv = np.ascontiguousarray(leaves, dtype=np.int32)
         if lv.shape != (n,):
             raise InvalidArgument(f"leaves must have shape ({n},), got {lv.shape}")
-        indptr, indices = normalize_acl(acl, n)
-        if indices.size and int(indices.max()) > _INT32_MAX:
-            raise InvalidArgument("acl: tenant ids must be < 2^31")
+        ps, pt = self._acl_pairs(acl, n, s)
         if n == 0:
             return
         with self._lock.write():
@@ -613,11 +622,7 @@ class CuratorIndex(Index):
             if len(np.unique(s)) != n or any(self._core.slot_leaf(int(x)) >= 0
                                              for x in s.tolist()):
                 raise InvalidArgument("place_routed: slots must be distinct and not live")
-            self._grow(int(s.max()))
-            self._vecs[s] = X
-            self._high = max(self._high, int(s.max()) + 1)
-            ps = np.repeat(s, np.diff(indptr))
-            pt = np.ascontiguousarray(indices, dtype=np.int32)
+            self._put_vectors(s, X)
 
             def op(core):
                 core.place(s, lv)
