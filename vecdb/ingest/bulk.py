@@ -308,6 +308,16 @@ def _sample_task(shard: Shard, dim: int, metric: str, p: float, seed: int, batch
             "tenants": sorted(tenants), "rss": _rss()}
 
 
+def fresh_out(out: str, subdirs: tuple[str, ...]) -> None:
+    """Make ``out`` a new, empty bulk-build folder with ``subdirs`` (a half-written earlier
+    attempt is removed); ``AlreadyExists`` if it holds a finished build (its manifest)."""
+    if os.path.exists(os.path.join(out, "manifest.json")):
+        raise AlreadyExists(f"{out} already holds a bulk build (manifest.json); use a new folder")
+    shutil.rmtree(out, ignore_errors=True)
+    for d in subdirs:
+        os.makedirs(os.path.join(out, d))
+
+
 def sample_stage(shards: list[Shard], dim: int, metric: str, p: float, seed: int,
                  batch_rows: int, columns: Columns, rejected: list[dict[str, Any]],
                  tenant: str) -> tuple[np.ndarray, int, list[dict[str, Any]], set[str], set[str],
@@ -763,12 +773,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     shards, rejected = plan(files, columns)
     dim = check_dim(dim, shards)
     cfg = _spann_config(dim, metric, params)
-    if os.path.exists(os.path.join(out, "manifest.json")):
-        raise AlreadyExists(f"{out} already holds a bulk build (manifest.json); use a new folder")
-    shutil.rmtree(out, ignore_errors=True)
-    os.makedirs(os.path.join(out, "sst"))
-    os.makedirs(os.path.join(out, "runs"))
-    os.makedirs(os.path.join(out, "vecs"))
+    fresh_out(out, ("sst", "runs", "vecs"))
     init_ray(ray_address, num_cpus)
     stages: dict[str, dict[str, Any]] = {}
     total = sum(s.rows for s in shards)

@@ -31,16 +31,15 @@ build itself holds more than a batch.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from vecdb.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from vecdb.errors import FailedPrecondition, InvalidArgument
 from vecdb.ingest import cpu
-from vecdb.ingest.bulk import _rss, _SstSink, sample_stage, write_engine_rows
+from vecdb.ingest.bulk import _rss, _SstSink, fresh_out, sample_stage, write_engine_rows
 from vecdb.ingest.sources import (
     DEFAULT_COLUMNS,
     Columns,
@@ -168,11 +167,7 @@ def bulk_build_curator(source: str | Sequence[str], out: str, *, dim: int | None
     except TypeError as e:
         raise InvalidArgument(f"bad Curator parameter(s) {sorted(params)}: {e}") from None
     cfg = proto.params
-    if os.path.exists(os.path.join(out, "manifest.json")):
-        raise AlreadyExists(f"{out} already holds a bulk build (manifest.json); use a new folder")
-    shutil.rmtree(out, ignore_errors=True)
-    os.makedirs(os.path.join(out, "sst"))
-    os.makedirs(os.path.join(out, "parts"))
+    fresh_out(out, ("sst", "parts"))
     init_ray(ray_address, num_cpus)
     stages: dict[str, dict[str, Any]] = {}
     total = sum(s.rows for s in shards)
