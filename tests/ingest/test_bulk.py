@@ -230,7 +230,7 @@ def test_head_groups_find_the_exact_candidates(code):
     """HeadGroups (the map stage's batched head search) against an exact scan: all groups probed
     gives exactly the exact top-k (ids and distances, sorted, padded); a few probes nearly so."""
     from vecdb.index._spann_parts import pair_dist
-    from vecdb.ingest.bulk import HeadGroups
+    from vecdb.ingest.heads import HeadGroups
 
     X = np.concatenate(list(clustered_stream(3000, 16, chunk=3000, seed=11)))
     heads, V = X[:1200].copy(), X[1200:].copy()
