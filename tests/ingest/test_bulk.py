@@ -37,7 +37,7 @@ def built(ray_local, tmp_path_factory):
     gt = gt[0] if isinstance(gt, tuple) else gt
     man = bulk_build_spann(str(src), str(tmp / "out"), dim=DIM, tenant="t", params=PARAMS,
                            sample_rows=N // 3, batch_rows=4_000, memory_bytes=2 << 20,
-                           progress=False)
+                           train_rows=2_000, progress=False)
     imp = import_bulk(str(tmp / "data"), "bulk", str(tmp / "out"))
     return tmp, X, Q, gt, man, imp
 
@@ -48,6 +48,9 @@ def test_bulk_recall_matches_serial_build(built):
     assert man["stages"]["reduce"]["tasks"] >= 2  # the memory budget split the shuffle
     assert all(man["stages"][s]["cpu_seconds"] > 0 for s in ("heads", "map", "reduce"))
     assert imp["cpu_seconds"] > 0
+    heads = man["stages"]["heads"]  # the sample (~10k rows) trained in parts of <= 2000 rows
+    assert heads["parts"] >= 5 and heads["largest_part_rows"] <= 2000
+    assert man["stages"]["sample"]["files"] == 4 and not (tmp / "out" / "sample").exists()
     db = vecdb.open(str(tmp / "data"))
     try:
         bulk = db.collection("bulk")
@@ -253,7 +256,8 @@ def test_head_groups_find_the_exact_candidates(code):
     assert (i[:, 10:] == -1).all() and np.isinf(d[:, 10:]).all() and (i[:, :10] >= 0).all()
 
 
-@pytest.mark.parametrize("kw", [{"head_search": "hnsw"}, {"probes": 0}, {"head_vectors": "mean"}])
+@pytest.mark.parametrize("kw", [{"head_search": "hnsw"}, {"probes": 0}, {"head_vectors": "mean"},
+                                {"train_rows": 10}])
 def test_bad_bulk_knobs_are_refused_before_any_work(tmp_path, kw):
     np.save(tmp_path / "a.npy", np.zeros((10, 4), np.float32))
     with pytest.raises(InvalidArgument):
@@ -279,3 +283,66 @@ def test_sample_is_independent_of_a_generator_seeded_like_it(tmp_path):
     assert 0.07 * n < len(picked) < 0.13 * n
     # unsalted: every picked row has u < p (mean ~0.05); independent: mean ~0.5
     assert 0.4 < u[picked].mean() < 0.6 and (u[picked] >= p).mean() > 0.8
+
+
+def test_sample_stage_keeps_the_sample_in_files(ray_local, tmp_path):
+    """With a folder the sample tasks write their rows there and return (path, rows): the driver
+    never receives the sample; the rows are the ones the in-memory path draws."""
+    from vecdb.ingest.bulk import sample_stage
+    from vecdb.ingest.sources import Columns, plan
+
+    X = np.random.default_rng(5).standard_normal((12_000, 8)).astype(np.float32)
+    for j in range(3):
+        np.save(tmp_path / f"s{j}.npy", X[j * 4000:(j + 1) * 4000])
+    shards, _ = plan([str(tmp_path / f"s{j}.npy") for j in range(3)])
+    (tmp_path / "smp").mkdir()
+    args = (shards, 8, "l2", 0.1, 0, 1000, Columns(), [], "t")
+    files, good, errors, failed, _, rss = sample_stage(*args, folder=str(tmp_path / "smp"))
+    mem = sample_stage(*args)[0]
+    assert good == 12_000 and not errors and not failed and rss > 0
+    assert len(files) == 3 and all(isinstance(p, str) and isinstance(n, int) for p, n in files)
+    assert 0.07 * 12_000 < sum(n for _, n in files) < 0.13 * 12_000
+    on_disk = np.concatenate([np.load(p) for p, _ in sorted(files)])
+    assert sum(n for _, n in files) == len(on_disk) and np.array_equal(on_disk, mem)
+
+
+def _head_cover(S: np.ndarray, H: np.ndarray) -> float:
+    """Mean squared distance of the rows of S to their nearest head."""
+    from vecdb.kernels import search
+
+    return float(search(S, H, 1, "l2")[1].mean())
+
+
+def test_train_heads_never_loads_more_than_train_rows(ray_local, tmp_path):
+    """Unbalanced parts (balance 0, clustered data) over ``train_rows`` are split again, every
+    task draws or loads at most ``train_rows`` rows, every sample file is consumed, and the heads
+    cover the sample about as well as heads trained on it all at once."""
+    from vecdb.ingest.bulk import _leaf_heads, _leaf_size, _spann_config, train_heads
+
+    S = np.concatenate(list(clustered_stream(24_000, 16, chunk=8000, seed=11)))
+    (tmp_path / "smp").mkdir()
+    files = []
+    for j in range(3):
+        p = str(tmp_path / "smp" / f"f{j}.npy")
+        np.save(p, S[j * 8000:(j + 1) * 8000])
+        files.append((p, 8000))
+    cfg = _spann_config(16, "l2", {"head_ratio": 0.05, "balance": 0.0})
+    heads, info = train_heads(files, 24_000, cfg, str(tmp_path / "smp"), groups=2,
+                              train_rows=2000)
+    assert info["largest_part_rows"] <= 2000 and info["largest_split_sample"] <= 2000
+    assert info["levels"] >= 2 and info["parts"] >= 12  # 24k rows: at least 12 parts of 2000
+    assert not list((tmp_path / "smp").iterdir())
+    whole = _leaf_heads(S, _leaf_size(cfg, len(S), 24_000), 0.0, cfg["seed"], "member")
+    assert abs(len(heads) - len(whole)) < 0.1 * len(whole), (len(heads), len(whole))
+    assert _head_cover(S, heads) < 1.1 * _head_cover(S, whole)
+
+
+def test_train_heads_cuts_identical_rows(ray_local, tmp_path):
+    from vecdb.ingest.bulk import _spann_config, train_heads
+
+    p = str(tmp_path / "same.npy")
+    np.save(p, np.ones((5000, 4), np.float32))
+    cfg = _spann_config(4, "l2", {"head_ratio": 0.05})
+    heads, info = train_heads([(p, 5000)], 5000, cfg, str(tmp_path), train_rows=1000)
+    assert info["largest_part_rows"] <= 1000 and len(heads) > 0
+    assert np.all(heads == 1)

@@ -63,8 +63,20 @@ FAMILIES = ("vectors", "acl", "payload", "postings")
 
 
 def _rss() -> int:
-    """Peak RSS of this process in bytes (Linux reports KiB)."""
+    """Peak RSS of this process in bytes (Linux reports KiB): since the process started, or since
+    the last ``reset_peak_rss``."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> None:
+    """Restart this process's peak-RSS count at its current RSS (Linux ``clear_refs`` 5), so a
+    stage's or a task's peak is its own and not that of earlier work in the same (reused)
+    process. A no-op where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def _spann_config(dim: int, metric: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -116,8 +128,13 @@ SAMPLE_SALT = 0x5A3D_1E37  # mixed into every sampling seed (see _sample_task)
 
 
 def _sample_task(shard: Shard, dim: int, metric: str, p: float, seed: int, batch_rows: int,
-                 columns: Columns) -> dict[str, Any]:
+                 columns: Columns, folder: str | None = None) -> dict[str, Any]:
+    """Draw each valid row of ``shard`` with probability ``p`` (prepared for ``metric``); count
+    good rows, errors and tenant names. With ``folder`` the drawn rows go to a ``.npy`` file there
+    (``"file"``, ``"rows"``) instead of travelling back in the result (``"sample"``)."""
     from vecdb.kernels import prepare
+
+    reset_peak_rss()
 
     # salted: a generator seeded (seed, offset) -- e.g. the benchmark's clustered_stream(seed=0)
     # -- would otherwise draw the very same uniforms, and the sample would keep only the rows
@@ -142,8 +159,15 @@ def _sample_task(shard: Shard, dim: int, metric: str, p: float, seed: int, batch
         return {"shard": shard.path, "failed": str(e), "errors": [{"file": shard.path, "row": 0,
                                                                    "error": str(e)}]}
     S = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
-    return {"shard": shard.path, "sample": S, "good": good, "errors": errors,
-            "tenants": sorted(tenants), "rss": _rss()}
+    del parts
+    res = {"shard": shard.path, "good": good, "errors": errors, "tenants": sorted(tenants)}
+    if folder is None:
+        res["sample"] = S
+    elif len(S):
+        res["file"] = os.path.join(folder, f"sample-{shard.offset:014d}.npy")
+        res["rows"] = len(S)
+        np.save(res["file"], S)
+    return {**res, "rss": _rss()}
 
 
 def fresh_out(out: str, subdirs: tuple[str, ...]) -> None:
@@ -158,15 +182,19 @@ def fresh_out(out: str, subdirs: tuple[str, ...]) -> None:
 
 def sample_stage(shards: list[Shard], dim: int, metric: str, p: float, seed: int,
                  batch_rows: int, columns: Columns, rejected: list[dict[str, Any]],
-                 tenant: str) -> tuple[np.ndarray, int, list[dict[str, Any]], set[str], set[str],
-                                       int]:
+                 tenant: str, folder: str | None = None
+                 ) -> tuple[np.ndarray | list[tuple[str, int]], int, list[dict[str, Any]],
+                            set[str], set[str], int]:
     """Stage 1 of every bulk build: one Ray ``_sample_task`` per shard. Returns the sample, the
     number of good rows, the errors (planning rejects first), the failed shards, the tenant names
-    seen (plus ``tenant``) and the tasks' peak RSS."""
+    seen (plus ``tenant``) and the tasks' peak RSS. With ``folder`` the sample stays on disk and
+    the first item is its files, ``[(path, rows)]`` (the SPANN build: the driver never holds
+    it); without, the sample itself (the Curator build's bounded ``train_sample``)."""
     import ray
 
     task = ray.remote(num_cpus=1)(_sample_task)
-    res = ray.get([task.remote(s, dim, metric, p, seed, batch_rows, columns) for s in shards])
+    res = ray.get([task.remote(s, dim, metric, p, seed, batch_rows, columns, folder)
+                   for s in shards])
     errors = list(rejected)
     failed: set[str] = set()
     names = {tenant}
@@ -176,8 +204,12 @@ def sample_stage(shards: list[Shard], dim: int, metric: str, p: float, seed: int
             failed.add(r["shard"])
         else:
             names.update(r["tenants"])
-    parts = [r["sample"] for r in res if "sample" in r]
-    sample = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+    sample: np.ndarray | list[tuple[str, int]]
+    if folder is not None:
+        sample = [(r["file"], r["rows"]) for r in res if "file" in r]
+    else:
+        parts = [r["sample"] for r in res if "sample" in r]
+        sample = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
     return (sample, sum(r.get("good", 0) for r in res), errors, failed, names,
             max((r.get("rss", 0) for r in res), default=0))
 
@@ -213,42 +245,190 @@ def sample_rows_for(cfg: dict[str, Any], n_total: int) -> int:
     return int(min(n_total, max(200_000, 10 * cfg["head_ratio"] * n_total)))
 
 
-def train_heads(sample: np.ndarray, n_total: int, cfg: dict[str, Any], *,
-                head_vectors: str = "member", remote: Any = None, groups: int = 1) -> np.ndarray:
-    """Heads [H, dim] from ``sample`` (of ``n_total`` valid rows) with SPANN's build functions:
-    balanced hierarchical k-means down to leaves of SPANN's leaf size scaled by the sampling
-    rate (``_leaf_size``), one head per leaf (``_leaf_heads``).
+TRAIN_ROWS = 250_000  # default bound on the sample rows one process holds to train heads
 
-    ``head_vectors="centroid"`` (default) makes each head the mean of its leaf; ``"member"`` the
-    leaf's member nearest the mean, as SPANN's serial build does. On clustered data a
+
+def _subsample(files: list[tuple[str, int]], m: int, rng: np.random.Generator) -> np.ndarray:
+    """``m`` rows drawn uniformly without replacement from the sample ``files`` (all of them if
+    they hold fewer), read through memory maps: only the drawn rows are loaded."""
+    ns = np.array([n for _, n in files], dtype=np.int64)
+    take = ns if m >= ns.sum() else rng.multivariate_hypergeometric(ns, m)
+    out = []
+    for (path, n), t in zip(files, take.tolist(), strict=True):
+        if t:
+            a = np.load(path, mmap_mode="r")
+            out.append(np.array(a[np.sort(rng.choice(n, t, replace=False))]))
+            del a
+    return np.concatenate(out)
+
+
+def _balance_penalty(D: np.ndarray, lab: np.ndarray, lam: float) -> np.ndarray:
+    """Per-part penalty [k] of ``balanced_kmeans``'s balanced assignment (``argmin(dist +
+    penalty)``, penalty = ``lam'`` x part size) for a sub-sample's distances ``D`` [n, k] to the
+    part centroids and its balanced labels ``lab``. ``lam'`` scales with 1 / (n / k) and the
+    sizes with n, so the penalty does not depend on n: routing any number of rows with it
+    balances them as the sub-sample was."""
+    n, k = D.shape
+    if lam <= 0:
+        return np.zeros(k, dtype=np.float32)
+    scale = lam * float(np.mean(D.min(axis=1))) / (n / k)
+    return (scale * np.bincount(lab, minlength=k)).astype(np.float32)
+
+
+def _split_task(files: list[tuple[str, int]], k: int, lam: float, seed: Any,
+                train_rows: int) -> dict[str, Any]:
+    """One level of the head hierarchy for a part too big to load: SPANN's balanced k-means into
+    ``k`` parts, trained on at most ``train_rows`` rows drawn from the part's files. Returns the
+    part centroids and the balance penalty the route tasks apply (``"C": None``: the rows are
+    all alike, cut them arbitrarily)."""
+    from vecdb.index._spann_parts import balanced_kmeans, pair_dist
+
+    reset_peak_rss()
+    rng = np.random.default_rng(seed)
+    X = _subsample(files, train_rows, rng)
+    lab = balanced_kmeans(X, k, lam, rng)
+    present = np.flatnonzero(np.bincount(lab, minlength=k))
+    if len(present) < 2:
+        return {"C": None, "pen": None, "k": k, "rows": len(X), "rss": _rss()}
+    C = np.stack([X[lab == j].mean(axis=0, dtype=np.float64) for j in present.tolist()])
+    C = np.ascontiguousarray(C, dtype=np.float32)
+    pen = _balance_penalty(pair_dist(X, C, 0), np.searchsorted(present, lab), lam)
+    return {"C": C, "pen": pen, "k": len(C), "rows": len(X), "rss": _rss()}
+
+
+def _route_task(path: str, model: dict[str, Any], prefix: str,
+                chunk: int = 65_536) -> dict[str, Any]:
+    """Route one sample file's rows to the parts of ``model`` (``_split_task``: nearest centroid
+    plus the balance penalty, streamed in ``chunk``-row blocks), one file per part
+    (``prefix-<part>.npy``); the input file is removed. Returns ``[(path, rows) | None]`` per
+    part."""
+    from vecdb.index._spann_parts import pair_dist
+
+    reset_peak_rss()
+    a = np.load(path, mmap_mode="r")
+    k, n = int(model["k"]), len(a)
+    lab = np.empty(n, dtype=np.int64)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        if model["C"] is None:  # identical rows: an arbitrary, even cut
+            lab[s:e] = np.arange(s, e) % k
+        else:
+            D = pair_dist(np.ascontiguousarray(a[s:e]), model["C"], 0)
+            lab[s:e] = np.argmin(D + model["pen"][None, :], axis=1)
+    order = np.argsort(lab, kind="stable")
+    bounds = np.searchsorted(lab[order], np.arange(k + 1))
+    parts: list[tuple[str, int] | None] = []
+    for g in range(k):
+        rows = order[bounds[g]:bounds[g + 1]]
+        if not len(rows):
+            parts.append(None)
+            continue
+        out = f"{prefix}-{g:04d}.npy"
+        np.save(out, np.asarray(a[rows]))
+        parts.append((out, len(rows)))
+    del a
+    os.remove(path)
+    return {"parts": parts, "rss": _rss()}
+
+
+def _part_task(files: list[tuple[str, int]], leaf: int, lam: float, seed: int,
+               head_vectors: str) -> dict[str, Any]:
+    """The sub-tree of one part that fits a task (``train_rows``): load its files (removed
+    afterwards) and return its heads (``_leaf_heads``)."""
+    reset_peak_rss()
+    first = np.load(files[0][0], mmap_mode="r")
+    S = np.empty((sum(n for _, n in files), first.shape[1]), dtype=np.float32)
+    del first
+    at = 0
+    for path, n in files:
+        S[at:at + n] = np.load(path)
+        at += n
+        os.remove(path)
+    H = _leaf_heads(S, leaf, lam, seed, head_vectors)
+    return {"heads": H, "rows": len(S), "rss": _rss()}
+
+
+def train_heads(files: list[tuple[str, int]], n_total: int, cfg: dict[str, Any], folder: str,
+                *, head_vectors: str = "member", groups: int = 1,
+                train_rows: int = TRAIN_ROWS) -> tuple[np.ndarray, dict[str, Any]]:
+    """Heads [H, dim] from the sample ``files`` (``[(path, rows)]``, drawn from ``n_total``
+    valid rows) with SPANN's build functions: balanced hierarchical k-means down to leaves of
+    SPANN's leaf size scaled by the sampling rate (``_leaf_size``), one head per leaf
+    (``_leaf_heads``), on Ray tasks; the driver holds only the heads.
+
+    No process holds more than ``train_rows`` sample rows: the hierarchy's first level
+    (``groups`` parts, as the serial hierarchy's top split; more if a part would exceed
+    ``train_rows``) is trained by a task on a ``train_rows`` sub-sample (``_split_task``), route
+    tasks send every file's rows to their part with the balance penalty (``_route_task``, files
+    under ``folder``), a part still over ``train_rows`` is split the same way again, and each part
+    that fits is clustered by its own task (``_part_task``). Every sample file is consumed.
+
+    ``head_vectors="member"`` (default) makes each head the leaf's member nearest the mean, as
+    SPANN's serial build does; ``"centroid"`` the mean of its leaf. On clustered data a
     sample-trained member head is a noisy point, and the heads nearest their blob's centre
-    become hubs (the nearest head of most vectors: at 1M x 128 with 10 sample rows per head,
-    member heads left 13% of the vectors in lists over ``posting_limit``, centroid heads none;
-    with 3 rows per head both fail).
+    become hubs (at 1M x 128 with 10 sample rows per head, member heads left 13% of the vectors
+    in lists over ``posting_limit``, centroid heads none; with 3 rows per head both fail; the
+    reduce stage splits such hub lists). Returns the heads and stats (parts, levels, largest
+    part, tasks' peak RSS)."""
+    import ray
 
-    ``remote`` (a Ray remote function of ``_leaf_heads``) and ``groups`` > 1: the hierarchy's
-    first level (balanced k-means into ``groups`` parts, as the serial hierarchy's top split) runs
-    here and each part's sub-tree is clustered by its own task, in parallel."""
-    if len(sample) == 0:
+    total = sum(n for _, n in files)
+    if total == 0:
         raise FailedPrecondition("no valid vectors to train heads on")
     if head_vectors not in ("centroid", "member"):
         raise InvalidArgument(f"head_vectors must be 'centroid' or 'member', "
                               f"got {head_vectors!r}")
-    leaf = _leaf_size(cfg, len(sample), n_total)
-    if remote is None or groups <= 1 or len(sample) < 8 * groups * leaf:
-        return _leaf_heads(sample, leaf, cfg["balance"], cfg["seed"], head_vectors)
-    import ray
+    if not isinstance(train_rows, int) or train_rows < 1000:
+        raise InvalidArgument(f"train_rows must be an int >= 1000, got {train_rows!r}")
+    leaf = _leaf_size(cfg, total, n_total)
+    lam, seed = cfg["balance"], cfg["seed"]
 
-    from vecdb.index._spann_parts import balanced_kmeans
+    def ways(rows: int) -> int:  # parts to cut ``rows`` into so each fits ``train_rows``
+        return 1 if rows <= train_rows else max(2, -(-5 * rows // (4 * train_rows)))
 
-    rng = np.random.default_rng(cfg["seed"])
-    lab = balanced_kmeans(sample, groups, cfg["balance"], rng)
-    order = np.argsort(lab, kind="stable")
-    bounds = np.searchsorted(lab[order], np.arange(groups + 1))
-    refs = [remote.remote(sample[order[bounds[g]:bounds[g + 1]]], leaf, cfg["balance"],
-                          cfg["seed"] + g, head_vectors)
-            for g in range(groups)]
-    return np.ascontiguousarray(np.concatenate(ray.get(refs)), dtype=np.float32)
+    k0 = max(ways(total), groups if total >= 8 * groups * leaf else 1)
+    split_t = ray.remote(num_cpus=1)(_split_task)
+    route_t = ray.remote(num_cpus=1)(_route_task)
+    part_t = ray.remote(num_cpus=1)(_part_task)
+    todo = [(files, total, k0, False)]  # (files, rows, parts to cut into, cut arbitrarily)
+    leaves, rss, level, largest, drawn, alike_cuts = [], [], 0, 0, 0, 0
+    while todo:
+        splits = []
+        for fs, rows, k, alike in todo:
+            if k <= 1:
+                leaves.append(part_t.remote(fs, leaf, lam, seed + len(leaves), head_vectors))
+                largest = max(largest, rows)
+            else:
+                splits.append((fs, rows, k, alike))
+        models = ray.get([split_t.remote(fs, k, lam, (seed, level, i), train_rows)
+                          for i, (fs, _, k, alike) in enumerate(splits) if not alike])
+        models.reverse()
+        models = [{"C": None, "pen": None, "k": k, "rows": 0, "rss": 0} if alike
+                  else models.pop() for _, _, k, alike in splits]
+        routed = [[route_t.remote(path, m, os.path.join(folder, f"l{level}-{i}-{j}"))
+                   for j, (path, _) in enumerate(fs)]
+                  for i, ((fs, _, _, _), m) in enumerate(zip(splits, models, strict=True))]
+        todo = []
+        for (_, rows, k, _), m, refs in zip(splits, models, routed, strict=True):
+            outs = ray.get(refs)
+            rss += [m["rss"]] + [o["rss"] for o in outs]
+            drawn = max(drawn, m["rows"])
+            for g in range(int(m["k"])):
+                fs = [o["parts"][g] for o in outs if o["parts"][g] is not None]
+                n = sum(x for _, x in fs)
+                if n == rows:  # no progress (the rows are all alike): cut them arbitrarily
+                    todo.append((fs, n, k, True))
+                    alike_cuts += 1
+                elif n:
+                    todo.append((fs, n, ways(n), False))
+        level += 1
+    res = ray.get(leaves)
+    rss += [r["rss"] for r in res]
+    heads = np.ascontiguousarray(np.concatenate([r["heads"] for r in res]), dtype=np.float32)
+    return heads, {"parts": len(res), "levels": level, "largest_part_rows": largest,
+                   "largest_split_sample": drawn, "alike_cuts": alike_cuts,
+                   "train_rows": train_rows,
+                   "worker_peak_rss": max(rss, default=0)}
 
 
 # -- stage 2: map -------------------------------------------------------------------------------
@@ -567,7 +747,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                      fill: float = 0.8, search_ef: int | None = None,
                      split_hubs: bool = True, head_vectors: str = "member",
                      head_search: str = "groups", probes: int = 6,
-                     progress: bool = True) -> dict[str, Any]:
+                     train_rows: int = TRAIN_ROWS, progress: bool = True) -> dict[str, Any]:
     """Build a SPANN collection's files from ``source`` into folder ``out`` (see module doc).
 
     ``params``: SPANN creation knobs (head_ratio, replica_count, posting_limit, eps1, candidates,
@@ -575,7 +755,9 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     Slots are global row numbers; ids the Parquet id column or ``id_start`` + row number; owner
     the Parquet tenant column or ``tenant``. ``memory_bytes`` bounds a reduce task's rows;
     ``batch_rows`` a map task's batch; ``sample_rows`` the training sample (it should hold at
-    least ``2 x head_ratio x rows`` vectors, else there are fewer heads than SPANN would make).
+    least ``2 x head_ratio x rows`` vectors, else there are fewer heads than SPANN would make;
+    it stays in files under ``out``); ``train_rows`` the sample rows any one process holds to
+    train heads (``train_heads``: bigger parts are split further).
     ``fill``: lists are capped at ``fill x posting_limit`` records (a vector's nearest list
     always keeps it), leaving room for online appends before the first split.
     ``head_search``: how the map tasks find each vector's candidate heads when SPANN would
@@ -606,12 +788,14 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     if head_vectors not in ("centroid", "member"):
         raise InvalidArgument(f"head_vectors must be 'centroid' or 'member', "
                               f"got {head_vectors!r}")
+    if not isinstance(train_rows, int) or train_rows < 1000:
+        raise InvalidArgument(f"train_rows must be an int >= 1000, got {train_rows!r}")
     t_start = time.perf_counter()
     files = discover(source)
     shards, rejected = plan(files, columns)
     dim = check_dim(dim, shards)
     cfg = _spann_config(dim, metric, params)
-    fresh_out(out, ("sst", "runs", "vecs"))
+    fresh_out(out, ("sst", "runs", "vecs", "sample"))
     init_ray(ray_address, num_cpus)
     stages: dict[str, dict[str, Any]] = {}
     total = sum(s.rows for s in shards)
@@ -620,19 +804,26 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
         if progress:
             print(f"bulk: {msg}", flush=True)
 
-    # (1) sample + heads
+    # (1) sample (to files) + heads (Ray tasks; the driver gets the heads only)
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
+    reset_peak_rss()
     if sample_rows is None:
         sample_rows = sample_rows_for(cfg, total)
     p = min(1.0, sample_rows / max(1, total))
+    sample_dir = os.path.join(out, "sample")
     sample, n_good, errors, failed, names, sample_rss = sample_stage(
-        shards, dim, metric, p, cfg["seed"], batch_rows, columns, rejected, tenant)
+        shards, dim, metric, p, cfg["seed"], batch_rows, columns, rejected, tenant,
+        folder=sample_dir)
+    n_sample = sum(n for _, n in sample)
+    sample_driver_rss = _rss()
+    reset_peak_rss()
     t1 = time.perf_counter()
     c1 = cpu.snapshot()
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    heads = train_heads(sample, n_good, cfg, head_vectors=head_vectors, groups=4 * cpus,
-                        remote=ray.remote(num_cpus=1)(_leaf_heads))
+    heads, train = train_heads(sample, n_good, cfg, sample_dir, head_vectors=head_vectors,
+                               groups=4 * cpus, train_rows=train_rows)
+    shutil.rmtree(sample_dir, ignore_errors=True)
     t2 = time.perf_counter()
     graph_path = None
     if head_kind(cfg, len(heads)) == "hnsw":
@@ -645,15 +836,15 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
         HeadGroups.build(heads, metric_code(metric), group_size(len(heads), probes), probes,
                          cfg["balance"], cfg["seed"]).save(groups_path)
     c2 = cpu.snapshot()
-    stages["sample"] = {"seconds": t1 - t0, "rows": int(len(sample)),
+    stages["sample"] = {"seconds": t1 - t0, "rows": n_sample, "files": len(sample),
                         "cpu_seconds": cpu.cpu_between(c0, c1),
-                        "worker_peak_rss": sample_rss}
+                        "worker_peak_rss": sample_rss, "driver_peak_rss": sample_driver_rss}
     stages["heads"] = {"seconds": time.perf_counter() - t1, "heads": int(len(heads)),
                        "cluster_seconds": t2 - t1, "graph_seconds": t3 - t2,
                        "groups_seconds": time.perf_counter() - t3,
                        "cpu_seconds": cpu.cpu_between(c1, c2),
-                       "driver_peak_rss": _rss()}
-    del sample
+                       "driver_peak_rss": _rss(), "heads_bytes": int(heads.nbytes), **train}
+    reset_peak_rss()
     log(f"{len(heads)} heads from a {stages['sample']['rows']}-row sample "
         f"({stages['sample']['seconds'] + stages['heads']['seconds']:.1f}s)")
     tenant_ids = {t: i for i, t in enumerate(sorted(names))}
@@ -699,6 +890,8 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     del res
 
     # (3) reduce: group by list id, cap, postings SSTs
+    stages["map"]["driver_peak_rss"] = _rss()
+    reset_peak_rss()
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
     # per assignment: the run slice, its sorted copy, the mask; the record and its bytes
@@ -753,6 +946,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                         "task_split": {k: sum(r["split"][k] for r in res)
                                        for k in (res[0]["split"] if res else {})},
                         "worker_peak_rss": max((r["rss"] for r in res), default=0)}
+    stages["reduce"]["driver_peak_rss"] = _rss()
     log(f"reduce: {stages['reduce']['records']} records in {len(ranges)} tasks "
         f"({stages['reduce']['seconds']:.1f}s)")
     shutil.rmtree(os.path.join(out, "runs"), ignore_errors=True)
