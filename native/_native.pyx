@@ -6,7 +6,7 @@ float32 arrays of matching dimension and release the GIL for the whole computati
 """
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 from vd_kernels cimport *
 
 cnp.import_array()
@@ -132,3 +132,80 @@ def distances_gather_many(cnp.ndarray q, cnp.ndarray base, cnp.ndarray rows, int
         for j in range(m):
             vd_dist_gather(qp, bp, rp + j * r, r, d, metric, op + j * r)
     return out
+
+
+cdef extern from "_native_heads_impl.h" nogil:
+    void vdh_merge(const float *S, size_t m, size_t w, const int64_t *rows, const float *hsq,
+                   const int64_t *ids, int code, size_t k, size_t cap, uint64_t *buf,
+                   int64_t *cnt, float *thr)
+    void vdh_finish(size_t n, size_t k, size_t cap, uint64_t *buf, const int64_t *cnt,
+                    float *out_d, int64_t *out_i)
+
+
+cdef inline int64_t* _i64(cnp.ndarray a, int ndim, str name) except NULL:
+    """Pointer to a C-contiguous int64 array of ``ndim`` dims (cheap C-level checks only)."""
+    if cnp.PyArray_TYPE(a) != cnp.NPY_INT64 or not cnp.PyArray_IS_C_CONTIGUOUS(a) \
+            or cnp.PyArray_NDIM(a) != ndim:
+        raise TypeError(f"{name}: expected a C-contiguous int64 array with {ndim} dims")
+    return <int64_t*>cnp.PyArray_DATA(a)
+
+
+cdef inline uint64_t* _u64(cnp.ndarray a, str name) except NULL:
+    if cnp.PyArray_TYPE(a) != cnp.NPY_UINT64 or not cnp.PyArray_IS_C_CONTIGUOUS(a) \
+            or cnp.PyArray_NDIM(a) != 2:
+        raise TypeError(f"{name}: expected a C-contiguous uint64 array with 2 dims")
+    return <uint64_t*>cnp.PyArray_DATA(a)
+
+
+def heads_merge(cnp.ndarray S, cnp.ndarray rows, cnp.ndarray hsq, cnp.ndarray ids, int code,
+                Py_ssize_t k, cnp.ndarray buf, cnp.ndarray cnt, cnp.ndarray thr):
+    """Merge one head group's scores into per-vector top-``k`` candidate buffers (the map
+    stage's ``HeadGroups``): ``S[j, h]`` = x.head_h for vector ``rows[j]``, distance up to the
+    row constant ``hsq[h] - 2 S[j, h]`` (l2, ``code`` 0) or ``-S[j, h]`` (ip), head id
+    ``ids[h]`` (0 <= id < 2^32). ``buf`` uint64 [n, cap >= k + 16], ``cnt`` int64 [n] (zeros)
+    and ``thr`` float32 [n] (+inf) are the buffers (native/_native_heads_impl.c);
+    ``heads_finish`` reads the result out."""
+    cdef const float* sp = _f32(S, 2, "S")
+    cdef const float* hp = _f32(hsq, 1, "hsq")
+    cdef float* tp = <float*>_f32(thr, 1, "thr")
+    cdef const int64_t* rp = _i64(rows, 1, "rows")
+    cdef const int64_t* idp = _i64(ids, 1, "ids")
+    cdef uint64_t* bp = _u64(buf, "buf")
+    cdef int64_t* cp = _i64(cnt, 1, "cnt")
+    cdef Py_ssize_t m = S.shape[0], w = S.shape[1], n = buf.shape[0], cap = buf.shape[1], j
+    if rows.shape[0] != m or hsq.shape[0] != w or ids.shape[0] != w or cnt.shape[0] != n \
+            or thr.shape[0] != n:
+        raise ValueError("heads_merge: shape mismatch")
+    if k < 1 or cap < k + 16:
+        raise ValueError("heads_merge: need 1 <= k and cap >= k + 16")
+    for j in range(m):
+        if rp[j] < 0 or rp[j] >= n or cp[rp[j]] < 0 or cp[rp[j]] > cap:
+            raise ValueError("heads_merge: row or count out of range")
+    for j in range(w):
+        if idp[j] < 0 or idp[j] > 0xFFFFFFFF:
+            raise ValueError("heads_merge: head id out of range")
+    if m and w:
+        with nogil:
+            vdh_merge(sp, m, w, rp, hp, idp, code, k, cap, bp, cp, tp)
+
+
+def heads_finish(cnp.ndarray buf, cnp.ndarray cnt, Py_ssize_t k):
+    """The ``k`` best of each row's buffer (``heads_merge``), ascending by (distance, id),
+    padded with (-1, inf): (ids int64 [n, k], distances float32 [n, k])."""
+    cdef uint64_t* bp = _u64(buf, "buf")
+    cdef const int64_t* cp = _i64(cnt, 1, "cnt")
+    cdef Py_ssize_t n = buf.shape[0], cap = buf.shape[1], j
+    if cnt.shape[0] != n:
+        raise ValueError("heads_finish: shape mismatch")
+    if k < 1 or cap < k + 16:
+        raise ValueError("heads_finish: need 1 <= k and cap >= k + 16")
+    for j in range(n):
+        if cp[j] < 0 or cp[j] > cap:
+            raise ValueError("heads_finish: count out of range")
+    out_i = np.empty((n, k), dtype=np.int64)
+    out_d = np.empty((n, k), dtype=np.float32)
+    cdef int64_t* oi = <int64_t*>cnp.PyArray_DATA(out_i)
+    cdef float* od = <float*>cnp.PyArray_DATA(out_d)
+    with nogil:
+        vdh_finish(n, k, cap, bp, cp, od, oi)
+    return out_i, out_d

@@ -228,34 +228,6 @@ def test_hub_lists_are_split_before_import(ray_local, tmp_path):
             db.close()
 
 
-@pytest.mark.parametrize("code", [0, 1])
-def test_head_groups_find_the_exact_candidates(code):
-    """HeadGroups (the map stage's batched head search) against an exact scan: all groups probed
-    gives exactly the exact top-k (ids and distances, sorted, padded); a few probes nearly so."""
-    from vecdb.index._spann_parts import pair_dist
-    from vecdb.ingest.heads import HeadGroups
-
-    X = np.concatenate(list(clustered_stream(3000, 16, chunk=3000, seed=11)))
-    heads, V = X[:1200].copy(), X[1200:].copy()
-    if code == 1:
-        heads /= np.linalg.norm(heads, axis=1, keepdims=True)
-        V /= np.linalg.norm(V, axis=1, keepdims=True)
-    D = pair_dist(V, heads, code)
-    want = np.argsort(D, axis=1, kind="stable")[:, :24]
-    hg = HeadGroups.build(heads, code, group_size=40, probes=10**6)
-    assert len(hg.centroids) > 10 and np.diff(hg.bounds).max() <= 80
-    ids, dist = hg.search(V, 24)
-    assert (ids == want).mean() > 0.999  # ties aside
-    assert np.allclose(dist, np.take_along_axis(D, ids, 1), atol=1e-3)
-    assert (np.diff(dist, axis=1) >= 0).all()
-    hg.probes = 4
-    ids4, _ = hg.search(V, 24)
-    assert (ids4[:, 0] == want[:, 0]).mean() > 0.85  # 4 of ~30 groups
-    small = HeadGroups.build(heads[:10], code, group_size=40, probes=3)
-    i, d = small.search(V[:5], 24)  # fewer heads than k: -1 / inf padding
-    assert (i[:, 10:] == -1).all() and np.isinf(d[:, 10:]).all() and (i[:, :10] >= 0).all()
-
-
 @pytest.mark.parametrize("kw", [{"head_search": "hnsw"}, {"probes": 0}, {"head_vectors": "mean"},
                                 {"train_rows": 10}])
 def test_bad_bulk_knobs_are_refused_before_any_work(tmp_path, kw):
