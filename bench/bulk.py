@@ -138,14 +138,48 @@ def online_into(data: str, n: int, dim: int, workers: int, tmp: str, batch: int,
             "into": "bulk-imported collection"}
 
 
+def index_state(col, n: int) -> dict:
+    """What the imported collection holds in RAM once open (what a server holds for it too): the
+    engine's maps (id map, slot arrays) and SPANN's state (heads + head graph, versions, live
+    flags, list sizes, tenant bitmaps), split into the part per head and the part per vector."""
+    idx = col._index
+    heads = idx._heads.memory_bytes()
+    maps = col._state.memory_bytes()
+    total = maps + idx.memory_bytes()
+    lists = idx.num_lists()
+    return {"bytes": total, "maps_bytes": maps, "heads_bytes": heads, "lists": lists,
+            "bytes_per_head": heads / max(1, lists),
+            "bytes_per_vector": (total - heads) / max(1, n)}
+
+
+STAGE_STATE = {"sample": "none", "heads": "heads", "map": "heads", "reduce": "heads",
+               "import": "all"}  # the index state a stage's driver holds (the rest is overhead)
+
+
+def memory_summary(stages: dict, state: dict) -> dict:
+    """Per-stage peak RSS of the driver and of the tasks, and the driver's peak minus the index
+    state it holds in that stage (heads + head graph from the heads stage on; the whole
+    collection's state during the import): the overhead that must not grow with N."""
+    held = {"none": 0, "heads": state["heads_bytes"], "all": state["bytes"]}
+    drv = {k: v["driver_peak_rss"] for k, v in stages.items() if v.get("driver_peak_rss")}
+    over = {k: v - held.get(STAGE_STATE.get(k, "all"), 0) for k, v in drv.items()}
+    return {"driver_peak_rss": drv,
+            "worker_peak_rss": {k: v["worker_peak_rss"] for k, v in stages.items()
+                                if v.get("worker_peak_rss")},
+            "index_state": state, "driver_peak_minus_index_state": over,
+            "driver_overhead_max": max(over.values(), default=0)}
+
+
 def extrapolate(stages: dict, n: int, dim: int, bytes_per_vec: float, head_ratio: float,
-                cores_used: int) -> list[dict]:
-    """Measured per-vector CPU-seconds per stage, scaled to 100M and 1B vectors.
+                cores_used: int, memory: dict | None = None, heads: int = 0) -> list[dict]:
+    """Measured per-vector CPU-seconds per stage, scaled to 100M and 1B vectors; memory per
+    machine from the measured index state per vector and per head plus the measured driver
+    overhead (flat in N) and task peaks (bounded by the build's settings).
 
     Assumptions (stated in the README): sample, map and reduce are embarrassingly parallel
     (CPU-seconds per vector flat in N: the map's head search grows ~sqrt(heads) in the centroid
     GEMM, ignored); head training scales with its sample (10 rows per head, so ~N) and runs on
-    all cores (the hierarchy's first level is split over tasks; the head graph build is
+    all cores (the hierarchy's levels are split over tasks; the head graph build is
     multi-threaded); the import is one process per collection (its seconds per vector flat).
     Without CPU figures (old runs) the stage's wall seconds x ``cores_used`` stand in."""
     def cpu(k: str) -> float:
@@ -164,9 +198,17 @@ def extrapolate(stages: dict, n: int, dim: int, bytes_per_vec: float, head_ratio
                         "parallel_hours": p_h / 3600, "import_hours": s_h / 3600,
                         "cpu_us_per_vector": {"sample+map+reduce": par * 1e6,
                                               "heads": heads * 1e6, "import": imp * 1e6},
-                        "disk_TB": bytes_per_vec * N / 1e12,
-                        "heads_RAM_GB": head_ratio * N * (dim * 4 + 2 * 16 * 4 + 64) / 1e9,
-                        "sample_RAM_GB": 10 * head_ratio * N * dim * 4 / 1e9})
+                        "disk_TB": bytes_per_vec * N / 1e12})
+            if memory:
+                st = memory["index_state"]
+                H = heads * N / n  # heads ~ head_ratio x N
+                out[-1].update({
+                    "heads": int(H),
+                    "index_state_GB": (st["bytes_per_head"] * H + st["bytes_per_vector"] * N)
+                    / 1e9,
+                    "driver_GB": (st["bytes_per_head"] * H + st["bytes_per_vector"] * N
+                                  + max(0, memory["driver_overhead_max"])) / 1e9,
+                    "task_peak_GB": max(memory["worker_peak_rss"].values(), default=0) / 1e9})
     return out
 
 
@@ -323,6 +365,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="default: the builder's (10 rows per head: max(200k, 10 x head_ratio x "
                          "n), at most n)")
     ap.add_argument("--head-vectors", default="member", choices=("centroid", "member"))
+    ap.add_argument("--train-rows", type=int, default=None,
+                    help="sample rows one process holds to train heads (default: the builder's)")
     ap.add_argument("--memory-mb", type=int, default=256)
     ap.add_argument("--nq", type=int, default=1000)
     ap.add_argument("--tmp", default=None)
@@ -361,17 +405,19 @@ def main(argv: list[str] | None = None) -> None:
                                memory_bytes=a.memory_mb << 20, batch_rows=20_000,
                                fill=a.fill, search_ef=a.search_ef,
                                head_vectors=a.head_vectors, head_search=a.head_search,
-                               probes=a.probes)
+                               probes=a.probes,
+                               **({"train_rows": a.train_rows} if a.train_rows else {}))
         imp = import_bulk(os.path.join(tmp, "data"), "bulk", os.path.join(tmp, "out"))
         stages = dict(man["stages"])
-        stages["import"] = {"seconds": imp["seconds"], "driver_peak_rss": peak_rss_bytes(),
-                            "cpu_seconds": imp["cpu_seconds"]}
+        stages["import"] = {"seconds": imp["seconds"], "driver_peak_rss": imp["driver_peak_rss"],
+                            "cpu_seconds": imp["cpu_seconds"], "phases": imp["phases"]}
         offline_cpu = sum(v.get("cpu_seconds", 0.0) for v in stages.values())
         build_s = man["seconds"] + imp["seconds"]
         t1 = time.perf_counter()
         db = vecdb.open(os.path.join(tmp, "data"))
         col = db.collection("bulk")
         open_s = time.perf_counter() - t1
+        memory = memory_summary(stages, index_state(col, man["rows"]))
         rec_rows = []
         # SPANN's default eps (1.0) prunes lists whose head is > 2x the nearest head's distance;
         # "eps off" probes max_lists lists whatever their distance
@@ -421,19 +467,30 @@ def main(argv: list[str] | None = None) -> None:
                    "sst_bytes_per_vector": man["sst_bytes"] / man["rows"],
                    "recall_at_10": {f"{r['max_lists']}/eps={r['eps']:g}": r["recall"]
                                     for r in rec_rows},
-                   "driver_peak_rss": peak_rss_bytes(), "params": params,
+                   "driver_peak_rss": peak_rss_bytes(), "memory": memory, "params": params,
                    "fill": a.fill, "search_ef": a.search_ef, "reopen_seconds": open_s,
                    "sample_rows": man["stages"]["sample"]["rows"], "memory_mb": a.memory_mb,
+                   "train_rows": man["stages"]["heads"].get("train_rows"),
                    "head_vectors": a.head_vectors, "head_search": a.head_search,
                    "probes": a.probes,
                    "online_into_rows": a.into_n, "online_into_batch": a.into_batch,
                    "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
-        table = extrapolate(stages, man["rows"], a.dim, disk / man["rows"], a.head_ratio, 2)
-        print("\nstage        seconds  CPU-seconds   worker/driver peak RSS (MB)")
+        table = extrapolate(stages, man["rows"], a.dim, disk / man["rows"], a.head_ratio, 2,
+                            memory, man["heads"])
+        st = memory["index_state"]
+        print("\nstage        seconds  CPU-seconds   peak RSS (MB): driver  driver-state  tasks")
         for k, v in stages.items():
-            rss = v.get("worker_peak_rss") or v.get("driver_peak_rss") or 0
             print(f"{k:<12} {v['seconds']:8.1f} {v.get('cpu_seconds', 0):11.1f}   "
-                  f"{rss / 2**20:8.0f}")
+                  f"{v.get('driver_peak_rss', 0) / 2**20:21.0f} "
+                  f"{memory['driver_peak_minus_index_state'].get(k, 0) / 2**20:13.0f} "
+                  f"{v.get('worker_peak_rss', 0) / 2**20:6.0f}")
+        print(f"index state of the open collection: {st['bytes'] / 2**20:.0f} MB = "
+              f"{st['bytes_per_head']:.0f} B x {st['lists']:,} heads + "
+              f"{st['bytes_per_vector']:.1f} B x {man['rows']:,} vectors (maps "
+              f"{st['maps_bytes'] / 2**20:.0f} MB); driver overhead above it at most "
+              f"{memory['driver_overhead_max'] / 2**20:.0f} MB")
+        print("import phases (MB): " + ", ".join(f"{k} {v / 2**20:.0f}"
+                                                  for k, v in imp["phases"].items()))
         print(f"\noffline: {offline_vps:,.0f} vectors/s end to end ({build_s:.0f}s), "
               f"{disk / man['rows']:.0f} B/vector on disk, recall@10 "
               + ", ".join(f"{r['recall']:.3f}@{r['max_lists']}" + ("(eps off)" if r["eps"] > 1e3
@@ -453,9 +510,9 @@ def main(argv: list[str] | None = None) -> None:
               f"imported collection: the baseline), {per_core_ratio:.1f}x (fresh collection)")
         for t in table:
             print(f"extrapolated {t['vectors']:>13,} on {t['cores']:>3} cores: "
-                  f"{t['hours']:7.1f} h, disk {t['disk_TB']:.2f} TB, "
-                  f"heads {t['heads_RAM_GB']:.0f} GB RAM, training sample "
-                  f"{t['sample_RAM_GB']:.0f} GB")
+                  f"{t['hours']:7.1f} h, disk {t['disk_TB']:.2f} TB, driver "
+                  f"{t['driver_GB']:.1f} GB RAM (index state {t['index_state_GB']:.1f} GB), "
+                  f"each task <= {t['task_peak_GB']:.1f} GB")
         name = a.name or ("bulk-smoke" if a.smoke else "bulk")
         write_results(name, rec_rows, {"summary": summary, "stages": stages,
                                        "online": online, "online_into_imported": into,

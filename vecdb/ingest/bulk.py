@@ -3,8 +3,10 @@ atomically into a stopped data folder.
 
 ::
 
-    shards --(1) sample tasks--> sample (~10 rows per head) --balanced k-means parts--> Ray tasks:
-               hierarchical_balanced_clusters per part --> heads; driver: head HNSW + HeadGroups
+    shards --(1) sample tasks--> sample files (~10 rows per head) --> train_heads, Ray tasks:
+               balanced k-means levels on <= train_rows drawn rows, route tasks split the files
+               into parts of <= train_rows rows, hierarchical_balanced_clusters per part -->
+               heads; driver: head HNSW + HeadGroups
     shards --(2) map tasks (one per shard)--> HeadGroups candidates --> _spann.rng_select_heads
                vectors/acl/payload SST (keys = slots, one disjoint range per task)
                runs: (list id, primary?, dist, slot) sorted by list id, one per batch
@@ -25,11 +27,14 @@ instead of the head graph. The engine's ``vectors``/``acl``/``payload`` values u
 codec. So the imported collection is what ``SPANNIndex`` + the engine would have written, and it
 takes online updates afterwards (splits, merges) like any other SPANN collection.
 
-Memory: every stage streams. A map task holds one batch (``batch_rows``) plus the heads and the
-head groups; a reduce task holds one list-id range whose rows fit ``memory_bytes``; the driver
-holds the sample (``sample_rows``, ~10 x the heads), the heads and the histogram. Heads are
-``head_ratio`` x N vectors: at 1B vectors they and their training sample are the O(N)
-in-memory pieces, as in SPANN itself.
+Memory: every stage streams. A sample task holds its shard's sample rows; a head-training task
+at most ``train_rows`` sample rows (the sample stays in files; ``train_heads``); a map task one
+batch (``batch_rows``) plus the heads and the head groups; a reduce task one list-id range whose
+rows fit ``memory_bytes``. The driver holds the heads, their graph and groups, and the list-size
+histogram: ``head_ratio`` x N heads, SPANN's in-RAM index, which the server holds too. The
+import holds what the opened collection holds (engine maps, SPANN's versions, live flags and
+tenant bitmaps: bytes per vector) plus bounded chunks. Each stage's peak RSS, driver and tasks,
+is in the manifest's ``stages``.
 """
 
 from __future__ import annotations
@@ -66,6 +71,15 @@ def _rss() -> int:
     """Peak RSS of this process in bytes (Linux reports KiB): since the process started, or since
     the last ``reset_peak_rss``."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss() -> int:
+    """This process's RSS now, in bytes (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
 
 
 def reset_peak_rss() -> None:
@@ -977,14 +991,18 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
     the head graph the map tasks searched becomes the collection's saved head graph. A Curator
     build (``manifest["kind"] == "curator"``, ``bulk_curator.bulk_build_curator``) is adopted
     from its trained tree and the map tasks' leaves (``bulk_curator.curator_adopter``).
-    ``options``: engine options. Returns {"rows", "seconds", "disk_bytes", "cpu_seconds"}
-    (CPU of this process and its children during the import).
+    ``options``: engine options. Returns {"rows", "seconds", "disk_bytes", "cpu_seconds",
+    "driver_peak_rss", "phases"} (CPU of this process and its children during the import; this
+    process's peak RSS during it; for SPANN, the peak of each phase -- SST ingest + maps scan,
+    adopt, checkpoint + reopen -- and the RSS between them).
     """
     import vecdb
     from vecdb.engine.database import check_collection_name
 
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
+    reset_peak_rss()
+    phases: dict[str, int] = {"start_rss": current_rss()}
     check_collection_name(collection)
     try:
         with open(os.path.join(out, "manifest.json")) as f:
@@ -1001,7 +1019,7 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
 
             adopt = curator_adopter(man, out)
         else:
-            adopt = spann_adopter(man, out)
+            adopt = spann_adopter(man, out, phases)
         col = db.import_sst(collection, dim=man["dim"], metric=man["metric"], index=kind,
                             params=man["params"], tenants=man["tenants"],
                             sst={f: man["sst"][f] for f in FAMILIES if man["sst"].get(f)},
@@ -1009,15 +1027,21 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
         size = col.disk_bytes()
     finally:
         db.close()
+    phases["checkpoint_reopen_peak_rss"] = _rss()
+    phases["end_rss"] = current_rss()
     return {"rows": man["rows"], "seconds": time.perf_counter() - t0, "disk_bytes": size,
-            "cpu_seconds": cpu.cpu_between(c0, cpu.snapshot())}
+            "cpu_seconds": cpu.cpu_between(c0, cpu.snapshot()),
+            "driver_peak_rss": max(v for k, v in phases.items() if k.endswith("peak_rss")),
+            "phases": phases}
 
 
-def spann_adopter(man: dict[str, Any], bulk_dir: str):
+def spann_adopter(man: dict[str, Any], bulk_dir: str, phases: dict[str, int] | None = None):
     """The ``adopt`` hook of ``Database.import_sst`` for a bulk build: a ``SPANNIndex`` over
     the ingested postings (heads and lists are read from the store by SPANN's own loader), with
-    every imported slot live at version 1 and the tenant bitmaps of the engine's maps."""
-    def adopt(store, st):
+    every imported slot live at version 1 and the tenant bitmaps of the engine's maps.
+    ``phases``: gets the peak RSS before the hook (SST ingest + maps scan) and during it, and the
+    RSS after each."""
+    def build(store, st):
         from vecdb.index.acl import AccessLists
         from vecdb.index.spann import SPANNIndex
         from vecdb.storage import WriteBatch
@@ -1047,5 +1071,17 @@ def spann_adopter(man: dict[str, Any], bulk_dir: str):
             arrays["head_graph"] = np.fromfile(os.path.join(bulk_dir, man["head_graph"]),
                                                dtype=np.uint8)
         return SPANNIndex._from_state(meta, arrays, store)
+
+    def adopt(store, st):
+        if phases is None:
+            return build(store, st)
+        phases["ingest_scan_peak_rss"] = _rss()
+        phases["scan_end_rss"] = current_rss()
+        reset_peak_rss()
+        idx = build(store, st)
+        phases["adopt_peak_rss"] = _rss()
+        phases["adopt_end_rss"] = current_rss()
+        reset_peak_rss()
+        return idx
 
     return adopt
