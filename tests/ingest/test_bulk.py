@@ -318,3 +318,27 @@ def test_train_heads_cuts_identical_rows(ray_local, tmp_path):
     heads, info = train_heads([(p, 5000)], 5000, cfg, str(tmp_path), train_rows=1000)
     assert info["largest_part_rows"] <= 1000 and len(heads) > 0
     assert np.all(heads == 1)
+
+
+def test_from_arrays_takes_the_slot_arrays_over_sized_to_high():
+    """The import's (and every) reopen holds the loaded slot arrays once (no copy, no
+    power-of-two resize) and still grows past them; to_arrays hands out copies, so a state built
+    from them is independent."""
+    n = 5000
+    a = {"slot_id": np.arange(n, dtype=np.int64), "slot_owner": np.zeros(n, dtype=np.int32),
+         "grant_slots": np.zeros(0, np.int64), "grant_indptr": np.zeros(1, np.int64),
+         "grant_tenants": np.zeros(0, np.int32)}
+    from vecdb.engine.state import CollectionState
+
+    s = CollectionState.from_arrays(a)
+    assert s.slot_id is a["slot_id"] and s.slot_owner is a["slot_owner"]
+    assert len(s.slot_id) == n
+    t = CollectionState.from_arrays(s.to_arrays())
+    s.apply_upsert(np.array([n, n + 1]), np.array([10**9, 10**9 + 1], np.uint64), 1)
+    assert len(s) == n + 2 and len(t) == n and t.high == n and int(t.slot_owner[n - 1]) == 0
+    assert s.lookup(np.array([10**9 + 1], np.uint64)).tolist() == [n + 1]
+    ro = {**a, "slot_id": np.arange(n, dtype=np.int64), "slot_owner": np.zeros(n, np.int32)}
+    ro["slot_id"].flags.writeable = False
+    u = CollectionState.from_arrays(ro)
+    u.apply_delete(np.array([3]))
+    assert u.lookup(np.array([3], np.uint64)).tolist() == [-1]

@@ -206,6 +206,7 @@ class CollectionState:
 
     # -- persistence ----------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
+        """Checkpoint arrays (copies: ``from_arrays`` takes its arrays over)."""
         gs = np.array(sorted(self.grants), dtype=np.int64)
         lists = [sorted(self.grants[s]) for s in gs.tolist()]
         indptr = np.zeros(len(gs) + 1, dtype=np.int64)
@@ -220,12 +221,20 @@ class CollectionState:
 
     @classmethod
     def from_arrays(cls, a: dict[str, np.ndarray]) -> CollectionState:
+        """Inverse of ``to_arrays``. The slot arrays are taken over, not copied (the caller must
+        not use them afterwards; a copy only if their dtype differs or they are read-only), sized
+        to ``high`` (the next growth doubles them): a reopen holds 12 B per slot once, not a
+        copy plus a power-of-two-sized one."""
         st = cls()
-        sid, own = a["slot_id"].astype(np.int64), a["slot_owner"].astype(np.int32)
-        st._grow(max(len(sid), 1))
+        sid = np.asarray(a["slot_id"]).astype(np.int64, copy=False)
+        own = np.asarray(a["slot_owner"]).astype(np.int32, copy=False)
+        if len(sid) >= len(st.slot_id):
+            st.slot_id, st.slot_owner = (x if x.flags.writeable and x.flags.c_contiguous
+                                         else x.copy() for x in (sid, own))
+        else:  # keep the initial capacity
+            st.slot_id[: len(sid)] = sid
+            st.slot_owner[: len(sid)] = own
         st.high = len(sid)
-        st.slot_id[: st.high] = sid
-        st.slot_owner[: st.high] = own
         live = np.flatnonzero(own >= 0)
         st.id_slot = IdMap.from_arrays(sid[live], live)  # one pass over a table sized once
         st._compact_free()
