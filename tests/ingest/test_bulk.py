@@ -47,7 +47,10 @@ def test_bulk_recall_matches_serial_build(built):
     assert man["rows"] == N and imp["rows"] == N and not man["errors"]
     assert man["stages"]["reduce"]["tasks"] >= 2  # the memory budget split the shuffle
     assert all(man["stages"][s]["cpu_seconds"] > 0 for s in ("heads", "map", "reduce"))
-    assert imp["cpu_seconds"] > 0
+    assert imp["cpu_seconds"] > 0 and imp["disk_bytes"] > 0
+    ph = imp["phases"]  # the import's own peak RSS, per phase
+    assert imp["driver_peak_rss"] == max(ph["ingest_scan_peak_rss"], ph["adopt_peak_rss"],
+                                         ph["checkpoint_reopen_peak_rss"]) > 0
     heads = man["stages"]["heads"]  # the sample (~10k rows) trained in parts of <= 2000 rows
     assert heads["parts"] >= 5 and heads["largest_part_rows"] <= 2000
     assert man["stages"]["sample"]["files"] == 4 and not (tmp / "out" / "sample").exists()

@@ -87,9 +87,11 @@ class Database:
             name, lambda tmp: Collection.create(tmp, name, dim, metric, index, params,
                                                 self.options))
 
-    def _assemble(self, name: str, build: Callable[[str], Any]) -> Collection:
+    def _assemble(self, name: str, build: Callable[[str], Any],
+                  keep_open: bool = True) -> Collection | None:
         """Build collection ``name`` with ``build(tmp_folder)`` in a temporary folder and rename
-        it into place: all or nothing (the engine removes ``.tmp-*`` leftovers at open)."""
+        it into place: all or nothing (the engine removes ``.tmp-*`` leftovers at open). Returns
+        the opened collection, or None with ``keep_open=False`` (nothing loaded)."""
         check_collection_name(name)
         with self._mutex:
             self._check_open()
@@ -101,7 +103,7 @@ class Database:
                 os.replace(tmp, os.path.join(self._root, name))
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-            return self.collection(name)
+            return self.collection(name) if keep_open else None
 
     def collection(self, name: str) -> Collection:
         """The open collection ``name`` (NotFound if it does not exist)."""
@@ -144,13 +146,16 @@ class Database:
     def import_sst(self, name: str, *, dim: int, metric: str = "l2", index: str = "flat",
                    params: dict[str, Any] | None = None, tenants: Sequence[str] = (),
                    sst: dict[str, Sequence[str]], adopt: Callable | None = None,
-                   expected_rows: int | None = None) -> Collection:
+                   expected_rows: int | None = None, keep_open: bool = True
+                   ) -> Collection | None:
         """Create collection ``name`` from externally built SST files, all or nothing (the bulk
         ingestion's import; see ``Collection.import_sst`` for the file layout and ``adopt``).
 
         Assembled in a temporary folder and renamed into place once it reopens from its
         checkpoint (and holds ``expected_rows`` vectors, if given); a failure or a crash leaves no
-        collection. Works on an open database (other collections keep serving)."""
+        collection. Works on an open database (other collections keep serving). Returns the
+        opened collection; ``keep_open=False``: None, and the collection is not loaded a third
+        time (a caller that only imports, e.g. ``import_bulk``, saves its load time and RAM)."""
         def build(tmp: str) -> None:
             n = Collection.import_sst(tmp, name, dim, metric, index, params, self.options,
                                       tenants, sst, adopt)
@@ -158,7 +163,7 @@ class Database:
                 raise FailedPrecondition(f"import of {name!r}: {n} vectors, expected "
                                          f"{expected_rows}")
 
-        return self._assemble(name, build)
+        return self._assemble(name, build, keep_open)
 
     # -- background checkpoints -----------------------------------------------------------
     def _checkpointer(self) -> None:

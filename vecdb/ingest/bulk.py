@@ -998,6 +998,7 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
     """
     import vecdb
     from vecdb.engine.database import check_collection_name
+    from vecdb.storage.rocks import folder_bytes
 
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
@@ -1020,11 +1021,11 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
             adopt = curator_adopter(man, out)
         else:
             adopt = spann_adopter(man, out, phases)
-        col = db.import_sst(collection, dim=man["dim"], metric=man["metric"], index=kind,
-                            params=man["params"], tenants=man["tenants"],
-                            sst={f: man["sst"][f] for f in FAMILIES if man["sst"].get(f)},
-                            adopt=adopt, expected_rows=man["rows"])
-        size = col.disk_bytes()
+        db.import_sst(collection, dim=man["dim"], metric=man["metric"], index=kind,
+                      params=man["params"], tenants=man["tenants"],
+                      sst={f: man["sst"][f] for f in FAMILIES if man["sst"].get(f)},
+                      adopt=adopt, expected_rows=man["rows"], keep_open=False)
+        size = folder_bytes(os.path.join(db.path, "collections", collection))
     finally:
         db.close()
     phases["checkpoint_reopen_peak_rss"] = _rss()
