@@ -1048,8 +1048,8 @@ def spann_adopter(man: dict[str, Any], bulk_dir: str, phases: dict[str, int] | N
         from vecdb.storage import WriteBatch
 
         cap = max(1024, int(man["slots"]))
-        live = np.flatnonzero(st.slot_owner[: st.high] >= 0).astype(np.int64)
-        acl = AccessLists(cap)
+        live = np.flatnonzero(st.slot_owner[: st.high] >= 0).astype(np.int64, copy=False)
+        acl = AccessLists(cap)  # built in chunks here and handed to the index as it is (below)
         for s in range(0, len(live), 1 << 20):
             part = live[s:s + (1 << 20)]
             acl.add_csr(part, *st.acl_csr(part))
@@ -1063,7 +1063,9 @@ def spann_adopter(man: dict[str, Any], bulk_dir: str, phases: dict[str, int] | N
         meta = {"kind": "spann", "dim": man["dim"], "metric": man["metric"],
                 "config": man["config"], "capacity": cap,
                 "head_kind": head_kind(man["config"], man["heads"])}
-        arrays = {"live": live, "ver": ver, **acl.to_arrays()}
+        # no ACL arrays: converting the lists to their checkpoint arrays and back would cost
+        # ~80 B per vector at the peak; the lists built above are set on the index instead
+        arrays = {"live": live, "ver": ver, **AccessLists(0).to_arrays()}
         sizes = os.path.join(bulk_dir, "list_sizes.npy")
         if os.path.exists(sizes):  # SPANN then reads no posting list to learn its size
             arrays["list_sizes"] = np.load(sizes)
@@ -1071,7 +1073,9 @@ def spann_adopter(man: dict[str, Any], bulk_dir: str, phases: dict[str, int] | N
         if man.get("head_graph"):  # the graph the map tasks searched
             arrays["head_graph"] = np.fromfile(os.path.join(bulk_dir, man["head_graph"]),
                                                dtype=np.uint8)
-        return SPANNIndex._from_state(meta, arrays, store)
+        idx = SPANNIndex._from_state(meta, arrays, store)
+        idx._acl = acl
+        return idx
 
     def adopt(store, st):
         if phases is None:
