@@ -153,3 +153,22 @@ def test_bad_search_input_is_refused():
     with pytest.raises(InvalidArgument):
         HeadGroups.build(heads, 0, engine="gpu")
     assert hg.engine == "merge" and hg.search(V, 5)[0].shape == (20, 5)
+
+
+def test_bench_heads_smoke_runs(monkeypatch, tmp_path):
+    """python -m bench.heads --smoke end to end: both engines timed, same candidates, quality
+    measured against the exact scan (heads cached under a temporary folder)."""
+    import json
+    import sys
+
+    import bench.common
+    import bench.heads
+
+    monkeypatch.setattr(bench.heads, "DATA", tmp_path / "data")
+    monkeypatch.setattr(bench.common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(sys, "argv", ["bench.heads", "--smoke"])
+    bench.heads.main()
+    doc = json.loads((tmp_path / "results" / "heads-smoke.json").read_text())
+    rows = {r["engine"]: r for r in doc["rows"]}
+    assert set(rows) == {"buffer", "merge"} and rows["merge"]["same_ids_as_buffer"] > 0.999
+    assert rows["merge"]["exact_nearest"] > 0.9 and rows["merge"]["us_per_vector"] > 0
