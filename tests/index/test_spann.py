@@ -139,6 +139,51 @@ def test_updates_match_fresh_build(sift5k, reassign):
         assert np.mean(inside) >= 0.96
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_build_fill_leaves_room(tmp_path, sift5k, stream):
+    """A bulk build (``add`` and ``build_stream``) caps lists at ``build_fill * posting_limit``:
+    a list holds more only with records whose nearest head it is; the same appends then split
+    far fewer lists than after a build filled to the limit; the knob survives a reopen; bad
+    values are refused."""
+    X = sift5k["base"]
+    for bad in (0, 1.5, -0.1, True, "0.8", float("nan")):
+        with pytest.raises(InvalidArgument):
+            SPANNIndex(128, "l2", build_fill=bad)
+    sizes, splits = {}, {}
+    for fill in (1.0, 0.5):
+        store = MemoryKVStore()
+        idx = SPANNIndex(128, "l2", store, head_ratio=0.06, posting_limit=40, build_fill=fill,
+                         background=False)
+        if stream:
+            idx.build_stream((X[i:i + 1000] for i in range(0, 5000, 1000)), 5000, X[::2],
+                             tmp_path, split_hubs=False)
+        else:
+            idx.add(X)
+        cap = int(fill * 40)
+        nearest, _ = idx._heads.search(X, 1)
+        for lid, n in idx._sizes.items():
+            if n > cap:  # only nearest-list records are kept past the cap
+                slots = idx._read_list(lid)["slot"]
+                assert len(slots) == n and (nearest[slots, 0] == lid).all(), (lid, n, cap)
+        sizes[fill] = np.array(list(idx._sizes.values()))
+        if fill == 0.5:
+            assert idx._config()["build_fill"] == 0.5
+            idx.save(tmp_path / f"i{int(stream)}.npz")
+            back = SPANNIndex.load(tmp_path / f"i{int(stream)}.npz", store)
+            assert back.build_fill == 0.5
+        idx.add(X[:200] + 0.01, np.arange(5000, 5200))  # the same appends to both builds
+        idx.flush()
+        splits[fill] = idx.stats["splits"]
+    # measured (add / build_stream): lists at the limit 27% -> 6% / 4.5% -> 0.8%; records
+    # 9.5k -> 7.3k / 7.1k -> 6.2k; splits after the appends 107 -> 36 / 190 -> 177 (the
+    # streamed build's sampled heads leave lists over the limit with nearest-list records alone)
+    assert (sizes[0.5] >= 40).mean() < (sizes[1.0] >= 40).mean() / 2
+    assert sizes[0.5].sum() < 0.9 * sizes[1.0].sum()
+    if not stream:
+        assert (sizes[1.0] >= 40).mean() > 0.2  # filled to the limit: these split at once
+        assert splits[0.5] < splits[1.0] / 2, splits
+
+
 def test_incremental_from_empty_and_merge(sift5k):
     X = sift5k["base"][:1500]
     idx = SPANNIndex(128, "l2", background=False, posting_limit=40, bulk_min=10**9)
