@@ -859,6 +859,7 @@ class Collection:
                 col._checkpoint_locked()
         finally:
             col.close(checkpoint=False)
+        del col
         col = cls(path, options, name)  # the checkpoint must load
         try:
             if col.recovery["source"] != "checkpoint":

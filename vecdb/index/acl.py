@@ -438,5 +438,9 @@ class AccessLists:
         """Inverse of ``to_arrays`` (also reads checkpoints written by the per-slot-dict layout,
         which used the same arrays)."""
         out = cls(capacity)
-        out.add_csr(arrays["acl_slots"], arrays["acl_indptr"], arrays["acl_indices"])
+        slots, indptr, ind = arrays["acl_slots"], arrays["acl_indptr"], arrays["acl_indices"]
+        step = 1 << 20
+        for s in range(0, max(1, len(slots)), step):
+            e = min(len(slots), s + step)
+            out.add_csr(slots[s:e], indptr[s:e + 1], ind)
         return out
