@@ -58,6 +58,17 @@ BLOCK_CACHE = 1 << 20  # SPANN's RocksDB block cache (bytes, counted in its RAM)
 # re-inserts only members that the list of their nearest head lacks (the default "all"
 # re-places every replica: ~8x slower updates).
 SPANN_KW: dict = {"posting_dtype": "sq8", "reassign": "nearest"}
+
+
+def spann_kw(head_ratio: float, build_fill: float) -> dict:
+    """SPANN_KW plus the list limits: the build caps lists at 6/head_ratio records (the size
+    the search sweeps above were measured at) and ``posting_limit`` = cap / ``build_fill``, so
+    the update stream has ``1/build_fill - 1`` room to append before a list splits
+    (``build_fill`` 1.0: the earlier configuration, lists split at the build's cap)."""
+    return {**SPANN_KW, "build_fill": build_fill,
+            "posting_limit": int(round(6 / head_ratio / build_fill))}
+
+
 # the 5M x 128 set (``--sets synthetic-stream``): SQ8 records, built by build_stream
 STREAM_KW: dict = {"posting_dtype": "sq8", "reassign": "nearest"}
 
@@ -506,7 +517,7 @@ def run_set(name: str, X, Q, gt, metric, args, tmp: Path, budgets, stream_chunk=
         if hr not in built:
             idx, store, info = spann_build(X, metric, path, hr, args.threads,
                                            chunk=stream_chunk, direct=not args.page_cache,
-                                           **SPANN_KW)
+                                           **spann_kw(hr, args.build_fill))
             idx.save(path / "index.npz")
             store.close()
             built[hr] = (path, info)
@@ -601,6 +612,8 @@ def main(argv=None) -> None:
     ap.add_argument("--page-cache", action="store_true",
                     help="RocksDB without O_DIRECT (reads may hit the OS page cache, like mmap)")
     ap.add_argument("--no-updates", action="store_true")
+    ap.add_argument("--build-fill", type=float, default=0.8,
+                    help="SPANN (GloVe): posting_limit = build cap / this (room for appends)")
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
                     help="SPANN: hold the most-probed lists in the RAM budget (pin_lists)")
     ap.add_argument("--parts", type=lambda s: set(s.split(",")),
@@ -667,8 +680,10 @@ def main(argv=None) -> None:
             store = RocksKVStore(tmp / "spann-upd", block_cache_bytes=BLOCK_CACHE,
                                  direct_reads=True)
             upd = SPANNIndex(X.shape[1], metric, store, head_ratio=ratio[0.15],
-                             threads=args.threads, **SPANN_KW)
+                             threads=args.threads, **spann_kw(ratio[0.15], args.build_fill))
             upd.add(X[:n0])
+            sizes = np.array(list(upd._sizes.values()))
+            at_limit = float(np.mean(sizes >= upd.posting_limit))
             rng = np.random.default_rng(0)
             dead = rng.choice(n0, len(X) - n0, replace=False)
             u = update_stream(upd, X[n0:], np.arange(n0, len(X)), dead, Q, 1000)
@@ -678,12 +693,14 @@ def main(argv=None) -> None:
             u["recall_after_lists64"] = recall_at_k(I, alive[g], 10)
             u["deleted_returned"] = int(np.isin(I, dead).sum())
             u["lists_after"] = upd.num_lists()
+            u.update(build_fill=args.build_fill, posting_limit=upd.posting_limit,
+                     lists_at_limit_after_build=at_limit, lists_after_build=len(sizes))
             u["loadavg_stream"] = [list(up0), list(os.getloadavg())]
             store.close()
             print("  updates", u, flush=True)
             # the same configuration built fresh on the surviving set (in RAM: recall only)
             fresh = SPANNIndex(X.shape[1], metric, None, head_ratio=ratio[0.15],
-                               threads=args.threads, **SPANN_KW)
+                               threads=args.threads, **spann_kw(ratio[0.15], args.build_fill))
             fresh.add(X[alive], alive)
             If, _ = fresh.search(Q, 10, params={"max_lists": 64, "eps": args.eps})
             u["fresh_recall_lists64"] = recall_at_k(If, alive[g], 10)
