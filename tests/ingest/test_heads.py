@@ -85,13 +85,15 @@ def test_native_merge_is_an_exact_top_k_with_id_ties_and_nan(simd_level):
         w = int(rng.integers(1, 70))
         S = rng.integers(-40, 40, size=(n, w)).astype(np.float32)  # many exact ties
         S[rng.random(S.shape) < 0.02] = np.nan
-        groups.append((S, rng.random(w).astype(np.float32).round(1), np.arange(w) + 100 * g))
+        # later groups carry smaller ids: a tie with the k-th kept must still win on its id
+        groups.append((S, rng.random(w).astype(np.float32).round(1),
+                       np.arange(w) + 100 * (9 - g)))
     for code in (0, 1):
         full = np.concatenate([(-S if code else hsq[None, :] - 2 * S) for S, hsq, _ in groups],
                               axis=1)
         all_ids = np.concatenate([i for _, _, i in groups])
         full = np.where(np.isnan(full), np.inf, full)
-        order = np.argsort(full, axis=1, kind="stable")[:, :k]
+        order = np.stack([np.lexsort((all_ids, row))[:k] for row in full])  # (distance, id)
         want_i = np.where(np.isfinite(np.take_along_axis(full, order, 1)), all_ids[order], -1)
         for lvl in simd_level:
             _native.set_level(lvl)
