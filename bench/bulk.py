@@ -173,8 +173,9 @@ def memory_summary(stages: dict, state: dict) -> dict:
 def extrapolate(stages: dict, n: int, dim: int, bytes_per_vec: float, head_ratio: float,
                 cores_used: int, memory: dict | None = None, heads: int = 0) -> list[dict]:
     """Measured per-vector CPU-seconds per stage, scaled to 100M and 1B vectors; memory per
-    machine from the measured index state per vector and per head plus the measured driver
-    overhead (flat in N) and task peaks (bounded by the build's settings).
+    machine from the measured index state per vector and per head, the driver's overhead above
+    it scaled *linearly* with N (an upper bound: measured at 1M/3M/10M it grows with the heads and
+    the import's transients, plus a constant), and the task peaks (bounded by the settings).
 
     Assumptions (stated in the README): sample, map and reduce are embarrassingly parallel
     (CPU-seconds per vector flat in N: the map's head search grows ~sqrt(heads) in the centroid
@@ -207,7 +208,7 @@ def extrapolate(stages: dict, n: int, dim: int, bytes_per_vec: float, head_ratio
                     "index_state_GB": (st["bytes_per_head"] * H + st["bytes_per_vector"] * N)
                     / 1e9,
                     "driver_GB": (st["bytes_per_head"] * H + st["bytes_per_vector"] * N
-                                  + max(0, memory["driver_overhead_max"])) / 1e9,
+                                  + max(0, memory["driver_overhead_max"]) * N / n) / 1e9,
                     "task_peak_GB": max(memory["worker_peak_rss"].values(), default=0) / 1e9})
     return out
 
