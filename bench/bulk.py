@@ -171,11 +171,12 @@ def memory_summary(stages: dict, state: dict) -> dict:
 
 
 def extrapolate(stages: dict, n: int, dim: int, bytes_per_vec: float, head_ratio: float,
-                cores_used: int, memory: dict | None = None, heads: int = 0) -> list[dict]:
+                cores_used: int, memory: dict | None = None, n_heads: int = 0) -> list[dict]:
     """Measured per-vector CPU-seconds per stage, scaled to 100M and 1B vectors; memory per
     machine from the measured index state per vector and per head, the driver's overhead above
-    it scaled *linearly* with N (an upper bound: measured at 1M/3M/10M it grows with the heads and
-    the import's transients, plus a constant), and the task peaks (bounded by the settings).
+    it (less the process's base, its sample-stage peak) scaled *linearly* with N (an upper
+    bound: measured at 1M/3M/10M it grows with the heads and the import's transients), and the
+    task peaks (bounded by the settings).
 
     Assumptions (stated in the README): sample, map and reduce are embarrassingly parallel
     (CPU-seconds per vector flat in N: the map's head search grows ~sqrt(heads) in the centroid
@@ -202,13 +203,15 @@ def extrapolate(stages: dict, n: int, dim: int, bytes_per_vec: float, head_ratio
                         "disk_TB": bytes_per_vec * N / 1e12})
             if memory:
                 st = memory["index_state"]
-                H = heads * N / n  # heads ~ head_ratio x N
+                base = memory["driver_peak_rss"].get("sample", 0)
+                H = n_heads * N / n  # heads ~ head_ratio x N
                 out[-1].update({
                     "heads": int(H),
                     "index_state_GB": (st["bytes_per_head"] * H + st["bytes_per_vector"] * N)
                     / 1e9,
                     "driver_GB": (st["bytes_per_head"] * H + st["bytes_per_vector"] * N
-                                  + max(0, memory["driver_overhead_max"]) * N / n) / 1e9,
+                                  + base + max(0, memory["driver_overhead_max"] - base) * N / n)
+                    / 1e9,
                     "task_peak_GB": max(memory["worker_peak_rss"].values(), default=0) / 1e9})
     return out
 
