@@ -193,6 +193,10 @@ def test_fill_factor_caps_lists(ray_local, tmp_path):
         with pytest.raises(InvalidArgument, match="fill"):
             bulk_build_spann(str(tmp_path / "a.npy"), str(tmp_path / "o2"), fill=0.0,
                              progress=False)
+        # no fill: the collection's build_fill (SPANN's own build cap) governs the bulk build too
+        man = bulk_build_spann(str(tmp_path / "a.npy"), str(tmp_path / "o3"), tenant="t",
+                               params={**params, "build_fill": 0.6}, progress=False)
+        assert man["cap"] == 120 and man["fill"] == 0.6
     finally:
         db.close()
 

@@ -748,7 +748,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                      sample_rows: int | None = None, batch_rows: int = 20_000,
                      memory_bytes: int = 256 << 20, reduce_tasks: int | None = None,
                      ray_address: str | None = None, num_cpus: int | None = None,
-                     fill: float = 0.8, search_ef: int | None = None,
+                     fill: float | None = None, search_ef: int | None = None,
                      split_hubs: bool = True, head_vectors: str = "member",
                      head_search: str = "groups", probes: int = 6,
                      train_rows: int = TRAIN_ROWS, progress: bool = True) -> dict[str, Any]:
@@ -763,7 +763,8 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     it stays in files under ``out``); ``train_rows`` the sample rows any one process holds to
     train heads (``train_heads``: bigger parts are split further).
     ``fill``: lists are capped at ``fill x posting_limit`` records (a vector's nearest list
-    always keeps it), leaving room for online appends before the first split.
+    always keeps it), leaving room for online appends before the first split; default the
+    collection's ``build_fill`` (SPANN's own build cap, 0.8 unless ``params`` says otherwise).
     ``head_search``: how the map tasks find each vector's candidate heads when SPANN would
     index the heads with a graph (more than 4096 heads; fewer are scanned exactly): ``"groups"``
     (default; ``HeadGroups``: batched GEMMs over the ``probes`` nearest groups of heads,
@@ -781,7 +782,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
 
     metric = check_metric(metric)
     params = dict(params or {})
-    if not isinstance(fill, int | float) or not 0 < fill <= 1:
+    if fill is not None and (not isinstance(fill, int | float) or not 0 < fill <= 1):
         raise InvalidArgument(f"fill must be in (0, 1], got {fill!r}")
     if search_ef is not None and (not isinstance(search_ef, int) or search_ef < 1):
         raise InvalidArgument(f"search_ef must be a positive int, got {search_ef!r}")
@@ -799,6 +800,8 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     shards, rejected = plan(files, columns)
     dim = check_dim(dim, shards)
     cfg = _spann_config(dim, metric, params)
+    if fill is None:  # the collection's own build cap (SPANN's build_fill, default 0.8)
+        fill = float(cfg.get("build_fill", 0.8))
     fresh_out(out, ("sst", "runs", "vecs", "sample"))
     init_ray(ray_address, num_cpus)
     stages: dict[str, dict[str, Any]] = {}
