@@ -349,3 +349,24 @@ def test_from_arrays_takes_the_slot_arrays_over_sized_to_high():
     u = CollectionState.from_arrays(ro)
     u.apply_delete(np.array([3]))
     assert u.lookup(np.array([3], np.uint64)).tolist() == [-1]
+
+
+def test_train_heads_within_train_rows_is_the_in_memory_build(ray_local, tmp_path):
+    """A sample that fits ``train_rows`` gets exactly the heads of the in-memory build: balanced
+    k-means labels of all rows as the first level, part g's sub-tree with seed + g."""
+    from vecdb.index._spann_parts import balanced_kmeans
+    from vecdb.ingest.bulk import _leaf_heads, _leaf_size, _spann_config, train_heads
+
+    S = np.concatenate(list(clustered_stream(30_000, 16, chunk=10_000, seed=4)))
+    cfg = _spann_config(16, "l2", {"head_ratio": 0.02})
+    files = []
+    for j in range(3):
+        np.save(tmp_path / f"f{j}.npy", S[j * 10_000:(j + 1) * 10_000])
+        files.append((str(tmp_path / f"f{j}.npy"), 10_000))
+    heads, info = train_heads(files, 150_000, cfg, str(tmp_path), groups=4)
+    leaf = _leaf_size(cfg, len(S), 150_000)
+    lab = balanced_kmeans(S, 4, cfg["balance"], np.random.default_rng(cfg["seed"]))
+    want = np.concatenate([_leaf_heads(S[lab == g], leaf, cfg["balance"], cfg["seed"] + g,
+                                       "member") for g in range(4)])
+    assert info["levels"] == 1 and np.array_equal(heads, want)
+    assert not list(tmp_path.glob("*.npy"))
