@@ -5,8 +5,10 @@ atomically into a stopped data folder.
 
     shards --(1) sample tasks--> sample (~10 rows per head) --balanced k-means parts--> Ray tasks:
                hierarchical_balanced_clusters per part --> heads; driver: head HNSW + HeadGroups
-    shards --(2) map tasks (one per shard)--> HeadGroups candidates --> _spann.rng_select_heads
-               vectors/acl/payload SST (keys = slots, one disjoint range per task)
+    shards --(2) Ray Data: ShardDatasource read fused with map_batches(_map_block), one task
+               per shard, heads memory-mapped once per worker -->
+               HeadGroups candidates --> _spann.rng_select_heads
+               vectors/acl/payload SST (keys = slots, one disjoint range per batch)
                runs: (list id, primary?, dist, slot) sorted by list id, one per batch
                histogram of list sizes
     runs --(3) reduce tasks (one per list-id range, sized by the histogram to the memory budget)-->
