@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -158,7 +159,7 @@ def _sink_for(spec: dict[str, Any]):
 
 _STOPPED: set[tuple[str, str]] = set()  # (round, shard) a transport failure stopped here
 _STARTED: set[tuple[str, str]] = set()  # (round, shard) this process began
-_BATCHES = [0]  # batches this worker process has sent (the crash test hook counts them)
+_BATCHES: dict[tuple[str, str], int] = {}  # batches sent per (round, shard) (crash test hook)
 
 
 def ingest_block(piece: Any, *, offsets: list[int], sink_spec: dict[str, Any], tracker,
@@ -203,10 +204,10 @@ def ingest_block(piece: Any, *, offsets: list[int], sink_spec: dict[str, Any], t
             _STOPPED.add(key)
             return {"shard": b.shard, "written": 0, "retry": f"{type(e).__name__}: {e}"}
     ray.get(tracker.ack.remote(b.shard, b.end, good, errors))
-    _BATCHES[0] += 1
+    _BATCHES[key] = _BATCHES.get(key, 0) + 1
     crash = opts.get("crash")  # test hook: a worker killed mid-shard (once, or "always")
-    if crash and _BATCHES[0] >= crash["after"] and (crash.get("always")
-                                                    or not os.path.exists(crash["marker"])):
+    if crash and _BATCHES[key] >= crash["after"] and (crash.get("always")
+                                                      or not os.path.exists(crash["marker"])):
         open(crash["marker"], "w").close()
         os._exit(1)
     return {"shard": b.shard, "written": good, "end": int(b.end)}
@@ -280,6 +281,7 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     rounds = 0
+    job = uuid.uuid4().hex  # round ids unique across jobs (worker processes outlive a job)
     try:
         while pending:
             # one round: a Ray Data job over the unfinished shards from their acknowledged
@@ -290,7 +292,7 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
             try:
                 res, _ = map_shards(pending, dim, ingest_block, {
                     "offsets": [s.offset for s in pending], "sink_spec": sink_spec,
-                    "tracker": tracker, "opts": opts, "round_id": f"{id(prog)}-{rounds}"},
+                    "tracker": tracker, "opts": opts, "round_id": f"{job}-{rounds}"},
                     batch_rows=int(batch_rows), columns=columns, starts=starts,
                     concurrency=workers)
                 retry = {r["shard"]: r["retry"] for r in res if "retry" in r}
