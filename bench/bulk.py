@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tmp", default=None)
     ap.add_argument("--name", default=None,
                     help="results name under bench/results (default bulk, bulk-smoke)")
-    ap.add_argument("--probes", type=int, default=6, help="HeadGroups probes of the map stage")
+    ap.add_argument("--probes", type=int, default=8, help="HeadGroups probes of the map stage")
     ap.add_argument("--head-search", default="groups", choices=("groups", "graph"))
     ap.add_argument("--index", default="spann", choices=("spann", "curator"),
                     help="curator: serial upserts vs the Curator bulk path (curator_bench)")

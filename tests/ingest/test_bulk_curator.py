@@ -80,6 +80,11 @@ def test_bad_rows_and_shards_reported_and_skipped(built):
     assert man["rows"] == N - 1 + TRUNC_OK and imp["rows"] == man["rows"]
     assert man["kind"] == "curator" and man["stages"]["sample"]["rows"] == PARAMS["train_sample"]
     assert man["stages"]["route"]["tasks"] == 4 and man["trained_on"] == man["rows"]
+    # Ray Data ran the route stage: the read fused with the route function, one batch per part
+    rd = man["stages"]["route"]["ray_data"]
+    assert rd["fused"] and rd["operators"] == ["ReadVecdbShards->MapBatches(_apply)"]
+    assert len(man["parts"]) == man["stages"]["route"]["batches"] >= 4
+    assert sum(p["rows"] for p in man["parts"]) == man["rows"]
 
 
 def test_tenant_recall_matches_serial_build_and_never_leaks(built):

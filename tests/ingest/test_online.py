@@ -80,6 +80,22 @@ def test_worker_killed_mid_shard_resumes_exactly_once(ray_local, shards, tmp_pat
     check_exactly_once(tmp_path / "db", X)
 
 
+def test_a_shard_whose_worker_keeps_dying_is_given_up(ray_local, shards, tmp_path):
+    """Ray Data re-runs a task whose worker died; the job counts the attempts per shard and
+    reports the shard after ``max_task_retries`` re-runs instead of looping."""
+    src, X = shards
+    for f in sorted(os.listdir(src))[1:]:
+        os.unlink(src / f)
+    r = run_online(str(src), "c", data=str(tmp_path / "db"), tenant="t", workers=1,
+                   batch_rows=300, create={"dim": DIM}, progress=False, max_task_retries=1,
+                   _crash={"after": 2, "marker": str(tmp_path / "m"), "always": True})
+    assert [e["error"] for e in r["errors"]] == ["gave up after 2 attempts (worker died each "
+                                                 "time)"]
+    assert r["rows_acked"] == 600 and r["rows_written"] == 600  # two batches, then each death
+    st = json.load(open(r["state_path"]))
+    assert all(s["done"] for s in st["shards"].values())
+
+
 DRIVER = """
 import sys
 from vecdb.ingest.online import run_online

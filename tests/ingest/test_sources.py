@@ -108,6 +108,35 @@ def test_bad_rows_and_shards_are_reported_with_file_and_row(data):
     assert np.array_equal(Y, X[:44])
 
 
+def test_row_ranges_partition_a_shard_and_report_each_problem_once(data):
+    """``read_batches(start, end)``: disjoint ranges of one shard (what a datasource's read
+    tasks read) give every row exactly once and a truncation once, in the range reaching it."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    tmp, X = data
+    write_vecs(str(tmp / "t.fvecs"), X)
+    with open(tmp / "t.fvecs", "r+b") as f:
+        f.truncate(os.path.getsize(tmp / "t.fvecs") - 10)
+    np.save(tmp / "u.npy", X)
+    with open(tmp / "u.npy", "r+b") as f:
+        f.truncate(os.path.getsize(tmp / "u.npy") - 8 * 4 * 5 - 3)
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), 8)
+    pq.write_table(pa.table({"vector": vec}), tmp / "v.parquet", row_group_size=16)
+    shards, _ = plan(discover(str(tmp)))
+    want = {"t.fvecs": (49, [49]), "u.npy": (44, [44]), "v.parquet": (50, [])}
+    for sh in shards:
+        rows, errs = [], []
+        for lo in range(0, sh.rows, 13):
+            for b in read_batches(sh, 8, 5, lo, Columns(), end=lo + 13):
+                assert lo <= b.start and b.end <= min(lo + 13, sh.rows)
+                rows += b.rows.tolist()
+                errs += [e["row"] for e in b.errors]
+                assert np.array_equal(b.vectors, X[b.rows])
+        n, bad = want[os.path.basename(sh.path)]
+        assert rows == list(range(n)) and errs == bad, sh.path
+
+
 def test_discover_errors(tmp_path):
     with pytest.raises(InvalidArgument, match="no such file"):
         discover(str(tmp_path / "nope*.npy"))

@@ -7,8 +7,10 @@ atomically into a stopped data folder.
                balanced k-means levels on <= train_rows drawn rows, route tasks split the files
                into parts of <= train_rows rows, hierarchical_balanced_clusters per part -->
                heads; driver: head HNSW + HeadGroups
-    shards --(2) map tasks (one per shard)--> HeadGroups candidates --> _spann.rng_select_heads
-               vectors/acl/payload SST (keys = slots, one disjoint range per task)
+    shards --(2) Ray Data: ShardDatasource read fused with map_batches(_map_block), one task
+               per shard, heads memory-mapped once per worker -->
+               HeadGroups candidates --> _spann.rng_select_heads
+               vectors/acl/payload SST (keys = slots, one disjoint range per batch)
                runs: (list id, primary?, dist, slot) sorted by list id, one per batch
                histogram of list sizes
     runs --(3) reduce tasks (one per list-id range, sized by the histogram to the memory budget)-->
@@ -51,6 +53,7 @@ import numpy as np
 
 from vecdb.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from vecdb.ingest import cpu
+from vecdb.ingest.dataset import map_shards
 from vecdb.ingest.heads import HeadGroups, HeadSearch, group_size
 from vecdb.ingest.sources import (
     DEFAULT_COLUMNS,
@@ -533,95 +536,104 @@ def write_engine_rows(sst: dict[str, _SstSink], b: Any, X: np.ndarray, slots: np
     return b.ids
 
 
-def _map_task(shard: Shard, task: int, dim: int, metric: str, heads: np.ndarray,
-              cfg: dict[str, Any], tenant_ids: dict[str, int], tenant: str, id_start: int,
-              columns: Columns, out: str, batch_rows: int,
-              graph_path: str | None, search_ef: int,
-              groups_path: str | None = None) -> dict[str, Any]:
-    """Stream one shard: engine rows (vectors/acl/payload SSTs), the prepared vectors (a
-    memory-mapped file the reduce gathers from) and the sorted runs of list assignments."""
+_HEADS: dict[tuple, tuple[np.ndarray, HeadSearch]] = {}
+
+
+def map_heads(out: str, metric: str, graph_path: str | None, search_ef: int,
+              groups_path: str | None) -> tuple[np.ndarray, HeadSearch]:
+    """The heads (``out/heads.npy``, memory-mapped: one copy in the page cache for all the
+    workers of a machine) and their ``HeadSearch``, loaded once per worker process and build
+    (keyed by the heads file's identity; the previous build's are dropped)."""
+    from vecdb.kernels import metric_code
+
+    path = os.path.join(out, "heads.npy")
+    st = os.stat(path)
+    key = (path, st.st_ino, st.st_mtime_ns, metric, graph_path, search_ef, groups_path)
+    if key not in _HEADS:
+        _HEADS.clear()
+        heads = np.load(path, mmap_mode="r")
+        _HEADS[key] = (heads, HeadSearch(heads, metric_code(metric), graph_path, search_ef,
+                                         groups_path))
+    return _HEADS[key]
+
+
+def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: dict[str, Any],
+               tenant_ids: dict[str, int], tenant: str, id_start: int, out: str,
+               graph_path: str | None, search_ef: int,
+               groups_path: str | None = None) -> dict[str, Any]:
+    """The map stage's Ray Data function, on one batch of one shard (``dataset.Piece``): engine
+    rows (vectors/acl/payload SSTs), the prepared vectors (a .npy the reduce gathers from) and
+    the batch's run of list assignments sorted by list id. Every file is named after the shard
+    number and the batch's first good row, so a retried task rewrites the same files. Returns
+    small metadata: paths, counts, the list histogram (sparse), source ids."""
     from vecdb import _spann
     from vecdb.kernels import metric_code, prepare
 
-    code = metric_code(metric)
-    heads = np.ascontiguousarray(heads, dtype=np.float32)
     t0 = time.perf_counter()
-    search = HeadSearch(heads, code, graph_path, search_ef, groups_path)
-    H = len(heads)
-    C = min(cfg["candidates"], H)
-    rdt = run_dtype()
-    sst = {f: _SstSink(os.path.join(out, "sst", f"{f}-{task:06d}.sst"))
+    b = piece.batch
+    split = {"read": 0.0, "engine_rows": 0.0, "search": 0.0, "search_cpu": 0.0, "rng": 0.0,
+             "runs": 0.0}
+    res: dict[str, Any] = {"shard": b.shard, "index": piece.shard, "good": len(b),
+                           "errors": piece.errors, "runs": [], "sst": {}, "split": split,
+                           "hist": (np.zeros(0, np.int32), np.zeros(0, np.int64)),
+                           "prim": (np.zeros(0, np.int32), np.zeros(0, np.int64)),
+                           "ids": np.zeros(0, np.uint64)}
+    if piece.failed or not len(b):
+        res.update(good=0, rss=_rss(), seconds=time.perf_counter() - t0)
+        if piece.failed:
+            res["failed"] = piece.failed
+        return res
+    code = metric_code(metric)
+    heads, search = map_heads(out, metric, graph_path, search_ef, groups_path)
+    C = min(cfg["candidates"], len(heads))
+    X = prepare(b.vectors, dim, metric)
+    lo, hi = int(b.rows[0]), int(b.rows[-1]) + 1
+    tag = f"{piece.shard:06d}-{lo:012d}"
+    t2 = time.perf_counter()
+    split["read"] += t2 - t0
+    slots = offsets[piece.shard] + b.rows
+    sst = {f: _SstSink(os.path.join(out, "sst", f"{f}-{tag}.sst"))
            for f in ("vectors", "acl", "payload")}
-    vec_path = os.path.join(out, "vecs", f"vec-{task:06d}.npy")
-    vecs = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32,
-                                     shape=(max(1, shard.rows), dim))
-    hist = np.zeros(H, dtype=np.int64)
-    prim = np.zeros(H, dtype=np.int64)  # nearest-list records per list
-    runs, errors = [], []
-    good = 0
-    ids_seen: list[np.ndarray] = []
-    split = {"read": 0.0, "engine_rows": 0.0, "search": 0.0, "rng": 0.0, "runs": 0.0}
-    try:
-        t1 = time.perf_counter()
-        for k, b in enumerate(read_batches(shard, dim, batch_rows, 0, columns)):
-            errors += b.errors
-            if not len(b):
-                continue
-            X = prepare(b.vectors, dim, metric)
-            t2 = time.perf_counter()
-            split["read"] += t2 - t1
-            slots = shard.offset + b.rows
-            ids = write_engine_rows(sst, b, X, slots, tenant_ids, tenant, id_start)
-            vecs[b.rows] = X
-            if ids is not None:
-                ids_seen.append(ids)
-            good += len(b)
-            t3 = time.perf_counter()
-            split["engine_rows"] += t3 - t2
-            cand, cdist = search.search(X, C)
-            t4 = time.perf_counter()
-            split["search"] += t4 - t3
-            keep = np.zeros(cand.shape, dtype=bool)
-            _spann.rng_select_heads(None, heads, np.ascontiguousarray(cand, np.int64),
-                                    np.ascontiguousarray(cdist, np.float32),
-                                    int(cfg["replica_count"]), float(cfg["eps1"]), code,
-                                    keep.view(np.uint8))
-            t5 = time.perf_counter()
-            split["rng"] += t5 - t4
-            pts, cols = np.nonzero(keep)
-            lid = cand[pts, cols].astype(np.int32)
-            order = np.argsort(lid, kind="stable")
-            run = np.empty(len(pts), dtype=rdt)
-            run["lid"] = lid[order]
-            run["sec"] = (cols > 0)[order]
-            run["d"] = cdist[pts, cols][order]
-            run["slot"] = slots[pts][order]
-            hist += np.bincount(run["lid"], minlength=H)
-            prim += np.bincount(run["lid"][run["sec"] == 0], minlength=H)
-            path = os.path.join(out, "runs", f"run-{task:06d}-{k:06d}.npy")
-            np.save(path, run)
-            runs.append(path)
-            t1 = time.perf_counter()
-            split["runs"] += t1 - t5
-    except ShardError as e:
-        errors.append({"file": shard.path, "row": 0, "error": str(e)})
-        for s in sst.values():
-            s.finish()
-        del vecs
-        return {"shard": shard.path, "failed": str(e), "errors": errors, "good": 0, "runs": [],
-                "hist": np.zeros(H, dtype=np.int64), "prim": np.zeros(H, dtype=np.int64),
-                "sst": {}, "rss": _rss(),
-                "seconds": time.perf_counter() - t0, "ids": np.zeros(0, np.uint64),
-                "split": split}
+    ids = write_engine_rows(sst, b, X, slots, tenant_ids, tenant, id_start)
+    vec_path = os.path.join(out, "vecs", f"vec-{tag}.npy")
+    vecs = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(hi - lo, dim))
+    vecs[b.rows - lo] = X
     vecs.flush()
     del vecs
+    t3 = time.perf_counter()
+    split["engine_rows"] += t3 - t2
+    p3 = time.thread_time()  # CPU next to wall: a loaded machine doubles the wall splits
+    cand, cdist = search.search(X, C)
+    t4 = time.perf_counter()
+    split["search"] += t4 - t3
+    split["search_cpu"] += time.thread_time() - p3
+    keep = np.zeros(cand.shape, dtype=bool)
+    _spann.rng_select_heads(None, np.ascontiguousarray(heads, np.float32),
+                            np.ascontiguousarray(cand, np.int64),
+                            np.ascontiguousarray(cdist, np.float32),
+                            int(cfg["replica_count"]), float(cfg["eps1"]), code,
+                            keep.view(np.uint8))
+    t5 = time.perf_counter()
+    split["rng"] += t5 - t4
+    pts, cols = np.nonzero(keep)
+    lid = cand[pts, cols].astype(np.int32)
+    order = np.argsort(lid, kind="stable")
+    run = np.empty(len(pts), dtype=run_dtype())
+    run["lid"] = lid[order]
+    run["sec"] = (cols > 0)[order]
+    run["d"] = cdist[pts, cols][order]
+    run["slot"] = slots[pts][order]
+    path = os.path.join(out, "runs", f"run-{tag}.npy")
+    np.save(path, run)
+    split["runs"] += time.perf_counter() - t5
     files = {f: s.finish() for f, s in sst.items()}
-    return {"shard": shard.path, "good": good, "errors": errors, "runs": runs, "hist": hist,
-            "prim": prim,
-            "sst": {f: p for f, p in files.items() if p}, "rss": _rss(),
-            "seconds": time.perf_counter() - t0, "vec_file": vec_path, "offset": shard.offset,
-            "ids": np.unique(np.concatenate(ids_seen)) if ids_seen else np.zeros(0, np.uint64),
-            "split": split}
+    res.update(runs=[path], sst={f: p for f, p in files.items() if p},
+               hist=np.unique(run["lid"], return_counts=True),
+               prim=np.unique(run["lid"][run["sec"] == 0], return_counts=True),
+               vec_file=vec_path, offset=int(offsets[piece.shard] + lo),
+               ids=np.zeros(0, np.uint64) if ids is None else np.unique(ids),
+               rss=_rss(), seconds=time.perf_counter() - t0)
+    return res
 
 
 # -- stage 3: reduce ----------------------------------------------------------------------------
@@ -787,7 +799,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                      ray_address: str | None = None, num_cpus: int | None = None,
                      fill: float | None = None, search_ef: int | None = None,
                      split_hubs: bool = True, head_vectors: str = "member",
-                     head_search: str = "groups", probes: int = 6,
+                     head_search: str = "groups", probes: int = 8,
                      train_rows: int = TRAIN_ROWS, progress: bool = True) -> dict[str, Any]:
     """Build a SPANN collection's files from ``source`` into folder ``out`` (see module doc).
 
@@ -805,9 +817,11 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     ``head_search``: how the map tasks find each vector's candidate heads when SPANN would
     index the heads with a graph (more than 4096 heads; fewer are scanned exactly): ``"groups"``
     (default; ``HeadGroups``: batched GEMMs over the ``probes`` nearest groups of heads,
-    near-exact) or ``"graph"`` (the head HNSW with beam ``search_ef``, default the
-    collection's ``head_ef``, as SPANN's own build). ``head_vectors``: ``"centroid"`` (default)
-    or ``"member"`` (see ``train_heads``). ``split_hubs``: lists whose
+    near-exact: at 235k heads probes 8 found the exact nearest head of 96% of vectors, 6 of 94%,
+    at the same cost, bench/results/heads.json) or ``"graph"`` (the head HNSW with beam
+    ``search_ef``, default the collection's ``head_ef``, as SPANN's own build).
+    ``head_vectors``: ``"centroid"`` (default) or ``"member"`` (see ``train_heads``).
+    ``split_hubs``: lists whose
     nearest-list records alone exceed ``posting_limit`` are split into ``cap``-sized parts with
     new heads before import (see ``_reduce_task``).
     Writes ``out/manifest.json`` (what ``import_bulk`` reads) and returns it.
@@ -896,24 +910,29 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     # (2) map: assign + vectors/acl/payload SSTs + runs
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
-    heads_ref = ray.put(heads)
-    map_t = ray.remote(num_cpus=1)(_map_task)
+    np.save(os.path.join(out, "heads.npy"), heads)  # the map tasks memory-map it
     todo = [s for s in shards if s.path not in failed]
-    res = ray.get([map_t.remote(s, i, dim, metric, heads_ref, cfg, tenant_ids, tenant, id_start,
-                                columns, out, batch_rows, graph_path,
-                                search_ef or cfg["head_ef"], groups_path)
-                   for i, s in enumerate(todo)])
     hist = np.zeros(len(heads), dtype=np.int64)
     prim = np.zeros(len(heads), dtype=np.int64)
+
+    def fold(r: dict[str, Any]) -> dict[str, Any]:
+        """Add a batch's list-size counts to the totals as it arrives (the driver keeps O(H),
+        not one sparse histogram per batch) and keep only its small metadata."""
+        np.add.at(hist, r["hist"][0], r["hist"][1])
+        np.add.at(prim, r["prim"][0], r["prim"][1])
+        del r["hist"], r["prim"]
+        return r
+
+    res, rd = map_shards(todo, dim, _map_block, {
+        "offsets": [s.offset for s in todo], "dim": dim, "metric": metric, "cfg": cfg,
+        "tenant_ids": tenant_ids, "tenant": tenant, "id_start": id_start, "out": out,
+        "graph_path": graph_path, "search_ef": search_ef or cfg["head_ef"],
+        "groups_path": groups_path}, batch_rows=batch_rows, columns=columns, on_result=fold)
     runs, sst = [], {f: [] for f in FAMILIES}
     rows = 0
-    for r in res:
-        hist += r["hist"]
-        prim += r["prim"]
+    for r in sorted(res, key=lambda r: r.get("offset", -1)):  # key order of the SST files
         runs += r["runs"]
         rows += r["good"]
-        if "failed" not in r:  # sample-stage errors are already in ``errors``
-            pass
         for f, path in r["sst"].items():
             sst[f].append(path)
     ids = np.concatenate([r["ids"] for r in res]) if res else np.zeros(0, np.uint64)
@@ -926,9 +945,10 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     vec_files = sorted((r["offset"], r["vec_file"]) for r in res if "vec_file" in r)
     stages["map"] = {"seconds": time.perf_counter() - t0, "rows": rows,
                      "cpu_seconds": cpu.cpu_between(c0, cpu.snapshot()),
-                     "assignments": int(hist.sum()), "tasks": len(todo),
+                     "assignments": int(hist.sum()), "tasks": len(todo), "batches": len(res),
                      "task_seconds": sum(r["seconds"] for r in res), "task_split": split,
-                     "worker_peak_rss": max((r["rss"] for r in res), default=0)}
+                     "worker_peak_rss": max((r["rss"] for r in res), default=0),
+                     "ray_data": {"operators": rd["operators"], "fused": rd["fused"]}}
     log(f"map: {rows} rows -> {int(hist.sum())} assignments in {len(runs)} runs "
         f"({stages['map']['seconds']:.1f}s)")
     del res

@@ -5,10 +5,12 @@
 
     shards --(1) sample tasks (bulk._sample_task)--> sample (``train_sample`` rows by default)
            --driver: CuratorIndex.train_tree (Curator's own hierarchical k-means)--> tree
-    shards --(2) route tasks (one per shard; the tree travels through the object store)-->
-               vectors/acl/payload SST (keys = slots, one disjoint range per task; bulk's
-               ``write_engine_rows``), the prepared vectors (a .npy per task) and
-               (slot, leaf) arrays per task (``CuratorIndex.route``: where ``add`` would put it)
+    shards --(2) Ray Data: read (``dataset.ShardDatasource``, one task per shard) fused with
+               ``map_batches(_route_block)``; per batch, with the tree loaded once per worker
+               process from ``tree.npz``: vectors/acl/payload SST (keys = slots, one disjoint
+               range per batch; bulk's ``write_engine_rows``), the prepared vectors (a .npy per
+               batch) and (slot, leaf) arrays per batch (``CuratorIndex.route``: where ``add``
+               would put it)
     import_bulk: Database.import_sst (engine): SST files ingested, maps rebuilt from them; the
                Curator index adopted (``curator_adopter``): the trained tree plus, per task,
                ``place_routed`` of its vectors at their precomputed leaves with the engine's
@@ -40,15 +42,13 @@ import numpy as np
 from vecdb.errors import FailedPrecondition, InvalidArgument
 from vecdb.ingest import cpu
 from vecdb.ingest.bulk import _rss, _SstSink, fresh_out, sample_stage, write_engine_rows
+from vecdb.ingest.dataset import map_shards
 from vecdb.ingest.sources import (
     DEFAULT_COLUMNS,
     Columns,
-    Shard,
-    ShardError,
     check_dim,
     discover,
     plan,
-    read_batches,
 )
 from vecdb.ingest.state import write_json_atomic
 
@@ -62,71 +62,73 @@ def _curator(dim: int, metric: str, params: dict[str, Any]):
     return CuratorIndex(dim, metric, **params)
 
 
-def _route_task(shard: Shard, task: int, dim: int, metric: str, tree: dict[str, np.ndarray],
-                params: dict[str, Any], tenant_ids: dict[str, int], tenant: str, id_start: int,
-                columns: Columns, out: str, batch_rows: int) -> dict[str, Any]:
-    """Stream one shard: engine rows (SSTs), prepared vectors (a .npy the import reads) and each
-    valid row's leaf in ``tree`` (``parts/leaves-<task>.npz``: slots int64, leaves int32)."""
+_TREES: dict[tuple, Any] = {}
+
+
+def route_index(out: str, dim: int, metric: str, params: dict[str, Any]):
+    """The build's ``CuratorIndex`` over its trained tree (``out/tree.npz``), made once per
+    worker process and build (keyed by the tree file's identity)."""
     from vecdb.index.curator import CuratorIndex
+
+    path = os.path.join(out, "tree.npz")
+    st = os.stat(path)
+    key = (path, st.st_ino, st.st_mtime_ns, dim, metric, repr(sorted(params.items())))
+    if key not in _TREES:
+        _TREES.clear()
+        with np.load(path) as z:
+            tree = {k: z[k] for k in z.files}
+        _TREES[key] = CuratorIndex.with_tree(dim, metric, tree, **params)
+    return _TREES[key]
+
+
+def _route_block(piece: Any, *, offsets: list[int], dim: int, metric: str,
+                 params: dict[str, Any], tenant_ids: dict[str, int], tenant: str, id_start: int,
+                 out: str) -> dict[str, Any]:
+    """The route stage's Ray Data function, on one batch of one shard (``dataset.Piece``):
+    engine rows (SSTs), prepared vectors (a .npy the import reads) and each valid row's leaf
+    (``parts/leaves-<shard>-<row>.npz``: slots int64, leaves int32). Files are named after the
+    shard number and the batch's first good row (a retried task rewrites the same files)."""
     from vecdb.kernels import prepare
 
     t0 = time.perf_counter()
-    idx = CuratorIndex.with_tree(dim, metric, tree, **params)
-    sst = {f: _SstSink(os.path.join(out, "sst", f"{f}-{task:06d}.sst")) for f in ENGINE_FAMILIES}
-    vec_path = os.path.join(out, "parts", f"vec-{task:06d}.npy")
-    leaf_path = os.path.join(out, "parts", f"leaves-{task:06d}.npz")
-    vecs = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32,
-                                     shape=(max(1, shard.rows), dim))
-    slots_all: list[np.ndarray] = []
-    leaves_all: list[np.ndarray] = []
-    ids_seen: list[np.ndarray] = []
-    errors: list[dict] = []
-    good = 0
+    b = piece.batch
     split = {"read": 0.0, "engine_rows": 0.0, "route": 0.0}
-    try:
-        t1 = time.perf_counter()
-        for b in read_batches(shard, dim, batch_rows, 0, columns):
-            errors += b.errors
-            if not len(b):
-                continue
-            X = prepare(b.vectors, dim, metric)
-            t2 = time.perf_counter()
-            split["read"] += t2 - t1
-            slots = shard.offset + b.rows
-            ids = write_engine_rows(sst, b, X, slots, tenant_ids, tenant, id_start)
-            if ids is not None:
-                ids_seen.append(ids)
-            vecs[b.rows] = X
-            good += len(b)
-            t3 = time.perf_counter()
-            split["engine_rows"] += t3 - t2
-            leaves_all.append(idx.route(X))
-            slots_all.append(slots.astype(np.int64))
-            t1 = time.perf_counter()
-            split["route"] += t1 - t3
-    except ShardError as e:
-        errors.append({"file": shard.path, "row": 0, "error": str(e)})
-        for s in sst.values():
-            s.finish()
-        del vecs
-        os.unlink(vec_path)
-        return {"shard": shard.path, "failed": str(e), "errors": errors, "good": 0, "sst": {},
-                "rss": _rss(), "seconds": time.perf_counter() - t0,
-                "ids": np.zeros(0, np.uint64), "split": split}
+    res: dict[str, Any] = {"shard": b.shard, "good": len(b), "errors": piece.errors, "sst": {},
+                           "split": split, "ids": np.zeros(0, np.uint64)}
+    if piece.failed or not len(b):
+        res.update(good=0, rss=_rss(), seconds=time.perf_counter() - t0)
+        if piece.failed:
+            res["failed"] = piece.failed
+        return res
+    idx = route_index(out, dim, metric, params)
+    X = prepare(b.vectors, dim, metric)
+    lo, hi = int(b.rows[0]), int(b.rows[-1]) + 1
+    tag = f"{piece.shard:06d}-{lo:012d}"
+    t2 = time.perf_counter()
+    split["read"] += t2 - t0
+    slots = (offsets[piece.shard] + b.rows).astype(np.int64)
+    sst = {f: _SstSink(os.path.join(out, "sst", f"{f}-{tag}.sst")) for f in ENGINE_FAMILIES}
+    ids = write_engine_rows(sst, b, X, slots, tenant_ids, tenant, id_start)
+    vec_path = os.path.join(out, "parts", f"vec-{tag}.npy")
+    vecs = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(hi - lo, dim))
+    vecs[b.rows - lo] = X
     vecs.flush()
     del vecs
-    slots_cat = np.concatenate(slots_all) if slots_all else np.zeros(0, np.int64)
-    leaves_cat = np.concatenate(leaves_all) if leaves_all else np.zeros(0, np.int32)
-    np.savez(leaf_path, slots=slots_cat, leaves=leaves_cat)
+    t3 = time.perf_counter()
+    split["engine_rows"] += t3 - t2
+    leaves = idx.route(X)
+    leaf_path = os.path.join(out, "parts", f"leaves-{tag}.npz")
+    np.savez(leaf_path, slots=slots, leaves=leaves)
+    split["route"] += time.perf_counter() - t3
     files = {f: s.finish() for f, s in sst.items()}
-    return {"shard": shard.path, "good": good, "errors": errors,
-            "sst": {f: p for f, p in files.items() if p}, "rss": _rss(),
-            "seconds": time.perf_counter() - t0, "offset": shard.offset,
-            "part": {"offset": int(shard.offset), "vectors": os.path.basename(vec_path),
-                     "leaves": os.path.basename(leaf_path), "rows": good},
-            "leaf_hist": np.bincount(leaves_cat, minlength=len(tree["parent"])),
-            "ids": np.unique(np.concatenate(ids_seen)) if ids_seen else np.zeros(0, np.uint64),
-            "split": split}
+    offset = int(offsets[piece.shard] + lo)
+    res.update(sst={f: p for f, p in files.items() if p}, rss=_rss(),
+               seconds=time.perf_counter() - t0, offset=offset,
+               part={"offset": offset, "vectors": os.path.basename(vec_path),
+                     "leaves": os.path.basename(leaf_path), "rows": len(b)},
+               leaf_hist=np.unique(leaves, return_counts=True),
+               ids=np.zeros(0, np.uint64) if ids is None else np.unique(ids))
+    return res
 
 
 def bulk_build_curator(source: str | Sequence[str], out: str, *, dim: int | None = None,
@@ -146,7 +148,6 @@ def bulk_build_curator(source: str | Sequence[str], out: str, *, dim: int | None
     Parquet tenant column or ``tenant``; bad rows and shards are reported in
     ``manifest["errors"]`` (file, row) and skipped. Writes ``out/manifest.json`` and returns it.
     """
-    import ray
 
     from vecdb.ingest.online import init_ray
     from vecdb.kernels import check_metric
@@ -208,12 +209,12 @@ def bulk_build_curator(source: str | Sequence[str], out: str, *, dim: int | None
     # (2) route + engine rows
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
-    tree_ref = ray.put(tree)
-    route_t = ray.remote(num_cpus=1)(_route_task)
     todo = [s for s in shards if s.path not in failed]
-    res = ray.get([route_t.remote(s, i, dim, metric, tree_ref, params, tenant_ids, tenant,
-                                  id_start, columns, out, batch_rows)
-                   for i, s in enumerate(todo)])
+    res, rd = map_shards(todo, dim, _route_block, {
+        "offsets": [s.offset for s in todo], "dim": dim, "metric": metric, "params": params,
+        "tenant_ids": tenant_ids, "tenant": tenant, "id_start": id_start, "out": out},
+        batch_rows=batch_rows, columns=columns)
+    res.sort(key=lambda r: r.get("offset", -1))  # key order of the SST files
     sst: dict[str, list[str]] = {f: [] for f in ENGINE_FAMILIES}
     sst["postings"] = []
     rows = 0
@@ -223,7 +224,8 @@ def bulk_build_curator(source: str | Sequence[str], out: str, *, dim: int | None
         if "failed" in r:
             errors += r["errors"][-1:]  # the shard failure (its row errors came with sampling)
             continue
-        hist += r["leaf_hist"]
+        if "leaf_hist" in r:
+            np.add.at(hist, r["leaf_hist"][0], r["leaf_hist"][1])
         for f, path in r["sst"].items():
             sst[f].append(path)
     ids = np.concatenate([r["ids"] for r in res]) if res else np.zeros(0, np.uint64)
@@ -236,7 +238,8 @@ def bulk_build_curator(source: str | Sequence[str], out: str, *, dim: int | None
     leaf_rows = hist[hist > 0]
     stages["route"] = {"seconds": time.perf_counter() - t0, "rows": rows, "tasks": len(todo),
                        "cpu_seconds": cpu.cpu_between(c0, cpu.snapshot()),
-                       "task_seconds": sum(r["seconds"] for r in res),
+                       "task_seconds": sum(r["seconds"] for r in res), "batches": len(res),
+                       "ray_data": {"operators": rd["operators"], "fused": rd["fused"]},
                        "task_split": {k: sum(r["split"][k] for r in res)
                                       for k in ("read", "engine_rows", "route")},
                        "leaves_used": int(len(leaf_rows)),

@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="head graph beam with --head-search graph (default: head_ef)")
     b.add_argument("--head-search", default="groups", choices=("groups", "graph"),
                    help="map-stage candidate search: batched GEMMs over head groups or the graph")
-    b.add_argument("--probes", type=int, default=6, help="head groups probed per vector")
+    b.add_argument("--probes", type=int, default=8, help="head groups probed per vector")
     b.add_argument("--head-vectors", default="member", choices=("member", "centroid"),
                    help="a leaf's head: its member nearest the mean (SPANN) or the mean")
     i = sub.add_parser("import", help="import a bulk build into a stopped data folder")

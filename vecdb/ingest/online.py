@@ -1,19 +1,23 @@
-"""Online ingestion: N Ray workers stream validated batches into a running collection.
+"""Online ingestion: Ray Data reads the shards and N workers stream validated batches into a
+running collection.
 
 ::
 
-    driver (run_online)                     Ray tasks (<= workers at a time, one shard each)
-      plan shards (headers only)              read_batches(shard, from acked offset)
-      JobState <- tracker actor  <--ack---    write_batch -> sink (upsert by id, durable)
-      progress line + status.json             ack(shard, end, good, bad rows) after each batch
-      re-queue a failed shard from its acked offset (max_task_retries)
+    driver (run_online)                      Ray Data job per round (read fused with the ingest:
+      plan shards (headers only)               one task per shard, <= workers tasks at a time)
+      JobState <- tracker actor  <--ack---     ShardDatasource from the acked offsets -> batches
+      progress line + status.json              ingest_block: write_batch -> sink (upsert by id,
+      next round: shards a transport             durable), then ack(shard, end, good, bad rows)
+      failure stopped, from their acked offset (max_task_retries)
 
-- Back-pressure: a worker sends its next batch only after the previous one is acknowledged, so at
-  most ``workers`` batches are in flight and memory is ``workers x batch_rows x dim x 4`` bytes.
+- Back-pressure: a shard is read by one task, which reads its next batch only after the previous
+  one is written and acknowledged, so at most ``workers`` batches are in flight and memory is
+  ``workers x batch_rows x dim x 4`` bytes.
 - Resumability: acknowledgements are recorded per shard (rows from the start of the file); a
-  re-run (or a re-queued shard after a worker crash) starts there. Rows acknowledged by the sink but
-  not yet recorded are sent again: harmless, every write is an upsert by a deterministic id
-  (the Parquet ``id`` column, or ``id_start`` + the row's global row number).
+  re-run, a round's retry of a shard or Ray Data's re-run of a task whose worker died starts at or
+  before the acknowledged offset. Rows acknowledged by the sink but not yet recorded are sent
+  again: harmless, every write is an upsert by a deterministic id (the Parquet ``id`` column, or
+  ``id_start`` + the row's global row number). Acknowledgements never move backwards.
 - Bad shards and rows are recorded in the state (file, row, reason) and skipped.
 - The same code runs on a Ray cluster: pass ``ray_address=`` (the state file must then be on a
   path the driver can write; the shards on storage every node can read).
@@ -22,7 +26,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,16 +36,15 @@ import numpy as np
 
 from vecdb.errors import InvalidArgument, VecdbError
 from vecdb.ingest import cpu
+from vecdb.ingest.dataset import map_shards
 from vecdb.ingest.sinks import EmbeddedSink, GrpcSink, write_batch
 from vecdb.ingest.sources import (
     DEFAULT_COLUMNS,
     Columns,
     Shard,
-    ShardError,
     check_dim,
     discover,
     plan,
-    read_batches,
 )
 from vecdb.ingest.state import JobState, Progress
 
@@ -66,6 +71,7 @@ class _Tracker:
         self.state = JobState(path, shards, fingerprint, rejected)
         self.every = save_every_s
         self.last = 0.0
+        self.attempts: dict[tuple[str, str], int] = {}
 
     def _maybe_save(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -80,6 +86,13 @@ class _Tracker:
     def fail_shard(self, path: str, error: str) -> None:
         self.state.fail_shard(path, error)
         self._maybe_save(force=True)
+
+    def attempt(self, path: str, round_id: str) -> int:
+        """Count a task starting on shard ``path`` in round ``round_id`` (Ray Data re-runs a
+        task whose worker died); returns the count."""
+        k = (path, round_id)
+        self.attempts[k] = self.attempts.get(k, 0) + 1
+        return self.attempts[k]
 
     def acked(self, path: str) -> int:
         return self.state.acked(path)
@@ -144,42 +157,60 @@ def _sink_for(spec: dict[str, Any]):
     return _GRPC_SINKS[key]
 
 
-def ingest_shard(shard: Shard, start: int, dim: int, sink_spec: dict[str, Any], tracker,
-                 opts: dict[str, Any]) -> dict[str, Any]:
-    """Body of one Ray task: stream ``shard`` from row ``start`` into the sink, acknowledging
-    every batch to the tracker. A batch the sink rejects (e.g. PermissionDenied on a foreign id)
-    is reported as bad rows and skipped; transport failures propagate (the driver re-queues)."""
+_STOPPED: set[tuple[str, str]] = set()  # (round, shard) a transport failure stopped here
+_STARTED: set[tuple[str, str]] = set()  # (round, shard) this process began
+_BATCHES: dict[tuple[str, str], int] = {}  # batches sent per (round, shard) (crash test hook)
+
+
+def ingest_block(piece: Any, *, offsets: list[int], sink_spec: dict[str, Any], tracker,
+                 opts: dict[str, Any], round_id: str) -> dict[str, Any]:
+    """The online job's Ray Data function, on one batch of one shard (``dataset.Piece``; a
+    shard's batches come in file order, in one task): write it to the sink, then acknowledge
+    rows ``[.., end)`` to the tracker (the next batch is read only after that: back-pressure).
+    A batch the sink rejects (e.g. PermissionDenied on a foreign id) is reported as bad rows and
+    skipped; a transport failure stops the shard for this round (its later batches are skipped)
+    and the driver runs it again from its acknowledged offset."""
     import ray
 
-    sink = _sink_for(sink_spec)
-    crash = opts.get("crash")  # test hook: simulate a worker killed mid-shard (once)
-    n_batches = written = 0
-    try:
-        for b in read_batches(shard, dim, opts["batch_rows"], start, opts["columns"]):
-            errors = list(b.errors)
-            good = 0
-            if len(b):
-                ids = b.ids if b.ids is not None else \
-                    (opts["id_start"] + shard.offset + b.rows).astype(np.uint64)
-                tenants = b.tenants if b.tenants is not None else [opts["tenant"]] * len(b)
-                try:
-                    good = write_batch(sink, ids, b.vectors, tenants, b.acl, b.payloads)
-                except VecdbError as e:
-                    if getattr(e, "code", None) is not None:  # transport: let the driver retry
-                        raise
-                    errors.append({"file": shard.path, "row": int(b.start),
-                                   "error": f"rows {b.start}..{b.end - 1} rejected: {e}"})
-            ray.get(tracker.ack.remote(shard.path, b.end, good, errors))
-            written += good
-            n_batches += 1
-            if crash and n_batches >= crash["after"] and not os.path.exists(crash["marker"]):
-                open(crash["marker"], "w").close()
-                os._exit(1)
-    except ShardError as e:
-        ray.get(tracker.fail_shard.remote(shard.path, str(e)))
-        return {"shard": shard.path, "written": written, "failed": str(e)}
-    ray.get(tracker.ack.remote(shard.path, shard.rows, 0, [], True))
-    return {"shard": shard.path, "written": written}
+    b = piece.batch
+    key = (round_id, b.shard)
+    if key not in _STARTED:  # a task's first batch of this shard: count the attempt
+        _STARTED.add(key)
+        n = ray.get(tracker.attempt.remote(b.shard, round_id))
+        if n > 1 + opts["max_task_retries"]:  # its worker died that often: give up
+            ray.get(tracker.fail_shard.remote(
+                b.shard, f"gave up after {n - 1} attempts (worker died each time)"))
+            _STOPPED.add(key)
+    if key in _STOPPED:
+        return {"shard": b.shard, "written": 0, "skipped": True}
+    if piece.failed:
+        ray.get(tracker.fail_shard.remote(b.shard, piece.failed))
+        return {"shard": b.shard, "written": 0, "failed": piece.failed}
+    errors = list(b.errors)
+    good = 0
+    if len(b):
+        ids = b.ids if b.ids is not None else \
+            (opts["id_start"] + offsets[piece.shard] + b.rows).astype(np.uint64)
+        tenants = b.tenants if b.tenants is not None else [opts["tenant"]] * len(b)
+        try:
+            good = write_batch(_sink_for(sink_spec), ids, b.vectors, tenants, b.acl, b.payloads)
+        except VecdbError as e:
+            if getattr(e, "code", None) is not None:  # transport: the driver runs it again
+                _STOPPED.add(key)
+                return {"shard": b.shard, "written": 0, "retry": str(e)}
+            errors.append({"file": b.shard, "row": int(b.start),
+                           "error": f"rows {b.start}..{b.end - 1} rejected: {e}"})
+        except Exception as e:  # noqa: BLE001 - e.g. the sink actor died: run it again
+            _STOPPED.add(key)
+            return {"shard": b.shard, "written": 0, "retry": f"{type(e).__name__}: {e}"}
+    ray.get(tracker.ack.remote(b.shard, b.end, good, errors))
+    _BATCHES[key] = _BATCHES.get(key, 0) + 1
+    crash = opts.get("crash")  # test hook: a worker killed mid-shard (once, or "always")
+    if crash and _BATCHES[key] >= crash["after"] and (crash.get("always")
+                                                      or not os.path.exists(crash["marker"])):
+        open(crash["marker"], "w").close()
+        os._exit(1)
+    return {"shard": b.shard, "written": good, "end": int(b.end)}
 
 
 def run_online(source: str | Sequence[str], collection: str, *, data: str | None = None,
@@ -233,8 +264,7 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
     if dim != sink_dim:
         raise InvalidArgument(f"dim={dim} but collection {collection!r} has dim {sink_dim}")
     opts = {"batch_rows": int(batch_rows), "columns": columns, "id_start": int(id_start),
-            "tenant": tenant, "crash": _crash}
-    task = ray.remote(num_cpus=1, max_retries=0)(ingest_shard)
+            "tenant": tenant, "crash": _crash, "max_task_retries": int(max_task_retries)}
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
     summary0 = ray.get(tracker.summary.remote())
@@ -242,33 +272,57 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
                     stream=__import__("sys").stderr if progress else None)
     pending = [s for s in shards if not ray.get(tracker.done.remote(s.path))]
     attempts: dict[str, int] = {}
-    in_flight: dict[Any, Shard] = {}
+    stop = threading.Event()
+
+    def poll() -> None:  # progress while Ray Data runs a round
+        while not stop.wait(0.5):
+            prog.update(ray.get(tracker.summary.remote())["rows_acked"])
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    rounds = 0
+    job = uuid.uuid4().hex  # round ids unique across jobs (worker processes outlive a job)
     try:
-        while pending or in_flight:
-            while pending and len(in_flight) < workers:
-                s = pending.pop(0)
-                start = ray.get(tracker.acked.remote(s.path))
-                in_flight[task.remote(s, start, dim, sink_spec, tracker, opts)] = s
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
-            for r in ready:
-                s = in_flight.pop(r)
-                try:
-                    ray.get(r)
-                except Exception as e:  # worker died or the sink failed: resume from the ack
-                    attempts[s.path] = attempts.get(s.path, 0) + 1
-                    if attempts[s.path] <= max_task_retries:
-                        pending.insert(0, s)
-                    else:
-                        ray.get(tracker.fail_shard.remote(
-                            s.path, f"gave up after {attempts[s.path]} attempts: {e}"))
-            sm = ray.get(tracker.summary.remote())
-            prog.update(sm["rows_acked"])
+        while pending:
+            # one round: a Ray Data job over the unfinished shards from their acknowledged
+            # offsets, read + ingest fused, one task per shard, ``workers`` tasks at a time
+            rounds += 1
+            starts = [ray.get(tracker.acked.remote(s.path)) for s in pending]
+            retry: dict[str, str] = {}
+            try:
+                res, _ = map_shards(pending, dim, ingest_block, {
+                    "offsets": [s.offset for s in pending], "sink_spec": sink_spec,
+                    "tracker": tracker, "opts": opts, "round_id": f"{job}-{rounds}"},
+                    batch_rows=int(batch_rows), columns=columns, starts=starts,
+                    concurrency=workers)
+                retry = {r["shard"]: r["retry"] for r in res if "retry" in r}
+            except Exception as e:  # a task failed for good: every unfinished shard again
+                retry = {s.path: f"{type(e).__name__}: {e}" for s in pending}
+            again = []
+            for s in pending:
+                if ray.get(tracker.done.remote(s.path)):  # failed shard (reported)
+                    continue
+                if s.path not in retry:
+                    ray.get(tracker.ack.remote(s.path, s.rows, 0, [], True))
+                    continue
+                attempts[s.path] = attempts.get(s.path, 0) + 1
+                if attempts[s.path] <= max_task_retries:
+                    again.append(s)
+                else:
+                    ray.get(tracker.fail_shard.remote(
+                        s.path, f"gave up after {attempts[s.path]} attempts: "
+                                f"{retry[s.path]}"))
+            pending = again
+        stop.set()
+        poller.join()
         ray.get(tracker.flush.remote())
         sm = ray.get(tracker.summary.remote())
+        prog.update(sm["rows_acked"])
         el = time.perf_counter() - t0
         cpu_s = cpu.cpu_between(c0, cpu.snapshot())
         snap = prog.close(errors=len(sm["errors"]))
     finally:
+        stop.set()
         if sink_actor is not None:
             try:
                 ray.get(sink_actor.call.remote("close"))

@@ -223,29 +223,32 @@ def _check_dim(shard: Shard, dim: int | None, got: int) -> None:
 
 
 def read_batches(shard: Shard, dim: int | None, batch_rows: int = 10_000, start: int = 0,
-                 columns: Columns = Columns()) -> Iterator[Batch]:
-    """Stream rows ``[start, shard.rows)`` of ``shard`` in batches of at most ``batch_rows``.
+                 columns: Columns = Columns(), end: int | None = None) -> Iterator[Batch]:
+    """Stream rows ``[start, end)`` (default: to the shard's end) of ``shard`` in batches of at
+    most ``batch_rows``. Problems at the shard's end (a truncation) are reported by the batch
+    that reaches it, so disjoint ranges of one shard report each problem once.
 
     Memory: one batch (npy/fvecs are memory-mapped; Parquet is read record batch by record batch).
     Raises ``ShardError`` at the first batch if the whole shard is unusable (wrong dim).
     """
     if batch_rows < 1:
         raise InvalidArgument("batch_rows must be >= 1")
+    end = shard.rows if end is None else min(int(end), shard.rows)
     if shard.kind == "npy":
-        yield from _read_npy(shard, dim, batch_rows, start)
+        yield from _read_npy(shard, dim, batch_rows, start, end)
     elif shard.kind in _VECS:
-        yield from _read_vecs(shard, dim, batch_rows, start)
+        yield from _read_vecs(shard, dim, batch_rows, start, end)
     else:
-        yield from _read_parquet(shard, dim, batch_rows, start, columns)
+        yield from _read_parquet(shard, dim, batch_rows, start, columns, end)
 
 
-def _read_npy(shard: Shard, dim, batch_rows: int, start: int) -> Iterator[Batch]:
+def _read_npy(shard: Shard, dim, batch_rows: int, start: int, end: int) -> Iterator[Batch]:
     shape, dtype, off, present = _npy_header(shard.path)
     _check_dim(shard, dim, shape[1])
     mm = np.memmap(shard.path, dtype=dtype, mode="r", offset=off, shape=(present, shape[1])) \
         if present else np.zeros((0, shape[1]), dtype=dtype)
-    for s in range(start, shard.rows, batch_rows):
-        e = min(s + batch_rows, shard.rows)
+    for s in range(start, end, batch_rows):
+        e = min(s + batch_rows, end)
         errors: list[dict] = []
         hi = min(e, present)
         X = np.asarray(mm[s:hi], dtype=np.float32) if hi > s else np.zeros((0, shape[1]),
@@ -259,22 +262,23 @@ def _read_npy(shard: Shard, dim, batch_rows: int, start: int) -> Iterator[Batch]
     del mm
 
 
-def _read_vecs(shard: Shard, dim, batch_rows: int, start: int) -> Iterator[Batch]:
+def _read_vecs(shard: Shard, dim, batch_rows: int, start: int, end: int) -> Iterator[Batch]:
     d, n, rec = _vecs_header(shard.path, shard.kind)
     _check_dim(shard, dim, d)
     vt = _VECS[shard.kind]
     rt = np.dtype([("dim", "<i4"), ("v", vt, (d,))])
     mm = np.memmap(shard.path, dtype=rt, mode="r", shape=(n,)) if n else None
     truncated = os.path.getsize(shard.path) % rec != 0
-    if start >= n:
+    end = min(end, n)
+    if start >= end:
         if truncated and start == n:
             yield Batch(shard.path, n, n, np.zeros(0, dtype=np.int64),
                         np.zeros((0, d), dtype=np.float32),
                         errors=[{"file": shard.path, "row": int(n),
                                  "error": "truncated: incomplete last record"}])
         return
-    for s in range(start, n, batch_rows):
-        e = min(s + batch_rows, n)
+    for s in range(start, end, batch_rows):
+        e = min(s + batch_rows, end)
         errors: list[dict] = []
         chunk = mm[s:e]
         good_dim = np.asarray(chunk["dim"] == d)
@@ -337,8 +341,8 @@ def _vector_column(col, path: str, first_row: int, dim, errors: list[dict]
     return X, ok
 
 
-def _read_parquet(shard: Shard, dim, batch_rows: int, start: int, cols: Columns
-                  ) -> Iterator[Batch]:
+def _read_parquet(shard: Shard, dim, batch_rows: int, start: int, cols: Columns,
+                  end: int | None = None) -> Iterator[Batch]:
     pf = _parquet_file(shard.path)
     names = pf.schema_arrow.names
     want = [c for c in (cols.vector, cols.id, cols.tenant, cols.acl, cols.payload)
@@ -348,15 +352,25 @@ def _read_parquet(shard: Shard, dim, batch_rows: int, start: int, cols: Columns
     while rg0 < pf.num_row_groups and base + pf.metadata.row_group(rg0).num_rows <= start:
         base += pf.metadata.row_group(rg0).num_rows
         rg0 += 1
+    end = pf.metadata.num_rows if end is None else end
     pos = base
-    groups = list(range(rg0, pf.num_row_groups))
-    if not groups:
+    rg1, top = rg0, base  # ... and the row groups at or after ``end``
+    while rg1 < pf.num_row_groups and top < end:
+        top += pf.metadata.row_group(rg1).num_rows
+        rg1 += 1
+    groups = list(range(rg0, rg1))
+    if not groups or start >= end:
         return
     for rb in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=want):
         s, e = pos, pos + rb.num_rows
         pos = e
         if e <= start:
             continue
+        if s >= end:
+            break
+        if e > end:
+            rb = rb.slice(0, end - s)
+            e = end
         if s < start:
             rb = rb.slice(start - s)
             s = start
