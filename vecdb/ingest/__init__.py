@@ -14,7 +14,9 @@
     ingest.import_bulk("./data", "docs2", "./cur-out")
 
 ``main(argv)`` is the command line (``python -m vecdb.ingest --help``; ``vecdb ingest`` calls it).
-Sources: ``sources.py``; job state and progress: ``state.py``; sinks: ``sinks.py``; online path:
+Sources: ``sources.py``; Ray Data datasource over them (``ShardDatasource``, ``map_shards``; the
+bulk map/route stages and the online path read through it): ``dataset.py``; map-stage head
+search: ``heads.py``; job state and progress: ``state.py``; sinks: ``sinks.py``; online path:
 ``online.py``; offline paths: ``bulk.py`` (SPANN), ``bulk_curator.py`` (Curator).
 """
 
