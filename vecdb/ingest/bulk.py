@@ -685,14 +685,18 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
     rec = np.zeros(len(cat), dtype=record_dtype(dim))
     rec["slot"] = cat["slot"]
     rec["ver"] = 1
+    # one sort by slot groups the records by vector file and orders each group by file row
+    # (sequential-ish page reads); a mask per file cost O(records x files): with one vector
+    # file per map batch (520 at 10M) the gather took 214 of 439 reduce CPU-seconds
     offs = np.array([o for o, _ in vec_files], dtype=np.int64)
-    owner = np.searchsorted(offs, cat["slot"], side="right") - 1
-    for t in np.unique(owner).tolist():
-        m = np.flatnonzero(owner == t)
+    by_slot = np.argsort(cat["slot"], kind="stable")
+    sl = cat["slot"][by_slot]
+    cut = np.searchsorted(sl, offs)
+    cut = np.append(cut, len(sl))
+    for t in np.flatnonzero(np.diff(cut)).tolist():
+        a, b = int(cut[t]), int(cut[t + 1])
         mm = np.load(vec_files[t][1], mmap_mode="r")
-        r = cat["slot"][m] - offs[t]
-        o = np.argsort(r, kind="stable")  # ascending file order: sequential-ish page reads
-        rec["vec"][m[o]] = mm[r[o]]
+        rec["vec"][by_slot[a:b]] = mm[sl[a:b] - offs[t]]
         del mm
     tm["gather"] = time.perf_counter() - t1
     t1 = time.perf_counter()
