@@ -40,6 +40,7 @@ import queue
 import shutil
 import threading
 import time
+from array import array
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -980,7 +981,6 @@ class SPANNIndex(Index):
         idx._live[arrays["live"]] = True
         idx._count = len(arrays["live"])
         idx._acl = AccessLists.from_arrays(arrays, cap)
-        heads, hv = [], []
         for k, v in store.iterate(CF, prefix=b"V"):  # durable versions win over the checkpoint
             c = int.from_bytes(k[1:], "big")
             chunk = np.frombuffer(v, dtype=np.uint8)
@@ -990,29 +990,39 @@ class SPANNIndex(Index):
             raw = store.get(CF, b"Q")
             if raw is not None:
                 idx._sq = SQ8.from_bytes(raw, idx.dim)
+        # heads straight into two flat buffers (no Python object per head: at an import of
+        # 236k heads the lists of ints and arrays were ~1-2 KB per head of transient memory)
+        idbuf, vbuf = array("q"), bytearray()
         for k, v in store.iterate(CF, prefix=b"H"):
-            heads.append(int.from_bytes(k[1:], "big"))
-            hv.append(np.frombuffer(v, dtype=np.float32))
+            idbuf.append(int.from_bytes(k[1:], "big"))
+            vbuf += v
+        heads = np.frombuffer(idbuf, dtype=np.int64) if len(idbuf) else np.zeros(0, np.int64)
         if meta["head_kind"] == "hnsw":
             idx._heads = idx._new_heads("hnsw")
-        if heads:
-            # the saved graph (identical results, no rebuild) if it still holds these heads
-            idx._heads.add(np.array(heads, dtype=np.int64), np.stack(hv),
-                           graph=arrays.get("head_graph"))
-            idx._next_list = max(heads) + 1
+        if len(heads):
+            hv = np.frombuffer(vbuf, dtype=np.float32).reshape(len(heads), idx.dim)
+            del vbuf
+            # the saved graph (identical results, no rebuild) if it still holds these heads;
+            # popped so the loaded copy is the only one alive
+            idx._heads.add(heads, hv, graph=arrays.pop("head_graph", None))
+            del hv
+            idx._next_list = int(heads.max()) + 1
             if "list_ids" in arrays:
                 # list sizes from the checkpoint, not by reading every posting list (the whole
                 # data set) at each open; lists made after the checkpoint are read. A size that
                 # grew after the checkpoint only delays that list's split check to its next
                 # append, which recomputes the size from the list it rewrites.
-                saved = dict(zip(arrays["list_ids"].tolist(), arrays["list_sizes"].tolist(),
-                                 strict=True))
-                missing = [h for h in heads if h not in saved]
-                for h in heads:
-                    if h in saved:
-                        idx._sizes[h] = int(saved[h])
-                if missing:
-                    for h, v in zip(missing, store.multi_get(CF, _pkeys(np.array(missing))),
+                lids = np.asarray(arrays["list_ids"], dtype=np.int64)
+                order = np.argsort(lids, kind="stable")
+                lids = lids[order]
+                lsz = np.asarray(arrays["list_sizes"], dtype=np.int64)[order]
+                pos = np.minimum(np.searchsorted(lids, heads), max(0, len(lids) - 1))
+                have = lids[pos] == heads if len(lids) else np.zeros(len(heads), bool)
+                idx._sizes.update(zip(heads[have].tolist(), lsz[pos[have]].tolist(),
+                                      strict=True))
+                missing = heads[~have]
+                if len(missing):
+                    for h, v in zip(missing.tolist(), store.multi_get(CF, _pkeys(missing)),
                                     strict=True):
                         idx._sizes[h] = len(v or b"") // idx._rec.itemsize
             else:  # an older checkpoint: learn the sizes from the lists themselves
