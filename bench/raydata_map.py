@@ -113,7 +113,6 @@ def main(argv: list[str] | None = None) -> None:
     from bench.bulk import write_shards
     from vecdb.ingest import cpu
     from vecdb.ingest.bulk import (
-        _leaf_heads,
         _map_block,
         _spann_config,
         sample_rows_for,
@@ -136,10 +135,11 @@ def main(argv: list[str] | None = None) -> None:
         cfg = _spann_config(a.dim, "l2", params)
         total = sum(s.rows for s in shards)
         p = min(1.0, sample_rows_for(cfg, total) / total)
+        sample_dir = os.path.join(tmp, "sample")
+        os.makedirs(sample_dir)
         sample, n_good, *_ = sample_stage(shards, a.dim, "l2", p, cfg["seed"], a.batch,
-                                          DEFAULT_COLUMNS, [], "t")
-        heads = train_heads(sample, n_good, cfg, groups=8,
-                            remote=ray.remote(num_cpus=1)(_leaf_heads))
+                                          DEFAULT_COLUMNS, [], "t", folder=sample_dir)
+        heads, _ = train_heads(sample, n_good, cfg, sample_dir, groups=8)
         del sample
         build = os.path.join(tmp, "build")
         os.makedirs(build)
