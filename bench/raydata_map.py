@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shard", type=int, default=100_000)
     ap.add_argument("--head-ratio", type=float, default=0.12)
     ap.add_argument("--replicas", type=int, default=8)
-    ap.add_argument("--probes", type=int, default=6)
+    ap.add_argument("--probes", type=int, default=8)
     ap.add_argument("--batch", type=int, default=20_000)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--tmp", default=None)
