@@ -112,11 +112,15 @@ class Piece:
     errors: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _np(col) -> np.ndarray:
+def _whole(col):
+    """One Arrow array of ``col`` (a ChunkedArray's chunks combined)."""
     import pyarrow as pa
 
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    return col.to_numpy(zero_copy_only=False)
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _np(col) -> np.ndarray:
+    return _whole(col).to_numpy(zero_copy_only=False)
 
 
 def pieces(table) -> list[Piece]:
@@ -132,8 +136,7 @@ def pieces(table) -> list[Piece]:
     key = shard * (1 << 40) + start
     cut = np.flatnonzero(np.diff(key)) + 1
     bounds = [0, *cut.tolist(), n]
-    vec = table.column("vector")
-    vec = vec.combine_chunks() if isinstance(vec, pa.ChunkedArray) else vec
+    vec = _whole(table.column("vector"))
     dim = vec.type.list_size
     X_all = vec.flatten().to_numpy(zero_copy_only=False).reshape(n, dim)
     rows_all = _np(table.column("row")).astype(np.int64)
@@ -142,8 +145,7 @@ def pieces(table) -> list[Piece]:
     bad_at = np.flatnonzero(bad)
     err_text = err.take(pa.array(bad_at)).to_pylist() if len(bad_at) else []
     failed_all = _np(table.column("failed")).astype(bool)
-    fcol = table.column("file")
-    fcol = fcol.combine_chunks() if isinstance(fcol, pa.ChunkedArray) else fcol
+    fcol = _whole(table.column("file"))
     end_all = _np(table.column("end"))
     names = table.schema.names
     lists = {c: table.column(c).to_pylist() for c in ("tenant", "acl", "payload") if c in names}
