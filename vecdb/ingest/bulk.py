@@ -322,6 +322,17 @@ def _route_task(path: str, model: dict[str, Any], prefix: str,
             lab[s:e] = np.arange(s, e) % k
         else:
             lab[s:e] = np.argmin(pair_dist(np.ascontiguousarray(a[s:e]), model["C"], 0), axis=1)
+    parts = _save_parts(a, lab, k, prefix)
+    del a
+    os.remove(path)
+    return {"parts": parts, "rss": _rss()}
+
+
+def _save_parts(rows_of: np.ndarray, lab: np.ndarray, k: int,
+                prefix: str) -> list[tuple[str, int] | None]:
+    """Rows of ``rows_of`` (an array or a memory map) grouped by their part label ``lab`` into
+    one file per part (``prefix-<part>.npy``, rows in input order). Returns ``(path, rows)`` per
+    part, None for an empty one."""
     order = np.argsort(lab, kind="stable")
     bounds = np.searchsorted(lab[order], np.arange(k + 1))
     parts: list[tuple[str, int] | None] = []
@@ -331,11 +342,9 @@ def _route_task(path: str, model: dict[str, Any], prefix: str,
             parts.append(None)
             continue
         out = f"{prefix}-{g:04d}.npy"
-        np.save(out, np.asarray(a[rows]))
+        np.save(out, np.asarray(rows_of[rows]))
         parts.append((out, len(rows)))
-    del a
-    os.remove(path)
-    return {"parts": parts, "rss": _rss()}
+    return parts
 
 
 def _part_task(files: list[tuple[str, int]], leaf: int, lam: float, seed: int,
@@ -367,17 +376,7 @@ def _label_task(files: list[tuple[str, int]], k: int, lam: float, seed: int,
     for p, _ in files:
         os.remove(p)
     lab = balanced_kmeans(S, k, lam, np.random.default_rng(seed))
-    order = np.argsort(lab, kind="stable")
-    bounds = np.searchsorted(lab[order], np.arange(k + 1))
-    parts: list[tuple[str, int] | None] = []
-    for g in range(k):
-        rows = order[bounds[g]:bounds[g + 1]]
-        if len(rows):
-            np.save(f"{prefix}-{g:04d}.npy", S[rows])
-            parts.append((f"{prefix}-{g:04d}.npy", len(rows)))
-        else:
-            parts.append(None)
-    return {"parts": parts, "rows": len(S), "rss": _rss()}
+    return {"parts": _save_parts(S, lab, k, prefix), "rows": len(S), "rss": _rss()}
 
 
 def train_heads(files: list[tuple[str, int]], n_total: int, cfg: dict[str, Any], folder: str,
@@ -534,6 +533,17 @@ def write_engine_rows(sst: dict[str, _SstSink], b: Any, X: np.ndarray, slots: np
         if pk:
             sst["payload"].put_many(pk, pv)
     return b.ids
+
+
+def check_unique_ids(res: list[dict[str, Any]]) -> None:
+    """InvalidArgument if the map results' source ids (``r["ids"]``: each batch's unique ids
+    from the data; empty when ids are generated) repeat across batches or shards. Shared by
+    every bulk build; holds 8 B per source id (a known limit)."""
+    ids = np.concatenate([r["ids"] for r in res]) if res else np.zeros(0, np.uint64)
+    u, c = np.unique(ids, return_counts=True)
+    if (c > 1).any():
+        raise InvalidArgument(f"duplicate ids across shards (first: {u[c > 1][:5].tolist()}); "
+                              f"bulk build needs unique ids")
 
 
 _HEADS: dict[tuple, tuple[np.ndarray, HeadSearch]] = {}
@@ -939,12 +949,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
         rows += r["good"]
         for f, path in r["sst"].items():
             sst[f].append(path)
-    ids = np.concatenate([r["ids"] for r in res]) if res else np.zeros(0, np.uint64)
-    u, c = np.unique(ids, return_counts=True)
-    if (c > 1).any():
-        raise InvalidArgument(f"duplicate ids across shards (first: {u[c > 1][:5].tolist()}); "
-                              f"bulk build needs unique ids")
-    del ids, u, c
+    check_unique_ids(res)
     split = {k: sum(r["split"][k] for r in res) for k in (res[0]["split"] if res else {})}
     vec_files = sorted((r["offset"], r["vec_file"]) for r in res if "vec_file" in r)
     stages["map"] = {"seconds": time.perf_counter() - t0, "rows": rows,

@@ -41,7 +41,14 @@ import numpy as np
 
 from vecdb.errors import FailedPrecondition, InvalidArgument
 from vecdb.ingest import cpu
-from vecdb.ingest.bulk import _rss, _SstSink, fresh_out, sample_stage, write_engine_rows
+from vecdb.ingest.bulk import (
+    _rss,
+    _SstSink,
+    check_unique_ids,
+    fresh_out,
+    sample_stage,
+    write_engine_rows,
+)
 from vecdb.ingest.dataset import map_shards
 from vecdb.ingest.sources import (
     DEFAULT_COLUMNS,
@@ -210,30 +217,32 @@ def bulk_build_curator(source: str | Sequence[str], out: str, *, dim: int | None
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
     todo = [s for s in shards if s.path not in failed]
+    hist = np.zeros(len(tree["parent"]), dtype=np.int64)
+
+    def fold(r: dict[str, Any]) -> dict[str, Any]:
+        """Add a batch's leaf counts to the totals as it arrives (as the SPANN build does with
+        its list histogram) and keep only its small metadata."""
+        leaf_hist = r.pop("leaf_hist", None)
+        if leaf_hist is not None:
+            np.add.at(hist, leaf_hist[0], leaf_hist[1])
+        return r
+
     res, rd = map_shards(todo, dim, _route_block, {
         "offsets": [s.offset for s in todo], "dim": dim, "metric": metric, "params": params,
         "tenant_ids": tenant_ids, "tenant": tenant, "id_start": id_start, "out": out},
-        batch_rows=batch_rows, columns=columns)
+        batch_rows=batch_rows, columns=columns, on_result=fold)
     res.sort(key=lambda r: r.get("offset", -1))  # key order of the SST files
     sst: dict[str, list[str]] = {f: [] for f in ENGINE_FAMILIES}
     sst["postings"] = []
     rows = 0
-    hist = np.zeros(len(tree["parent"]), dtype=np.int64)
     for r in res:
         rows += r["good"]
         if "failed" in r:
             errors += r["errors"][-1:]  # the shard failure (its row errors came with sampling)
             continue
-        if "leaf_hist" in r:
-            np.add.at(hist, r["leaf_hist"][0], r["leaf_hist"][1])
         for f, path in r["sst"].items():
             sst[f].append(path)
-    ids = np.concatenate([r["ids"] for r in res]) if res else np.zeros(0, np.uint64)
-    u, c = np.unique(ids, return_counts=True)
-    if (c > 1).any():
-        raise InvalidArgument(f"duplicate ids across shards (first: {u[c > 1][:5].tolist()}); "
-                              f"bulk build needs unique ids")
-    del ids, u, c
+    check_unique_ids(res)
     part_list = sorted((r["part"] for r in res if "part" in r), key=lambda x: x["offset"])
     leaf_rows = hist[hist > 0]
     stages["route"] = {"seconds": time.perf_counter() - t0, "rows": rows, "tasks": len(todo),
