@@ -501,12 +501,17 @@ class _SstSink:
         return self.path
 
 
+MAP_DTYPE = np.dtype([("slot", "<i8"), ("id", "<u8"), ("owner", "<i4")])
+
+
 def write_engine_rows(sst: dict[str, _SstSink], b: Any, X: np.ndarray, slots: np.ndarray,
-                      tenant_ids: dict[str, int], tenant: str, id_start: int
-                      ) -> np.ndarray | None:
+                      tenant_ids: dict[str, int], tenant: str, id_start: int,
+                      maps: str | None = None) -> np.ndarray | None:
     """One batch's engine rows into the task's ``vectors``/``acl``/``payload`` SST sinks (keys =
     global slots, values in the engine's codec; ``X`` the prepared vectors). Shared by every bulk
-    build (SPANN, Curator). Returns the batch's ids when they came from the source (to check
+    build (SPANN, Curator). ``maps``: also save the rows' (slot, id, owner) there (``MAP_DTYPE``,
+    slot order), so the import rebuilds the engine maps from 20 B per row instead of decoding
+    every vector. Returns the batch's ids when they came from the source (to check
     uniqueness across shards), None when generated (``id_start`` + slot: unique by
     construction)."""
     from vecdb.engine import codec
@@ -517,6 +522,10 @@ def write_engine_rows(sst: dict[str, _SstSink], b: Any, X: np.ndarray, slots: np
         owners = np.array([tenant_ids[t] for t in b.tenants], dtype=np.int32)
     keys = codec.be_keys(slots)
     sst["vectors"].put_many(keys, codec.pack_vectors(ids, owners, X))
+    if maps is not None:
+        m = np.empty(len(slots), dtype=MAP_DTYPE)
+        m["slot"], m["id"], m["owner"] = slots, ids, owners
+        np.save(maps, m)
     if b.acl is not None:
         ak, av = [], []
         for i, (key, lst) in enumerate(zip(keys, b.acl, strict=True)):
@@ -604,7 +613,8 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
     slots = offsets[piece.shard] + b.rows
     sst = {f: _SstSink(os.path.join(out, "sst", f"{f}-{tag}.sst"))
            for f in ("vectors", "acl", "payload")}
-    ids = write_engine_rows(sst, b, X, slots, tenant_ids, tenant, id_start)
+    maps = os.path.join(out, "sst", f"maps-{tag}.npy")
+    ids = write_engine_rows(sst, b, X, slots, tenant_ids, tenant, id_start, maps)
     vec_path = os.path.join(out, "vecs", f"vec-{tag}.npy")
     vecs = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(hi - lo, dim))
     vecs[b.rows - lo] = X
@@ -637,7 +647,7 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
     np.save(path, run)
     split["runs"] += time.perf_counter() - t5
     files = {f: s.finish() for f, s in sst.items()}
-    res.update(runs=[path], sst={f: p for f, p in files.items() if p},
+    res.update(runs=[path], sst={f: p for f, p in files.items() if p}, maps=maps,
                hist=np.unique(run["lid"], return_counts=True),
                prim=np.unique(run["lid"][run["sec"] == 0], return_counts=True),
                vec_file=vec_path, offset=int(offsets[piece.shard] + lo),
@@ -943,6 +953,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
         "graph_path": graph_path, "search_ef": search_ef or cfg["head_ef"],
         "groups_path": groups_path}, batch_rows=batch_rows, columns=columns, on_result=fold)
     runs, sst = [], {f: [] for f in FAMILIES}
+    maps = [r["maps"] for r in res if "maps" in r]
     rows = 0
     for r in sorted(res, key=lambda r: r.get("offset", -1)):  # key order of the SST files
         runs += r["runs"]
@@ -1030,7 +1041,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                 "probes": probes, "head_vectors": head_vectors,
                 "head_graph": os.path.basename(graph_path) if graph_path else None,
                 "rows": rows, "slots": total, "heads": int(n_heads),
-                "tenants": sorted(tenant_ids, key=tenant_ids.get), "sst": sst,
+                "tenants": sorted(tenant_ids, key=tenant_ids.get), "sst": sst, "maps": maps,
                 "errors": errors, "stages": stages, "metric_code": metric_code(metric),
                 "seconds": time.perf_counter() - t_start,
                 "sst_bytes": sum(os.path.getsize(f) for fs in sst.values() for f in fs)}
