@@ -146,3 +146,16 @@ def test_online_through_grpc_server(ray_local, shards, tmp_path):
         got = col.get(np.arange(0, len(X), 499), tenant="t")
         assert np.array_equal(got.vectors, X[::499])
         c.close()
+
+
+def test_online_from_a_file_uri_glob(ray_local, shards, tmp_path, monkeypatch):
+    """A ``file://`` glob source (pyarrow's filesystem, ranged reads in the Ray workers): every
+    row once; with no state_path the state goes to the working folder, not into the URI."""
+    src, X = shards
+    monkeypatch.chdir(tmp_path)
+    r = run_online(f"file://{src}/s*.npy", "c", data=str(tmp_path / "db"), tenant="t",
+                   workers=2, batch_rows=400, create={"dim": DIM}, progress=False)
+    assert r["rows_acked"] == len(X) and not r["errors"]
+    assert r["state_path"] == os.path.join(str(tmp_path), "c.ingest-state.json")
+    assert all(p.startswith("file://") for p in json.load(open(r["state_path"]))["shards"])
+    check_exactly_once(tmp_path / "db", X)
