@@ -65,28 +65,54 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 class _Tracker:
-    """Ray actor that owns the ``JobState`` (one writer of the state file)."""
+    """Ray actor that owns the ``JobState`` (one writer of the state file).
+
+    A batch's ``ack`` only updates the state in memory and returns: a saver thread writes the
+    file (temp + fsync + rename) at most every ``save_every_s`` while there are new acks. The
+    workers thus never wait for an fsync (which, next to RocksDB writing hundreds of MB, can
+    take a long time); a crash loses at most the last ``save_every_s`` of acknowledgements, and
+    those rows are re-sent (idempotent upserts by id). Shard-level events (done, failed,
+    ``flush``) are saved before the call returns."""
 
     def __init__(self, path: str, shards: list[Shard], fingerprint: dict, rejected: list[dict],
                  save_every_s: float = 0.2) -> None:
         self.state = JobState(path, shards, fingerprint, rejected)
         self.every = save_every_s
-        self.last = 0.0
         self.attempts: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()  # the state (actor calls vs the saver's snapshot)
+        self._io = threading.Lock()  # the file: one writer, newest snapshot last
+        self._seq = 0  # state versions: bumped by every change
+        self._saved = 0  # the version on disk
+        self._stop = threading.Event()
+        threading.Thread(target=self._saver, daemon=True).start()
 
-    def _maybe_save(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self.last >= self.every:
-            self.state.save()
-            self.last = now
+    def _save(self) -> None:
+        with self._lock:
+            seq = self._seq
+            if seq == self._saved:
+                return
+            text = self.state.dumps()
+        with self._io:
+            if seq > self._saved:  # a newer snapshot may have been written meanwhile
+                self.state.save(text)
+                self._saved = seq
+
+    def _saver(self) -> None:
+        while not self._stop.wait(self.every):
+            self._save()
 
     def ack(self, path: str, end: int, good: int, errors: list[dict], done: bool = False) -> None:
-        self.state.ack(path, end, good, errors, done)
-        self._maybe_save(force=done)
+        with self._lock:
+            self.state.ack(path, end, good, errors, done)
+            self._seq += 1
+        if done:
+            self._save()
 
     def fail_shard(self, path: str, error: str) -> None:
-        self.state.fail_shard(path, error)
-        self._maybe_save(force=True)
+        with self._lock:
+            self.state.fail_shard(path, error)
+            self._seq += 1
+        self._save()
 
     def attempt(self, path: str, round_id: str) -> int:
         """Count a task starting on shard ``path`` in round ``round_id`` (Ray Data re-runs a
@@ -101,18 +127,23 @@ class _Tracker:
 
     def finish(self, paths: list[str]) -> None:
         """Mark the shards ``paths`` done (read to their end) with one save of the state."""
-        for p in paths:
-            self.state.ack(p, self.state.data["shards"][p]["rows"], 0, [], True)
-        self._maybe_save(force=True)
+        with self._lock:
+            for p in paths:
+                self.state.ack(p, self.state.data["shards"][p]["rows"], 0, [], True)
+            self._seq += 1
+        self._save()
 
     def summary(self) -> dict[str, Any]:
         st = self.state
-        return {"rows_acked": st.rows_acked(), "rows_total": st.rows_total(),
-                "rows_written": sum(int(s["good"]) for s in st.data["shards"].values()),
-                "errors": st.errors(), "resumed": st.resumed}
+        with self._lock:
+            return {"rows_acked": st.rows_acked(), "rows_total": st.rows_total(),
+                    "rows_written": sum(int(s["good"]) for s in st.data["shards"].values()),
+                    "errors": st.errors(), "resumed": st.resumed}
 
     def flush(self) -> None:
-        self._maybe_save(force=True)
+        """Write any unsaved acknowledgements now and stop the saver thread."""
+        self._stop.set()
+        self._save()
 
 
 class _SinkActor:
@@ -342,7 +373,10 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
                 ray.get(sink_actor.call.remote("close"))
             finally:
                 ray.kill(sink_actor)
-        ray.kill(tracker)
+        try:  # the acks the saver has not written yet (a no-op after the flush above)
+            ray.get(tracker.flush.remote())
+        finally:
+            ray.kill(tracker)
     return {"rows_total": sm["rows_total"], "rows_acked": sm["rows_acked"],
             "rows_written": sm["rows_written"], "errors": sm["errors"], "elapsed_s": el,
             "cpu_s": cpu_s,
