@@ -1094,7 +1094,8 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
         db.import_sst(collection, dim=man["dim"], metric=man["metric"], index=kind,
                       params=man["params"], tenants=man["tenants"],
                       sst={f: man["sst"][f] for f in FAMILIES if man["sst"].get(f)},
-                      adopt=adopt, expected_rows=man["rows"], keep_open=False)
+                      adopt=adopt, expected_rows=man["rows"], keep_open=False,
+                      maps=man.get("maps") or None)
         size = folder_bytes(os.path.join(db.path, "collections", collection))
     finally:
         db.close()
@@ -1108,44 +1109,69 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
 
 def spann_adopter(man: dict[str, Any], bulk_dir: str, phases: dict[str, int] | None = None):
     """The ``adopt`` hook of ``Database.import_sst`` for a bulk build: a ``SPANNIndex`` over
-    the ingested postings (heads and lists are read from the store by SPANN's own loader), with
-    every imported slot live at version 1 and the tenant bitmaps of the engine's maps.
+    the ingested postings (heads and lists are read from the store by SPANN's own loader, the
+    head graph from the build's file), with every imported slot live at version 1 and the
+    tenant bitmaps of the engine's maps. Everything per slot is built once, in its final form,
+    chunk by chunk from the engine's slot owners: no whole-N temporary.
     ``phases``: gets the peak RSS before the hook (SST ingest + maps scan) and during it, and the
     RSS after each."""
     def build(store, st):
+        from collections.abc import Iterator
+
+        from vecdb.engine.state import CHUNK
         from vecdb.index.acl import AccessLists
-        from vecdb.index.spann import SPANNIndex
+        from vecdb.index.spann import _VCHUNK, SPANNIndex
         from vecdb.storage import WriteBatch
 
-        cap = max(1024, int(man["slots"]))
-        live = np.flatnonzero(st.slot_owner[: st.high] >= 0).astype(np.int64, copy=False)
-        acl = AccessLists(cap)  # built in chunks here and handed to the index as it is (below)
-        for s in range(0, len(live), 1 << 20):
-            part = live[s:s + (1 << 20)]
-            acl.add_csr(part, *st.acl_csr(part))
-        ver = np.zeros(cap, dtype=np.uint8)
-        ver[live] = 1
-        b = WriteBatch()  # durable versions (SPANN reads them back over the checkpoint's)
-        for c in range(0, (int(man["slots"]) + 4095) // 4096):
-            b.put("postings", b"V" + int(c).to_bytes(8, "big"),
-                  ver[c * 4096:(c + 1) * 4096].tobytes().ljust(4096, b"\0"))
-        store.write(b)
+        high = st.high
+        cap = 1024  # SPANN's slot capacity: a power of two, as its own growth makes it
+        while cap < max(high, int(man["slots"])):
+            cap *= 2
+        own = st.slot_owner
+
+        def live() -> Iterator[np.ndarray]:
+            for a in range(0, high, CHUNK):
+                yield np.flatnonzero(own[a:min(high, a + CHUNK)] >= 0) + a
+
+        # the index's ACL owner array, filled from the engine's (one tenant per slot, or -2
+        # with the slot's list in multi when it has grants), then taken over by the lists
+        wide = bool(len(st.owned)) and max(st.owned) > np.iinfo(np.int16).max
+        acl_own = np.full(cap, -1, dtype=np.int32 if wide else np.int16)
+        for a in range(0, high, CHUNK):
+            acl_own[a:min(high, a + CHUNK)] = own[a:min(high, a + CHUNK)]
+        ms = np.array(sorted(st.grants), dtype=np.int64)
+        lists = [sorted({int(own[x]), *st.grants[x]}) for x in ms.tolist()]
+        ms = ms[[len(x) > 1 for x in lists]] if len(ms) else ms
+        lists = [x for x in lists if len(x) > 1]
+        acl_own[ms] = -2
+        indptr = np.zeros(len(ms) + 1, dtype=np.int64)
+        np.cumsum([len(x) for x in lists], out=indptr[1:])
+        acl = AccessLists.from_owner(acl_own, ms, indptr,
+                                     np.array([t for x in lists for t in x], dtype=np.int32),
+                                     cap)
+        del acl_own
+        # durable versions (SPANN reads them back over the checkpoint's): 1 for live slots,
+        # written a few MB at a time
+        per = CHUNK // _VCHUNK
+        for c0 in range(0, (high + _VCHUNK - 1) // _VCHUNK, per):
+            b = WriteBatch()
+            for c in range(c0, min(c0 + per, (high + _VCHUNK - 1) // _VCHUNK)):
+                chunk = np.zeros(_VCHUNK, dtype=np.uint8)
+                o = own[c * _VCHUNK:min(high, (c + 1) * _VCHUNK)]
+                chunk[: len(o)] = o >= 0
+                b.put("postings", b"V" + int(c).to_bytes(8, "big"), chunk.tobytes())
+            store.write(b)
         meta = {"kind": "spann", "dim": man["dim"], "metric": man["metric"],
                 "config": man["config"], "capacity": cap,
                 "head_kind": head_kind(man["config"], man["heads"])}
-        # no ACL arrays: converting the lists to their checkpoint arrays and back would cost
-        # ~80 B per vector at the peak; the lists built above are set on the index instead
-        arrays = {"live": live, "ver": ver, **AccessLists(0).to_arrays()}
+        arrays: dict[str, Any] = {}
         sizes = os.path.join(bulk_dir, "list_sizes.npy")
         if os.path.exists(sizes):  # SPANN then reads no posting list to learn its size
             arrays["list_sizes"] = np.load(sizes)
             arrays["list_ids"] = np.load(os.path.join(bulk_dir, "list_ids.npy"))
-        if man.get("head_graph"):  # the graph the map tasks searched
-            arrays["head_graph"] = np.fromfile(os.path.join(bulk_dir, man["head_graph"]),
-                                               dtype=np.uint8)
-        idx = SPANNIndex._from_state(meta, arrays, store)
-        idx._acl = acl
-        return idx
+        if man.get("head_graph"):  # the graph the map tasks searched, loaded from its file
+            arrays["head_graph"] = os.path.join(bulk_dir, man["head_graph"])
+        return SPANNIndex._from_state(meta, arrays, store, live=live(), acl=acl)
 
     def adopt(store, st):
         if phases is None:
