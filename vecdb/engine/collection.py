@@ -299,9 +299,21 @@ class Collection:
         st, idx, absent = self._state, self._index, self._absent
         if op == "upsert":
             slots = a["slots"].astype(np.int64)
+            held = None
+            if vectors is None:  # replay: the slots the index holds before this record
+                held = slots[st.slot_owner[np.minimum(slots, st.high - 1)] >= 0] \
+                    if st.high else slots[:0]
+                held = held[held < st.high]
             st.apply_upsert(slots, a["ids"], int(meta["owner"]))
             if vectors is None:  # replay
                 ok, vectors = self._replay_vectors(slots, a["ids"])
+                # a slot this record replaced whose vector is gone from the store (deleted or
+                # reused later): the index's copy (from the checkpoint) is stale, so it goes;
+                # the later delete skips absent slots and would leave it searchable
+                stale = np.setdiff1d(np.intersect1d(slots[~ok], held),
+                                     np.fromiter(absent, dtype=np.int64, count=len(absent)))
+                if len(stale):
+                    idx.remove(stale)
                 absent.update(slots[~ok].tolist())
                 absent.difference_update(slots[ok].tolist())
                 slots = slots[ok]
