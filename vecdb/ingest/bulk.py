@@ -1055,8 +1055,11 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
     data folder ``data`` (its lock is taken: a running server makes this FailedPrecondition).
 
     The engine does the work (``Database.import_sst``): all or nothing, assembled in a temporary
-    folder (SST files moved in by ``ingest_external_file``, maps rebuilt from the ``vectors`` and
-    ``acl`` families, a checkpoint written, reopened and counted) and renamed into place. The
+    folder (SST files moved in by ``ingest_external_file``, the engine maps built from the map
+    tasks' (slot, id, owner) files, checked against the ``vectors`` family, or without them
+    (older builds) from that family, grants from ``acl``; a checkpoint written, reopened and
+    counted) and renamed into place. Every per-slot structure is built once, chunk by chunk:
+    the driver holds the collection's index state plus bounded chunks. The
     SPANN index is adopted, not rebuilt: its postings and heads are already in the files, and
     the head graph the map tasks searched becomes the collection's saved head graph. A Curator
     build (``manifest["kind"] == "curator"``, ``bulk_curator.bulk_build_curator``) is adopted
