@@ -136,9 +136,9 @@ def stream_result(r: dict, el: float, io: dict) -> dict:
             "vectors_per_s": r["rows_written"] / el, "errors": len(r["errors"]),
             "cpu_seconds": r["cpu_s"], "vectors_per_cpu_s": r["rows_written"] / r["cpu_s"],
             "batches": len(sb),
-            "sink_batch_seconds": {"sum": float(sb.sum()), "min": float(sb.min(initial=0)),
-                                   "median": float(np.median(sb)) if len(sb) else 0.0,
-                                   "max": float(sb.max(initial=0))},
+            "sink_batch_seconds": {"sum": float(sb.sum()),
+                                   **({"min": float(sb.min()), "median": float(np.median(sb)),
+                                       "max": float(sb.max())} if len(sb) else {})},
             "sink_batch_seconds_each": [round(float(x), 4) for x in sb], **io}
 
 
