@@ -85,6 +85,20 @@ def current_rss() -> int:
         return 0
 
 
+def anon_rss() -> int:
+    """This process's anonymous (private, heap) RSS now in bytes: RSS without the file pages it
+    maps, which the page cache shares between processes and can drop (0 where /proc is
+    missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def reset_peak_rss() -> None:
     """Restart this process's peak-RSS count at its current RSS (Linux ``clear_refs`` 5), so a
     stage's or a task's peak is its own and not that of earlier work in the same (reused)
@@ -476,10 +490,14 @@ def train_heads(files: list[tuple[str, int]], n_total: int, cfg: dict[str, Any],
 
 # -- stage 2: map -------------------------------------------------------------------------------
 class _SstSink:
-    """A lazily opened ``SstFileWriter`` (a task that has no ACLs writes no ACL file)."""
+    """A lazily opened ``SstFileWriter`` (a task that has no ACLs writes no ACL file). With
+    ``family`` the file is written with that column family's options in the engine (no
+    compression for vectors/postings, whose float bytes do not compress: snappy only cost CPU;
+    bloom filters where the engine keeps them)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, family: str | None = None) -> None:
         self.path = path
+        self.family = family
         self.w = None
         self.n = 0
 
@@ -487,7 +505,13 @@ class _SstSink:
         if self.w is None:
             import rocksdict
 
-            self.w = rocksdict.SstFileWriter(options=rocksdict.Options(raw_mode=True))
+            if self.family is None:
+                opts = rocksdict.Options(raw_mode=True)
+            else:
+                from vecdb.storage.rocks import _cf_options
+
+                opts = _cf_options(self.family, None, False)
+            self.w = rocksdict.SstFileWriter(options=opts)
             self.w.open(self.path)
         w = self.w
         for k, v in zip(keys, values, strict=True):
@@ -602,7 +626,7 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
     t2 = time.perf_counter()
     split["read"] += t2 - t0
     slots = offsets[piece.shard] + b.rows
-    sst = {f: _SstSink(os.path.join(out, "sst", f"{f}-{tag}.sst"))
+    sst = {f: _SstSink(os.path.join(out, "sst", f"{f}-{tag}.sst"), f)
            for f in ("vectors", "acl", "payload")}
     ids = write_engine_rows(sst, b, X, slots, tenant_ids, tenant, id_start)
     vec_path = os.path.join(out, "vecs", f"vec-{tag}.npy")
@@ -647,14 +671,75 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
 
 
 # -- stage 3: reduce ----------------------------------------------------------------------------
-def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray, dim: int,
-                 cap: int, vec_files: list[tuple[int, str]], out: str,
+class _Mapped:
+    """The run and vector files one reduce task reads, memory-mapped once for all its ranges (a
+    range used to re-open and re-map every file: 2 x 520 ``np.load`` per range at 10M, and every
+    page it touched faulted again). At most ``limit`` files stay mapped (each holds a file
+    descriptor); past that the oldest half are dropped and re-opened on demand."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        if limit is None:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            limit = 4096 if soft == resource.RLIM_INFINITY else max(64, min(4096, soft // 4))
+        self.limit = limit
+        self.files: dict[str, np.ndarray] = {}
+
+    def __call__(self, path: str) -> np.ndarray:
+        a = self.files.get(path)
+        if a is None:
+            if len(self.files) >= self.limit:
+                for k in list(self.files)[: self.limit // 2]:
+                    del self.files[k]
+            a = self.files[path] = np.load(path, mmap_mode="r")
+        return a
+
+
+def _reduce_task(ranges: list[tuple[int, int, int]], runs: list[str], heads: np.ndarray,
+                 dim: int, cap: int, vec_files: list[tuple[int, str]], out: str,
                  split: dict[int, tuple[int, int]] | None = None,
-                 balance: float = 1.0, seed: int = 0, limit: int = 0) -> dict[str, Any]:
+                 balance: float = 1.0, seed: int = 0, limit: int = 0) -> list[dict[str, Any]]:
+    """Consecutive list-id ranges ``(lo, hi, number)`` one after another (each bounded by the
+    memory budget; ``heads`` = the heads of lists [first lo, last hi)), the run and vector files
+    mapped once for all of them (``_Mapped``), each run read from a cursor that only moves
+    forward (runs are sorted by list id). Returns ``_reduce_range``'s result per range."""
+    reset_peak_rss()
+    files = _Mapped()
+    cursor = [-1] * len(runs)
+    base = ranges[0][0] if ranges else 0
+    out_l = []
+    for lo, hi, task in ranges:
+        out_l.append(_reduce_range(lo, hi, task, runs, heads[lo - base:hi - base], dim, cap,
+                                   vec_files, out, files, cursor,
+                                   {h: v for h, v in (split or {}).items() if lo <= h < hi},
+                                   balance, seed, limit))
+    return out_l
+
+
+def _slice_run(files: _Mapped, path: str, cursor: list[int], r: int, lo: int,
+               hi: int) -> np.ndarray | None:
+    """Run ``r``'s records of lists [lo, hi) (a copy), found by binary search on the mapped list
+    ids from the run's cursor (``np.searchsorted`` on the strided field of a read-only map copies
+    the whole column first: O(run) per range, O(ranges x assignments) per stage)."""
+    import bisect
+
+    a = files(path)
+    lid = a["lid"]
+    i = cursor[r]
+    if i < 0:
+        i = bisect.bisect_left(lid, lo)
+    j = bisect.bisect_left(lid, hi, i)
+    cursor[r] = j
+    return np.array(a[i:j]) if j > i else None
+
+
+def _reduce_range(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray, dim: int,
+                  cap: int, vec_files: list[tuple[int, str]], out: str, files: _Mapped,
+                  cursor: list[int], split: dict[int, tuple[int, int]],
+                  balance: float, seed: int, limit: int) -> dict[str, Any]:
     """Lists [lo, hi): gather their assignments from every run, order each list (nearest-list
     records first, then by distance), keep at most ``cap`` records (a vector's nearest list
     always keeps it), gather the vectors from the map tasks' vector files, write the postings
-    SSTs (``b"H"`` head, ``b"P"`` packed records; one disjoint key range per task).
+    SSTs (``b"H"`` head, ``b"P"`` packed records; one disjoint key range per range ``task``).
 
     ``split``: list id -> (first new id, ids reserved) for lists whose nearest-list records
     alone overflow ``limit`` (= posting_limit; hub heads): such a list is replaced by lists of
@@ -665,17 +750,19 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
     from vecdb.index._spann_parts import balanced_kmeans, nearest_member, record_dtype
 
     t0 = time.perf_counter()
-    tm = {}
-    parts = []
-    for p in runs:
-        a = np.load(p, mmap_mode="r")
-        i, j = np.searchsorted(a["lid"], [lo, hi])
-        if j > i:
-            parts.append(np.array(a[i:j]))
-        del a
+    c0 = time.thread_time()
+    tm, tc = {}, {}
+
+    def lap(name: str, w: float, c: float) -> tuple[float, float]:
+        tm[name] = time.perf_counter() - w
+        tc[name] = time.thread_time() - c
+        return time.perf_counter(), time.thread_time()
+
+    parts = [p for r, path in enumerate(runs)
+             if (p := _slice_run(files, path, cursor, r, lo, hi)) is not None]
     cat = np.concatenate(parts) if parts else np.zeros(0, dtype=run_dtype())
     del parts
-    tm["load_runs"] = time.perf_counter() - t0
+    t1, c1 = lap("load_runs", t0, c0)
     cat = cat[np.lexsort((cat["d"], cat["sec"], cat["lid"]))]
     rows = len(cat)
     # the cap, vectorised: rank of each record inside its list vs max(primaries, cap)
@@ -689,8 +776,7 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
     dropped = rows - len(cat)
     size = np.bincount(cat["lid"].astype(np.int64) - lo, minlength=hi - lo)
     bounds = np.concatenate([[0], np.cumsum(size)])
-    tm["sort_cap"] = time.perf_counter() - t0 - tm["load_runs"]
-    t1 = time.perf_counter()
+    t1, c1 = lap("sort_cap", t1, c1)
     # vectors: gathered from the memory-mapped vector file of the map task that read each slot
     rec = np.zeros(len(cat), dtype=record_dtype(dim))
     rec["slot"] = cat["slot"]
@@ -705,12 +791,10 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
     cut = np.append(cut, len(sl))
     for t in np.flatnonzero(np.diff(cut)).tolist():
         a, b = int(cut[t]), int(cut[t + 1])
-        mm = np.load(vec_files[t][1], mmap_mode="r")
-        rec["vec"][by_slot[a:b]] = mm[sl[a:b] - offs[t]]
-        del mm
-    tm["gather"] = time.perf_counter() - t1
-    t1 = time.perf_counter()
-    split = split or {}
+        rec["vec"][by_slot[a:b]] = files(vec_files[t][1])[sl[a:b] - offs[t]]
+    del cat, by_slot, sl
+    anon = anon_rss()
+    t1, c1 = lap("gather", t1, c1)
     new_ids: list[int] = []
     new_vecs: list[np.ndarray] = []
     new_sizes: list[int] = []
@@ -718,6 +802,7 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
     for h in sorted(split):
         first, reserved = split[h]
         part = rec[int(bounds[h - lo]): int(bounds[h - lo + 1])]
+        whole = part.view(np.dtype((np.void, rec.itemsize)))
         V = np.ascontiguousarray(part["vec"])
         rng = np.random.default_rng((seed, h))
         # balanced k-means into ~cap-sized parts; a part still over cap is cut again (k-means
@@ -743,25 +828,23 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
             nk.append(b"H" + key)
             nv.append(head.tobytes())
             mk.append(b"P" + key)
-            mv.append(part[members].tobytes())
+            mv.append(whole[members].tobytes())  # whole records: pad bytes zero, not garbage
             new_ids.append(nid)
             new_vecs.append(head)
             new_sizes.append(len(members))
-    tm["hub_split"] = time.perf_counter() - t1
-    t1 = time.perf_counter()
-    buf = rec.tobytes()
-    del rec, cat
-    isz = record_dtype(dim).itemsize
-    hw = _SstSink(os.path.join(out, "sst", f"postings-H-{task:06d}.sst"))
-    pw = _SstSink(os.path.join(out, "sst", f"postings-P-{task:06d}.sst"))
-    files = []
+    t1, c1 = lap("hub_split", t1, c1)
+    hw = _SstSink(os.path.join(out, "sst", f"postings-H-{task:06d}.sst"), "postings")
+    pw = _SstSink(os.path.join(out, "sst", f"postings-P-{task:06d}.sst"), "postings")
+    written = []
     if nk:  # the parts of split lists: keys above every original id, ascending
-        hn = _SstSink(os.path.join(out, "sst", f"postings-HS-{task:06d}.sst"))
-        pn = _SstSink(os.path.join(out, "sst", f"postings-PS-{task:06d}.sst"))
+        hn = _SstSink(os.path.join(out, "sst", f"postings-HS-{task:06d}.sst"), "postings")
+        pn = _SstSink(os.path.join(out, "sst", f"postings-PS-{task:06d}.sst"), "postings")
         hn.put_many(nk, nv)
         pn.put_many(mk, mv)
-        files += [hn.finish(), pn.finish()]
+        written += [hn.finish(), pn.finish()]
         del nk, nv, mk, mv
+    # each list's records straight from the record array: one copy per list into the bytes the
+    # writer takes (was: the whole array to one bytes object, then a slice copy of it per list)
     hk, hv, pk, pv = [], [], [], []
     for h in range(lo, hi):
         if h in split:
@@ -770,23 +853,28 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
         hk.append(b"H" + key)
         hv.append(heads[h - lo].tobytes())
         pk.append(b"P" + key)
-        pv.append(buf[int(bounds[h - lo]) * isz: int(bounds[h - lo + 1]) * isz])
+        pv.append(rec[int(bounds[h - lo]): int(bounds[h - lo + 1])].tobytes())
         if len(pk) >= 4096:
+            anon = max(anon, anon_rss())
             hw.put_many(hk, hv)
             pw.put_many(pk, pv)
             hk, hv, pk, pv = [], [], [], []
     if pk:
+        anon = max(anon, anon_rss())
         hw.put_many(hk, hv)
         pw.put_many(pk, pv)
+    del rec
     sizes = size.astype(np.int64)
     sizes[[h - lo for h in split]] = -1  # replaced by their parts
-    return {"files": [f for f in (hw.finish(), pw.finish(), *files) if f],
-            "records": int(bounds[-1]), "lo": lo, "sizes": sizes,
-            "new_ids": np.array(new_ids, dtype=np.int64), "new_sizes": np.array(new_sizes),
-            "new_heads": np.array(new_vecs, dtype=np.float32).reshape(-1, dim),
-            "dropped": int(dropped), "rows": int(rows), "rss": _rss(),
-            "seconds": time.perf_counter() - t0,
-            "split": {**tm, "write_sst": time.perf_counter() - t1}}
+    res = {"files": [f for f in (hw.finish(), pw.finish(), *written) if f],
+           "records": int(bounds[-1]), "lo": lo, "sizes": sizes,
+           "new_ids": np.array(new_ids, dtype=np.int64), "new_sizes": np.array(new_sizes),
+           "new_heads": np.array(new_vecs, dtype=np.float32).reshape(-1, dim),
+           "dropped": int(dropped), "rows": int(rows), "rss": _rss(), "rss_anon": anon,
+           "seconds": time.perf_counter() - t0}
+    lap("write_sst", t1, c1)
+    res["split"], res["split_cpu"] = tm, tc
+    return res
 
 
 def _ranges(hist: np.ndarray, max_rows: int, min_ranges: int) -> list[tuple[int, int]]:
@@ -802,6 +890,19 @@ def _ranges(hist: np.ndarray, max_rows: int, min_ranges: int) -> list[tuple[int,
         acc += int(hist[h])
     out.append((lo, H))
     return out
+
+
+def _groups(hist: np.ndarray, ranges: list[tuple[int, int]], tasks: int
+            ) -> list[list[tuple[int, int, int]]]:
+    """``ranges`` numbered and cut into at most ``tasks`` runs of consecutive ranges with about
+    the same number of assignments each (one reduce task per run)."""
+    rows = np.array([int(hist[lo:hi].sum()) for lo, hi in ranges], dtype=np.int64)
+    ends = np.cumsum(rows)
+    tasks = max(1, min(tasks, len(ranges)))
+    cut = np.searchsorted(ends, ends[-1] * np.arange(1, tasks) / tasks, side="right")
+    cut = np.unique(np.concatenate([[0], cut, [len(ranges)]]))
+    numbered = [(lo, hi, i) for i, (lo, hi) in enumerate(ranges)]
+    return [numbered[a:b] for a, b in zip(cut[:-1], cut[1:], strict=True) if b > a]
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -970,18 +1071,20 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     # per assignment: the run slice, its sorted copy, the mask; the record and its bytes
     rowbytes = run_dtype().itemsize * 3 + 2 * (12 + 4 * dim)
     cap = max(1, int(fill * cfg["posting_limit"]))
-    ranges = _ranges(hist, max(1, memory_bytes // rowbytes),
-                     reduce_tasks or max(2, int(ray.available_resources().get("CPU", 2))))
+    ranges = _ranges(hist, max(1, memory_bytes // rowbytes), reduce_tasks or max(2, cpus))
     # hub lists: more nearest-list records than posting_limit -> split into ~cap-sized parts
     over = np.flatnonzero(prim > cfg["posting_limit"]) if split_hubs else np.zeros(0, np.int64)
     parts = 4 * (-(-prim[over] // cap)) + 4  # ids reserved per hub list (unused ones: gaps)
     first = len(heads) + np.cumsum(parts) - parts  # new ids, after every original id
     plan_all = {int(h): (int(f), int(k)) for h, f, k in zip(over, first, parts, strict=True)}
+    # consecutive ranges per task (each task maps the files once for all of its ranges)
+    groups = _groups(hist, ranges, reduce_tasks or 2 * cpus)
     red_t = ray.remote(num_cpus=1)(_reduce_task)
-    res = ray.get([red_t.remote(lo, hi, i, runs, heads[lo:hi], dim, cap, vec_files, out,
-                                {h: v for h, v in plan_all.items() if lo <= h < hi},
-                                cfg["balance"], cfg["seed"], cfg["posting_limit"])
-                   for i, (lo, hi) in enumerate(ranges)])
+    res = [r for g in ray.get([
+        red_t.remote(g, runs, heads[g[0][0]:g[-1][1]], dim, cap, vec_files, out,
+                     {h: v for h, v in plan_all.items() if g[0][0] <= h < g[-1][1]},
+                     cfg["balance"], cfg["seed"], cfg["posting_limit"])
+        for g in groups]) for r in g]
     sizes = np.zeros(len(heads), dtype=np.int64)  # records per list: SPANN's list sizes
     new_ids, new_sizes, new_heads = [], [], []
     for r in res:
@@ -1009,7 +1112,8 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
         g.add(np.ascontiguousarray(added), slots=added_ids)
         g.save(graph_path)
 
-    stages["reduce"] = {"seconds": time.perf_counter() - t0, "tasks": len(ranges),
+    stages["reduce"] = {"seconds": time.perf_counter() - t0, "tasks": len(groups),
+                        "ranges": len(ranges),
                         "cpu_seconds": cpu.cpu_between(c0, cpu.snapshot()),
                         "hub_lists_split": int(len(over)), "parts_made": int(len(added_ids)),
                         "graph_update_seconds": time.perf_counter() - t2,
@@ -1018,9 +1122,14 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                         "max_task_rows": max((r["rows"] for r in res), default=0),
                         "task_split": {k: sum(r["split"][k] for r in res)
                                        for k in (res[0]["split"] if res else {})},
-                        "worker_peak_rss": max((r["rss"] for r in res), default=0)}
+                        "task_split_cpu": {k: sum(r["split_cpu"][k] for r in res)
+                                           for k in (res[0]["split_cpu"] if res else {})},
+                        "worker_peak_rss": max((r["rss"] for r in res), default=0),
+                        # without the mapped run/vector file pages (shared page cache)
+                        "worker_peak_rss_anon": max((r["rss_anon"] for r in res), default=0)}
     stages["reduce"]["driver_peak_rss"] = _rss()
-    log(f"reduce: {stages['reduce']['records']} records in {len(ranges)} tasks "
+    log(f"reduce: {stages['reduce']['records']} records in {len(ranges)} ranges, "
+        f"{len(groups)} tasks "
         f"({stages['reduce']['seconds']:.1f}s)")
     shutil.rmtree(os.path.join(out, "runs"), ignore_errors=True)
     shutil.rmtree(os.path.join(out, "vecs"), ignore_errors=True)

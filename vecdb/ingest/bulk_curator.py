@@ -114,7 +114,8 @@ def _route_block(piece: Any, *, offsets: list[int], dim: int, metric: str,
     t2 = time.perf_counter()
     split["read"] += t2 - t0
     slots = (offsets[piece.shard] + b.rows).astype(np.int64)
-    sst = {f: _SstSink(os.path.join(out, "sst", f"{f}-{tag}.sst")) for f in ENGINE_FAMILIES}
+    sst = {f: _SstSink(os.path.join(out, "sst", f"{f}-{tag}.sst"), f)
+           for f in ENGINE_FAMILIES}
     ids = write_engine_rows(sst, b, X, slots, tenant_ids, tenant, id_start)
     vec_path = os.path.join(out, "parts", f"vec-{tag}.npy")
     vecs = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(hi - lo, dim))
