@@ -148,6 +148,39 @@ def build_head_graph(heads: np.ndarray, metric: str, cfg: dict[str, Any], path: 
     g.save(path)
 
 
+def _head_graph_task(heads_path: str, metric: str, cfg: dict[str, Any], path: str,
+                     threads: int) -> dict[str, Any]:
+    """``build_head_graph`` as a Ray task over the saved heads (memory-mapped)."""
+    t0 = time.perf_counter()
+    reset_peak_rss()
+    build_head_graph(np.load(heads_path, mmap_mode="r"), metric, cfg, path, threads)
+    return {"seconds": time.perf_counter() - t0, "rss": _rss()}
+
+
+def _head_groups_task(heads_path: str, code: int, size: int, probes: int, balance: float,
+                      seed: int, path: str) -> dict[str, Any]:
+    """``HeadGroups.build`` as a Ray task over the saved heads, saved to folder ``path``."""
+    t0 = time.perf_counter()
+    reset_peak_rss()
+    HeadGroups.build(np.load(heads_path, mmap_mode="r"), code, size, probes, balance,
+                     seed).save(path)
+    return {"seconds": time.perf_counter() - t0, "rss": _rss()}
+
+
+def _head_graph_update_task(path: str, removed: np.ndarray, added: np.ndarray,
+                            added_ids: np.ndarray) -> dict[str, Any]:
+    """The saved head graph without the split hub lists' heads and with their parts' heads
+    (the reduce's graph update, in a task: the driver never loads the graph)."""
+    from vecdb.index.hnsw import HNSWIndex
+
+    reset_peak_rss()
+    g = HNSWIndex.load(path)
+    g.remove(removed)
+    g.add(np.ascontiguousarray(added, dtype=np.float32), slots=added_ids)
+    g.save(path)
+    return {"rss": _rss()}
+
+
 def run_dtype() -> np.dtype:
     """One assignment in a run file: list id, not-nearest flag, distance, slot (no vector: the
     reduce gathers it from the task's vector file, so runs are 17 bytes per replica)."""
@@ -997,24 +1030,36 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     heads, train = train_heads(sample, n_good, cfg, sample_dir, head_vectors=head_vectors,
                                groups=4 * cpus, train_rows=train_rows)
     shutil.rmtree(sample_dir, ignore_errors=True)
+    heads_path = os.path.join(out, "heads.npy")
+    np.save(heads_path, heads)  # every later stage memory-maps it, the driver too
+    del heads
+    heads = np.load(heads_path, mmap_mode="r")
     t2 = time.perf_counter()
-    graph_path = None
+    # the head graph and the head groups: Ray tasks (in parallel) reading heads.npy, so their
+    # build transients (~1-2 KB per head) never sit in the driver
+    graph_path = groups_path = None
+    index_tasks = {}
     if head_kind(cfg, len(heads)) == "hnsw":
         graph_path = os.path.join(out, "heads.hnsw")
-        build_head_graph(heads, metric, cfg, graph_path, cpus)
+        index_tasks["graph"] = ray.remote(num_cpus=1)(_head_graph_task).remote(
+            heads_path, metric, cfg, graph_path, cpus)
+        if head_search == "groups":  # (a flat head set is scanned exactly)
+            groups_path = os.path.join(out, "heads.groups")
+            index_tasks["groups"] = ray.remote(num_cpus=1)(_head_groups_task).remote(
+                heads_path, metric_code(metric), group_size(len(heads), probes), probes,
+                cfg["balance"], cfg["seed"], groups_path)
+    index_res = {k: ray.get(v) for k, v in index_tasks.items()}
     t3 = time.perf_counter()
-    groups_path = None
-    if head_search == "groups" and graph_path is not None:  # a flat head set: exact scan
-        groups_path = os.path.join(out, "heads.groups.npz")
-        HeadGroups.build(heads, metric_code(metric), group_size(len(heads), probes), probes,
-                         cfg["balance"], cfg["seed"]).save(groups_path)
     c2 = cpu.snapshot()
     stages["sample"] = {"seconds": t1 - t0, "rows": n_sample, "files": len(sample),
                         "cpu_seconds": cpu.cpu_between(c0, c1),
                         "worker_peak_rss": sample_rss, "driver_peak_rss": sample_driver_rss}
     stages["heads"] = {"seconds": time.perf_counter() - t1, "heads": int(len(heads)),
-                       "cluster_seconds": t2 - t1, "graph_seconds": t3 - t2,
-                       "groups_seconds": time.perf_counter() - t3,
+                       "cluster_seconds": t2 - t1, "index_seconds": t3 - t2,
+                       "graph_seconds": index_res.get("graph", {}).get("seconds", 0.0),
+                       "groups_seconds": index_res.get("groups", {}).get("seconds", 0.0),
+                       "index_task_peak_rss": max((r["rss"] for r in index_res.values()),
+                                                  default=0),
                        "cpu_seconds": cpu.cpu_between(c1, c2),
                        "driver_peak_rss": _rss(), "heads_bytes": int(heads.nbytes), **train}
     reset_peak_rss()
@@ -1025,7 +1070,6 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     # (2) map: assign + vectors/acl/payload SSTs + runs
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
-    np.save(os.path.join(out, "heads.npy"), heads)  # the map tasks memory-map it
     todo = [s for s in shards if s.path not in failed]
     hist = np.zeros(len(heads), dtype=np.int64)
     prim = np.zeros(len(heads), dtype=np.int64)
@@ -1081,7 +1125,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     groups = _groups(hist, ranges, reduce_tasks or 2 * cpus)
     red_t = ray.remote(num_cpus=1)(_reduce_task)
     res = [r for g in ray.get([
-        red_t.remote(g, runs, heads[g[0][0]:g[-1][1]], dim, cap, vec_files, out,
+        red_t.remote(g, runs, np.array(heads[g[0][0]:g[-1][1]]), dim, cap, vec_files, out,
                      {h: v for h, v in plan_all.items() if g[0][0] <= h < g[-1][1]},
                      cfg["balance"], cfg["seed"], cfg["posting_limit"])
         for g in groups]) for r in g]
@@ -1104,13 +1148,9 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     t2 = time.perf_counter()
     if head_kind(cfg, n_heads) != "hnsw":
         graph_path = None
-    elif graph_path is not None and len(over):  # the head graph of the final heads
-        from vecdb.index.hnsw import HNSWIndex
-
-        g = HNSWIndex.load(graph_path)
-        g.remove(over.astype(np.int64))
-        g.add(np.ascontiguousarray(added), slots=added_ids)
-        g.save(graph_path)
+    elif graph_path is not None and len(over):  # the head graph of the final heads (a task)
+        ray.get(ray.remote(num_cpus=1)(_head_graph_update_task).remote(
+            graph_path, over.astype(np.int64), added, added_ids))
 
     stages["reduce"] = {"seconds": time.perf_counter() - t0, "tasks": len(groups),
                         "ranges": len(ranges),
@@ -1133,7 +1173,6 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
         f"({stages['reduce']['seconds']:.1f}s)")
     shutil.rmtree(os.path.join(out, "runs"), ignore_errors=True)
     shutil.rmtree(os.path.join(out, "vecs"), ignore_errors=True)
-    np.save(os.path.join(out, "heads.npy"), heads)
     manifest = {"format": 1, "kind": "spann", "dim": dim, "metric": metric, "params": params,
                 "config": cfg, "fill": fill, "cap": cap, "head_search": head_search,
                 "probes": probes, "head_vectors": head_vectors,
