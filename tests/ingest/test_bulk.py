@@ -434,3 +434,33 @@ def test_reduce_task_over_many_ranges_writes_what_one_task_per_range_writes(tmp_
     pads = raw.reshape(-1, record_dtype(dim).itemsize)[:, 9:12]
     assert not pads.any()  # split parts included: no uninitialised bytes on disk
     assert all(r["ver"].min() == 1 for r in recs)
+
+
+def test_duplicate_id_check_runs_in_id_ranges(ray_local, tmp_path):
+    """``save_ids`` files + ``check_unique_ids``: range tasks over every batch's file find a
+    repeat across batches or inside one batch whatever the number of ranges, name the smallest
+    repeated ids, and pass unique ids (every id checked exactly once)."""
+    from vecdb.ingest.bulk import check_unique_ids, save_ids
+
+    rng = np.random.default_rng(2)
+    ids = rng.permutation(np.arange(10**12, 10**12 + 50_000)).astype(np.uint64)
+    batches = np.array_split(ids, 7)
+    res = [save_ids(b, str(tmp_path), f"b{i}") for i, b in enumerate(batches)]
+    assert save_ids(None, str(tmp_path), "none") == {} and "ids_file" in res[0]
+    for tasks in (1, 3, 16):
+        info = check_unique_ids(res + [{}], tasks=tasks)
+        assert info["ids"] == 50_000 and info["tasks"] >= tasks
+    # memory budget: 50k ids x 24 B over 100 kB -> at least 12 ranges
+    assert check_unique_ids(res, memory_bytes=100_000, tasks=1)["tasks"] >= 12
+    # a repeat across batches (in a middle range) and one at the very top of the id space
+    dup = [int(batches[2][5]), int(ids.max())]
+    extra = save_ids(np.array(dup, np.uint64), str(tmp_path), "dup")
+    for tasks in (1, 4):
+        with pytest.raises(InvalidArgument, match="duplicate ids") as e:
+            check_unique_ids(res + [extra], tasks=tasks)
+        assert str(sorted(dup)) in str(e.value)
+    # a repeat inside one batch (its unique file alone would hide it)
+    inner = save_ids(np.array([7, 9, 7], np.uint64), str(tmp_path), "inner")
+    assert inner["ids_rows"] == 2 and inner["ids_dup"].tolist() == [7]
+    with pytest.raises(InvalidArgument, match=r"\[7\]"):
+        check_unique_ids(res + [inner])

@@ -592,15 +592,76 @@ def write_engine_rows(sst: dict[str, _SstSink], b: Any, X: np.ndarray, slots: np
     return b.ids
 
 
-def check_unique_ids(res: list[dict[str, Any]]) -> None:
-    """InvalidArgument if the map results' source ids (``r["ids"]``: each batch's unique ids
-    from the data; empty when ids are generated) repeat across batches or shards. Shared by
-    every bulk build; holds 8 B per source id (a known limit)."""
-    ids = np.concatenate([r["ids"] for r in res]) if res else np.zeros(0, np.uint64)
-    u, c = np.unique(ids, return_counts=True)
-    if (c > 1).any():
-        raise InvalidArgument(f"duplicate ids across shards (first: {u[c > 1][:5].tolist()}); "
-                              f"bulk build needs unique ids")
+ID_SAMPLE = 64  # ids per batch the driver keeps to cut the id space (check_unique_ids)
+
+
+def save_ids(ids: np.ndarray | None, folder: str, tag: str) -> dict[str, Any]:
+    """A map batch's part of the duplicate-id check (every bulk build): its sorted unique source
+    ids go to ``folder/ids-<tag>.npy`` (``check_unique_ids`` reads them back in id ranges); the
+    result carries the file, ``ID_SAMPLE`` evenly spaced ids (to cut the id space) and the ids
+    the batch itself repeats. Nothing when ids are generated (unique by construction)."""
+    if ids is None or not len(ids):
+        return {}
+    u, c = np.unique(np.asarray(ids, dtype=np.uint64), return_counts=True)
+    path = os.path.join(folder, f"ids-{tag}.npy")
+    np.save(path, u)
+    pick = np.linspace(0, len(u) - 1, min(len(u), ID_SAMPLE)).astype(np.int64)
+    return {"ids_file": path, "ids_rows": int(len(u)), "ids_sample": u[pick],
+            "ids_dup": u[c > 1][:5]}
+
+
+def _id_range_task(files: list[str], lo: int | None, hi: int | None) -> dict[str, Any]:
+    """The ids in [lo, hi) (None: unbounded) of every batch's sorted id file, found by binary
+    search on the memory-mapped files: the first repeated ones and how many repeat."""
+    reset_peak_rss()
+    parts = []
+    for f in files:
+        a = np.load(f, mmap_mode="r")
+        i = 0 if lo is None else int(np.searchsorted(a, np.uint64(lo)))
+        j = len(a) if hi is None else int(np.searchsorted(a, np.uint64(hi)))
+        if j > i:
+            parts.append(np.array(a[i:j]))
+        del a
+    x = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    del parts
+    x.sort()
+    rep = np.unique(x[1:][x[1:] == x[:-1]])
+    return {"dups": rep[:5], "n_dups": int(len(rep)), "rows": int(len(x)), "rss": _rss()}
+
+
+def check_unique_ids(res: list[dict[str, Any]], memory_bytes: int = 256 << 20,
+                     tasks: int | None = None) -> dict[str, Any]:
+    """InvalidArgument if the source ids of the map results (``save_ids``: each batch's sorted
+    unique ids in a file) repeat within a batch or across batches and shards. Shared by every
+    bulk build. Ray tasks each check one id range across all the files (range bounds from the
+    batches' id samples; at least ``tasks``, default the cluster's CPUs, and enough that a
+    range's ids fit ``memory_bytes``): the driver holds ``ID_SAMPLE`` ids per batch, not 8 B
+    per id. Returns what it did (tasks, ids, the tasks' peak RSS)."""
+    import ray
+
+    files = [r["ids_file"] for r in res if r.get("ids_file")]
+    info: dict[str, Any] = {"ids": sum(r.get("ids_rows", 0) for r in res), "tasks": 0,
+                            "worker_peak_rss": 0}
+    inside = [r["ids_dup"] for r in res if len(r.get("ids_dup", ()))]
+    dups = np.unique(np.concatenate(inside)) if inside else np.zeros(0, np.uint64)
+    if files and not len(dups):
+        # ~3 x 8 B per id in a task (the slices, their concatenation, the comparison)
+        k = max(tasks or int(ray.cluster_resources().get("CPU", 1)),
+                -(-info["ids"] * 24 // max(1, memory_bytes)))
+        sample = np.sort(np.concatenate([r["ids_sample"] for r in res if r.get("ids_file")]))
+        cuts = np.unique(sample[(np.arange(1, k) * len(sample)) // k]).tolist() if k > 1 else []
+        bounds = [None, *cuts, None]
+        t = ray.remote(num_cpus=1)(_id_range_task)
+        out = ray.get([t.remote(files, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:],
+                                                                  strict=True)])
+        info.update(tasks=len(out), worker_peak_rss=max(o["rss"] for o in out))
+        assert sum(o["rows"] for o in out) == info["ids"]  # the ranges cover every id once
+        found = [o["dups"] for o in out if o["n_dups"]]
+        dups = np.concatenate(found) if found else dups
+    if len(dups):
+        raise InvalidArgument(f"duplicate ids across shards (first: {np.sort(dups)[:5].tolist()})"
+                              f"; bulk build needs unique ids")
+    return info
 
 
 _HEADS: dict[tuple, tuple[np.ndarray, HeadSearch]] = {}
@@ -643,8 +704,7 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
     res: dict[str, Any] = {"shard": b.shard, "index": piece.shard, "good": len(b),
                            "errors": piece.errors, "runs": [], "sst": {}, "split": split,
                            "hist": (np.zeros(0, np.int32), np.zeros(0, np.int64)),
-                           "prim": (np.zeros(0, np.int32), np.zeros(0, np.int64)),
-                           "ids": np.zeros(0, np.uint64)}
+                           "prim": (np.zeros(0, np.int32), np.zeros(0, np.int64))}
     if piece.failed or not len(b):
         res.update(good=0, rss=_rss(), seconds=time.perf_counter() - t0)
         if piece.failed:
@@ -698,7 +758,7 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
                hist=np.unique(run["lid"], return_counts=True),
                prim=np.unique(run["lid"][run["sec"] == 0], return_counts=True),
                vec_file=vec_path, offset=int(offsets[piece.shard] + lo),
-               ids=np.zeros(0, np.uint64) if ids is None else np.unique(ids),
+               **save_ids(ids, os.path.join(out, "ids"), tag),
                rss=_rss(), seconds=time.perf_counter() - t0)
     return res
 
@@ -1001,7 +1061,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     cfg = _spann_config(dim, metric, params)
     if fill is None:  # the collection's own build cap (SPANN's build_fill, default 0.8)
         fill = float(cfg.get("build_fill", 0.8))
-    fresh_out(out, ("sst", "runs", "vecs", "sample"))
+    fresh_out(out, ("sst", "runs", "vecs", "sample", "ids"))
     init_ray(ray_address, num_cpus)
     stages: dict[str, dict[str, Any]] = {}
     total = sum(s.rows for s in shards)
@@ -1094,7 +1154,8 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
         rows += r["good"]
         for f, path in r["sst"].items():
             sst[f].append(path)
-    check_unique_ids(res)
+    ids_check = check_unique_ids(res, memory_bytes)
+    shutil.rmtree(os.path.join(out, "ids"), ignore_errors=True)
     split = {k: sum(r["split"][k] for r in res) for k in (res[0]["split"] if res else {})}
     vec_files = sorted((r["offset"], r["vec_file"]) for r in res if "vec_file" in r)
     stages["map"] = {"seconds": time.perf_counter() - t0, "rows": rows,
@@ -1102,7 +1163,8 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                      "assignments": int(hist.sum()), "tasks": len(todo), "batches": len(res),
                      "task_seconds": sum(r["seconds"] for r in res), "task_split": split,
                      "worker_peak_rss": max((r["rss"] for r in res), default=0),
-                     "ray_data": {"operators": rd["operators"], "fused": rd["fused"]}}
+                     "ray_data": {"operators": rd["operators"], "fused": rd["fused"]},
+                     "id_check": ids_check}
     log(f"map: {rows} rows -> {int(hist.sum())} assignments in {len(runs)} runs "
         f"({stages['map']['seconds']:.1f}s)")
     del res
