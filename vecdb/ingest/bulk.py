@@ -99,6 +99,23 @@ def anon_rss() -> int:
     return 0
 
 
+def memory_now() -> dict[str, int]:
+    """This process's memory now, bytes (``/proc/self/smaps_rollup``; {} where missing): ``rss``,
+    ``pss`` (shared pages divided among the processes mapping them), ``uss`` (pages no other
+    process maps), ``anon`` (heap: what a task really adds to a machine; file pages are the
+    page cache's, one copy for all its processes) and ``shared`` (mapped by others too)."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            kb = {k: int(v.split()[0]) for k, v in
+                  (line.split(":", 1) for line in f if ":" in line and line[0].isupper())}
+    except (OSError, ValueError):
+        return {}
+    return {"rss": kb.get("Rss", 0) << 10, "pss": kb.get("Pss", 0) << 10,
+            "uss": (kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)) << 10,
+            "anon": kb.get("Anonymous", 0) << 10,
+            "shared": (kb.get("Shared_Clean", 0) + kb.get("Shared_Dirty", 0)) << 10}
+
+
 def reset_peak_rss() -> None:
     """Restart this process's peak-RSS count at its current RSS (Linux ``clear_refs`` 5), so a
     stage's or a task's peak is its own and not that of earlier work in the same (reused)
@@ -742,6 +759,7 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
                             keep.view(np.uint8))
     t5 = time.perf_counter()
     split["rng"] += t5 - t4
+    mem = memory_now()  # with the batch's search buffers, candidates and heads in use
     pts, cols = np.nonzero(keep)
     lid = cand[pts, cols].astype(np.int32)
     order = np.argsort(lid, kind="stable")
@@ -759,7 +777,7 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
                prim=np.unique(run["lid"][run["sec"] == 0], return_counts=True),
                vec_file=vec_path, offset=int(offsets[piece.shard] + lo),
                **save_ids(ids, os.path.join(out, "ids"), tag),
-               rss=_rss(), seconds=time.perf_counter() - t0)
+               rss=_rss(), mem=mem, seconds=time.perf_counter() - t0)
     return res
 
 
@@ -1163,6 +1181,10 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                      "assignments": int(hist.sum()), "tasks": len(todo), "batches": len(res),
                      "task_seconds": sum(r["seconds"] for r in res), "task_split": split,
                      "worker_peak_rss": max((r["rss"] for r in res), default=0),
+                     # each batch's worker memory after its search: largest per field
+                     "worker_memory": {k: max(r["mem"].get(k, 0) for r in res if "mem" in r)
+                                       for k in ("rss", "pss", "uss", "anon", "shared")}
+                     if any("mem" in r for r in res) else {},
                      "ray_data": {"operators": rd["operators"], "fused": rd["fused"]},
                      "id_check": ids_check}
     log(f"map: {rows} rows -> {int(hist.sum())} assignments in {len(runs)} runs "
