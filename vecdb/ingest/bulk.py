@@ -804,6 +804,16 @@ class _Mapped:
             a = self.files[path] = np.load(path, mmap_mode="r")
         return a
 
+    def release(self) -> None:
+        """Unmap the pages touched so far (the files stay open and mapped): a range's reads
+        must not count in the next one's RSS; they stay in the page cache."""
+        import mmap
+
+        for a in self.files.values():
+            m = getattr(a, "_mmap", None)
+            if m is not None and hasattr(m, "madvise"):
+                m.madvise(mmap.MADV_DONTNEED)
+
 
 def _reduce_task(ranges: list[tuple[int, int, int]], runs: list[str], heads: np.ndarray,
                  dim: int, cap: int, vec_files: list[tuple[int, str]], out: str,
@@ -823,6 +833,7 @@ def _reduce_task(ranges: list[tuple[int, int, int]], runs: list[str], heads: np.
                                    vec_files, out, files, cursor,
                                    {h: v for h, v in (split or {}).items() if lo <= h < hi},
                                    balance, seed, limit))
+        files.release()
     return out_l
 
 
