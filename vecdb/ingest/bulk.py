@@ -804,12 +804,13 @@ class _Mapped:
             a = self.files[path] = np.load(path, mmap_mode="r")
         return a
 
-    def release(self) -> None:
-        """Unmap the pages touched so far (the files stay open and mapped): a range's reads
-        must not count in the next one's RSS; they stay in the page cache."""
+    def release(self, path: str | None = None) -> None:
+        """Unmap the pages touched so far in file ``path`` (default: every file; the files stay
+        open and mapped, the pages stay in the page cache), so the task's RSS counts one
+        file's reads at a time, not every page a range touched in every file."""
         import mmap
 
-        for a in self.files.values():
+        for a in (self.files.values() if path is None else [self.files.get(path)]):
             m = getattr(a, "_mmap", None)
             if m is not None and hasattr(m, "madvise"):
                 m.madvise(mmap.MADV_DONTNEED)
@@ -914,6 +915,7 @@ def _reduce_range(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarra
     for t in np.flatnonzero(np.diff(cut)).tolist():
         a, b = int(cut[t]), int(cut[t + 1])
         rec["vec"][by_slot[a:b]] = files(vec_files[t][1])[sl[a:b] - offs[t]]
+        files.release(vec_files[t][1])
     del cat, by_slot, sl
     anon = anon_rss()
     t1, c1 = lap("gather", t1, c1)
