@@ -146,3 +146,40 @@ def test_online_through_grpc_server(ray_local, shards, tmp_path):
         got = col.get(np.arange(0, len(X), 499), tenant="t")
         assert np.array_equal(got.vectors, X[::499])
         c.close()
+
+
+def test_online_from_a_file_uri_glob(ray_local, shards, tmp_path, monkeypatch):
+    """A ``file://`` glob source (pyarrow's filesystem, ranged reads in the Ray workers): every
+    row once; with no state_path the state goes to the working folder, not into the URI."""
+    src, X = shards
+    monkeypatch.chdir(tmp_path)
+    r = run_online(f"file://{src}/s*.npy", "c", data=str(tmp_path / "db"), tenant="t",
+                   workers=2, batch_rows=400, create={"dim": DIM}, progress=False)
+    assert r["rows_acked"] == len(X) and not r["errors"]
+    assert r["state_path"] == os.path.join(str(tmp_path), "c.ingest-state.json")
+    assert all(p.startswith("file://") for p in json.load(open(r["state_path"]))["shards"])
+    check_exactly_once(tmp_path / "db", X)
+
+
+def test_tracker_acks_do_not_wait_for_the_state_file(tmp_path):
+    """A batch's ack updates the state in memory only (the saver thread writes it later, so a
+    worker never waits on an fsync); a finished shard and flush() are written before they
+    return."""
+    from vecdb.ingest.online import _Tracker
+    from vecdb.ingest.sources import Shard
+
+    path = str(tmp_path / "st.json")
+    shards = [Shard("/x/a.npy", "npy", 100, 0, 4), Shard("/x/b.npy", "npy", 50, 100, 4)]
+
+    def on_disk():
+        return {k: (v["acked"], v["done"]) for k, v in json.load(open(path))["shards"].items()}
+    t = _Tracker(path, shards, {"job": 1}, [], save_every_s=3600)
+    t.ack("/x/a.npy", 40, 40, [])
+    assert t.states(["/x/a.npy"]) == [(40, False)]
+    assert on_disk()["/x/a.npy"] == (0, False)  # not written yet
+    t.ack("/x/b.npy", 50, 50, [], done=True)
+    assert on_disk() == {"/x/a.npy": (40, False), "/x/b.npy": (50, True)}
+    t.ack("/x/a.npy", 70, 30, [])
+    t.flush()
+    assert on_disk()["/x/a.npy"] == (70, False)
+    assert t.summary()["rows_acked"] == 120

@@ -163,3 +163,104 @@ def test_job_state_atomic_resume_and_fingerprint(data):
     prog.update(40, force=True)
     s = json.loads((tmp / "status.json").read_text())
     assert s["rows_done"] == 40 and s["rows_total"] == 100 and s["rows_per_s"] > 0
+
+
+# -- URI sources: pyarrow filesystems (file://) and fsspec (memory://); no network ------------
+def _parquet(path_or_file, X, ids):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), X.shape[1])
+    pq.write_table(pa.table({"vector": vec, "id": pa.array(ids, pa.int64())}), path_or_file,
+                   row_group_size=13)
+
+
+def test_file_uri_folder_glob_and_formats_match_local_paths(data):
+    """``file://`` URIs go through pyarrow's filesystem (ranged reads, no memmap) and read the
+    same rows, errors and row numbers as the local paths."""
+    tmp, X = data
+    (tmp / "sub").mkdir()
+    np.save(tmp / "a.npy", X[:20])
+    write_vecs(tmp / "sub" / "b.fvecs", X[20:35])
+    _parquet(str(tmp / "c.parquet"), X[35:], np.arange(35, 50))
+    bad = X[:9].copy()
+    bad[4, 1] = np.inf
+    np.save(tmp / "d.npy", bad)
+    base = f"file://{tmp}"
+    assert discover(base) == [f"{base}/a.npy", f"{base}/c.parquet", f"{base}/d.npy"]
+    assert discover(f"{base}/**.fvecs") == [f"{base}/sub/b.fvecs"]
+    assert discover(f"{base}/*.npy") == [f"{base}/a.npy", f"{base}/d.npy"]
+    uris = discover([f"{base}/a.npy", f"{base}/sub/*", f"{base}/c.parquet", f"{base}/d.npy"])
+    local = discover([str(tmp / "a.npy"), str(tmp / "sub"), str(tmp / "c.parquet"),
+                      str(tmp / "d.npy")])
+    (su, rej_u), (sl, rej_l) = plan(uris), plan(local)
+    assert not rej_u and not rej_l
+    assert [(s.kind, s.rows, s.offset, s.dim) for s in su] == \
+        [(s.kind, s.rows, s.offset, s.dim) for s in sl]
+    for a, b in zip(su, sl, strict=True):
+        _, Xa, ra, ea = read_all(a, 8, batch=6, start=2)
+        _, Xb, rb, eb = read_all(b, 8, batch=6, start=2)
+        assert np.array_equal(Xa, Xb) and np.array_equal(ra, rb)
+        assert [(e["row"], e["error"]) for e in ea] == [(e["row"], e["error"]) for e in eb]
+    assert [e["row"] for e in read_all(su[3], 8)[3]] == [4]
+    assert read_all(su[3], 8)[3][0]["file"] == f"{base}/d.npy"  # errors name the URI
+
+
+def test_fsspec_memory_filesystem_with_glob_and_bad_shards(data):
+    """A protocol pyarrow does not know (``memory://``) is opened through fsspec; the glob is
+    matched on its listing; a truncated or wrong-dim shard is reported with its URI, the others
+    are read."""
+    import io
+
+    fsspec = pytest.importorskip("fsspec")
+    _, X = data
+    fs = fsspec.filesystem("memory")
+    root = f"/vecdb-test-{os.getpid()}"
+
+    def put(name, arr):
+        b = io.BytesIO()
+        np.save(b, arr)
+        with fs.open(f"{root}/{name}", "wb") as f:
+            f.write(b.getvalue())
+    try:
+        put("p/a.npy", X[:30])
+        put("p/b.npy", X[30:, :5])  # wrong dim
+        b = io.BytesIO()
+        np.save(b, X[:10])
+        with fs.open(f"{root}/p/c.npy", "wb") as f:
+            f.write(b.getvalue()[:-40])  # truncated: 10 rows promised, 8 complete
+        with fs.open(f"{root}/p/d.parquet", "wb") as f:
+            _parquet(f, X[:12], np.arange(100, 112))
+        fs.pipe(f"{root}/p/notes.txt", b"not a shard")
+        files = discover(f"memory://{root}/p/*")
+        assert [f.rsplit("/", 1)[1] for f in files] == ["a.npy", "b.npy", "c.npy", "d.parquet"]
+        shards, rejected = plan(files)
+        assert not rejected
+        _, Xa, _, ea = read_all(shards[0], 8)
+        assert np.array_equal(Xa, X[:30]) and not ea
+        with pytest.raises(ShardError, match="b.npy.*dimension 5"):
+            read_all(shards[1], 8)
+        _, Xc, rc, ec = read_all(shards[2], 8)
+        assert np.array_equal(Xc, X[:8]) and rc.tolist() == list(range(8))
+        assert [(e["file"], e["row"]) for e in ec] == [(files[2], 8)]
+        bs, Xd, _, _ = read_all(shards[3], 8, batch=5, start=3)
+        assert np.array_equal(Xd, X[3:12])
+        assert np.concatenate([b.ids for b in bs]).tolist() == list(range(103, 112))
+    finally:
+        fs.rm(root, recursive=True)
+
+
+def test_uri_errors_are_clear(tmp_path):
+    """A missing object is a rejected shard naming its URI (the job goes on); a missing folder
+    or an empty glob, and a scheme nothing can open, are InvalidArgument naming the source."""
+    np.save(tmp_path / "a.npy", np.zeros((3, 4), np.float32))
+    base = f"file://{tmp_path}"
+    shards, rejected = plan([f"{base}/a.npy", f"{base}/gone.npy"])
+    assert [s.path for s in shards] == [f"{base}/a.npy"]
+    assert rejected[0]["file"] == f"{base}/gone.npy" and "gone.npy" in rejected[0]["error"]
+    with pytest.raises(InvalidArgument, match="no such file, folder or object prefix"):
+        discover(f"{base}/missing-folder")
+    with pytest.raises(InvalidArgument, match="no matching"):
+        discover(f"{base}/*.fvecs")
+    with pytest.raises(InvalidArgument, match="nosuchscheme"):
+        discover("nosuchscheme://bucket/x.npy")

@@ -146,10 +146,11 @@ class Database:
     def import_sst(self, name: str, *, dim: int, metric: str = "l2", index: str = "flat",
                    params: dict[str, Any] | None = None, tenants: Sequence[str] = (),
                    sst: dict[str, Sequence[str]], adopt: Callable | None = None,
-                   expected_rows: int | None = None, keep_open: bool = True
-                   ) -> Collection | None:
+                   expected_rows: int | None = None, keep_open: bool = True,
+                   maps: Sequence[str] | None = None) -> Collection | None:
         """Create collection ``name`` from externally built SST files, all or nothing (the bulk
-        ingestion's import; see ``Collection.import_sst`` for the file layout and ``adopt``).
+        ingestion's import; see ``Collection.import_sst`` for the file layout, ``adopt`` and
+        ``maps``).
 
         Assembled in a temporary folder and renamed into place once it reopens from its
         checkpoint (and holds ``expected_rows`` vectors, if given); a failure or a crash leaves no
@@ -158,7 +159,7 @@ class Database:
         time (a caller that only imports, e.g. ``import_bulk``, saves its load time and RAM)."""
         def build(tmp: str) -> None:
             n = Collection.import_sst(tmp, name, dim, metric, index, params, self.options,
-                                      tenants, sst, adopt)
+                                      tenants, sst, adopt, maps)
             if expected_rows is not None and n != expected_rows:
                 raise FailedPrecondition(f"import of {name!r}: {n} vectors, expected "
                                          f"{expected_rows}")

@@ -22,9 +22,14 @@ no two mutations overlap. ``IdMap`` is memory-safe even without that (see its do
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 import numpy as np
 
 from vecdb._idmap import IdMap
+from vecdb.errors import InvalidArgument
+
+CHUNK = 1 << 20  # slots per step of the bulk loaders: their temporaries stay a few MB at any N
 
 
 class CollectionState:
@@ -53,8 +58,11 @@ class CollectionState:
         return self.id_slot.lookup(ids)
 
     def free_slots(self) -> np.ndarray:
-        """Free slots below ``high``, ascending (exact; for tests and introspection)."""
-        return np.flatnonzero(self.slot_owner[: self.high] < 0).astype(np.int64)
+        """Free slots below ``high``, ascending (exact; for tests and introspection). Found in
+        chunks: no whole-``high`` mask, only the free slots themselves."""
+        parts = [np.flatnonzero(self.slot_owner[a : min(self.high, a + CHUNK)] < 0) + a
+                 for a in range(0, self.high, CHUNK)]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
     def memory_bytes(self) -> int:
         """Bytes held by the id map, the slot arrays and the free stack (grants not counted)."""
@@ -205,15 +213,19 @@ class CollectionState:
         self.owned.pop(tenant, None)
 
     # -- persistence ----------------------------------------------------------------------
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """Checkpoint arrays (copies: ``from_arrays`` takes its arrays over)."""
+    def to_arrays(self, copy: bool = True) -> dict[str, np.ndarray]:
+        """Checkpoint arrays. ``copy=True``: copies (``from_arrays`` takes its arrays over);
+        ``copy=False``: the slot arrays are views of the live state (no 12 B per slot copy), for
+        a caller that writes them out while no mutation can run (the collection's writer
+        mutex)."""
         gs = np.array(sorted(self.grants), dtype=np.int64)
         lists = [sorted(self.grants[s]) for s in gs.tolist()]
         indptr = np.zeros(len(gs) + 1, dtype=np.int64)
         indptr[1:] = np.cumsum([len(x) for x in lists])
+        sid, own = self.slot_id[: self.high], self.slot_owner[: self.high]
         return {
-            "slot_id": self.slot_id[: self.high].copy(),
-            "slot_owner": self.slot_owner[: self.high].copy(),
+            "slot_id": sid.copy() if copy else sid,
+            "slot_owner": own.copy() if copy else own,
             "grant_slots": gs,
             "grant_indptr": indptr,
             "grant_tenants": np.array([t for x in lists for t in x], dtype=np.int32),
@@ -224,7 +236,7 @@ class CollectionState:
         """Inverse of ``to_arrays``. The slot arrays are taken over, not copied (the caller must
         not use them afterwards; a copy only if their dtype differs or they are read-only), sized
         to ``high`` (the next growth doubles them): a reopen holds 12 B per slot once, not a
-        copy plus a power-of-two-sized one."""
+        copy plus a power-of-two-sized one. The id map is sized once and filled in chunks."""
         st = cls()
         sid = np.asarray(a["slot_id"]).astype(np.int64, copy=False)
         own = np.asarray(a["slot_owner"]).astype(np.int32, copy=False)
@@ -235,15 +247,74 @@ class CollectionState:
             st.slot_id[: len(sid)] = sid
             st.slot_owner[: len(sid)] = own
         st.high = len(sid)
-        live = np.flatnonzero(own >= 0)
-        st.id_slot = IdMap.from_arrays(sid[live], live)  # one pass over a table sized once
-        st._compact_free()
-        if len(live):
-            tenants, counts = np.unique(own[live], return_counts=True)
-            st.owned = dict(zip(tenants.tolist(), counts.tolist(), strict=True))
         ind, ten = a["grant_indptr"], a["grant_tenants"]
-        for i, s in enumerate(a["grant_slots"].tolist()):
-            for t in ten[ind[i] : ind[i + 1]].tolist():
-                st.grants.setdefault(s, set()).add(t)
-                st.granted.setdefault(t, set()).add(s)
+        st._index_slots({s: ten[ind[i] : ind[i + 1]].tolist()
+                         for i, s in enumerate(a["grant_slots"].tolist())})
         return st
+
+    @classmethod
+    def from_rows(cls, high: int, rows: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                  grants: Mapping[int, Iterable[int]] | None = None,
+                  expected: int | None = None) -> CollectionState:
+        """The state of a store whose live vectors are streamed as ``(slots, ids, owners)``
+        chunks (an import or a rebuild from the ``vectors`` family), each slot below ``high``.
+        The slot arrays are allocated once at ``high`` and the id map once for ``expected`` ids
+        (default ``high``): no growth copies, only the chunk in hand is temporary. ``grants``:
+        slot -> tenants granted besides the owner. A slot given twice, a slot out of range or
+        an id on two slots -> ``InvalidArgument`` (the store is not a valid collection)."""
+        high = int(high)
+        st = cls()
+        if high > len(st.slot_id):
+            st.slot_id = np.full(high, -1, dtype=np.int64)
+            st.slot_owner = np.full(high, -1, dtype=np.int32)
+        st.high = high
+        st.id_slot = IdMap(high if expected is None else max(0, int(expected)))
+        for slots, ids, owners in rows:
+            slots = np.asarray(slots, dtype=np.int64)
+            if not len(slots):
+                continue
+            if int(slots.min()) < 0 or int(slots.max()) >= high:
+                raise InvalidArgument(f"slots out of range [0, {high}): "
+                                      f"{int(slots.min())}..{int(slots.max())}")
+            if (st.slot_owner[slots] >= 0).any() or not (
+                    (slots[1:] > slots[:-1]).all() or len(np.unique(slots)) == len(slots)):
+                raise InvalidArgument("a slot appears twice")
+            owners = np.asarray(owners, dtype=np.int32)
+            if int(owners.min()) < 0:
+                raise InvalidArgument(f"negative owner {int(owners.min())}")
+            ids = np.asarray(ids, dtype=np.uint64)
+            if st.id_slot.insert(ids, slots) != len(ids):
+                dup = ids[st.id_slot.lookup(ids) != slots]
+                raise InvalidArgument(f"ids on two slots each: {dup[:5].tolist()}")
+            st.slot_id[slots] = ids.astype(np.int64)
+            st.slot_owner[slots] = owners
+        st._index_slots({s: ts for s, ts in (grants or {}).items()
+                         if 0 <= s < high and st.slot_owner[s] >= 0}, idmap=False)
+        return st
+
+    def _index_slots(self, grants: Mapping[int, Iterable[int]], idmap: bool = True) -> None:
+        """After the slot arrays are set (``high`` too): the id map (``idmap``: sized once,
+        filled chunk by chunk), owner counts, the free stack and the grants."""
+        own, high = self.slot_owner, self.high
+        if idmap:
+            n = sum(int(np.count_nonzero(own[a : min(high, a + CHUNK)] >= 0))
+                    for a in range(0, high, CHUNK))
+            self.id_slot = IdMap(n)
+        counts = np.zeros(0, dtype=np.int64)
+        for a in range(0, high, CHUNK):
+            o = own[a : min(high, a + CHUNK)]
+            live = np.flatnonzero(o >= 0)
+            if idmap and len(live):
+                self.id_slot.insert(self.slot_id[a + live], a + live)
+            c = np.bincount(o[live]) if len(live) else counts[:0]
+            if len(c) > len(counts):
+                c[: len(counts)] += counts
+                counts = c
+            else:
+                counts[: len(c)] += c
+        self.owned = {t: c for t, c in enumerate(counts.tolist()) if c}
+        self._compact_free()
+        for s, ts in grants.items():
+            for t in ts:
+                self.grants.setdefault(int(s), set()).add(int(t))
+                self.granted.setdefault(int(t), set()).add(int(s))

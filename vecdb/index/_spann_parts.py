@@ -252,19 +252,27 @@ class HeadIndex:
         with self._lock:
             return np.array(sorted(self._row), dtype=np.int64)
 
-    def add(self, ids: np.ndarray, vecs: np.ndarray, graph: np.ndarray | None = None) -> None:
+    def add(self, ids: np.ndarray, vecs: np.ndarray,
+            graph: np.ndarray | str | None = None, take: bool = False) -> None:
         """Add heads ``ids`` with vectors ``vecs``. ``graph``: a saved head graph (``graph_bytes()``
-        of an index holding exactly these ids/vectors, or an ``HNSWIndex`` file's bytes as uint8)
-        loaded instead of built when the graph is empty and it matches (same count, same
-        vectors); otherwise ignored and the graph is built as usual (reopen/import skip a build
-        that takes minutes for a million heads)."""
+        of an index holding exactly these ids/vectors, an ``HNSWIndex`` file's bytes as uint8, or
+        the path of such a file) loaded instead of built when the graph is empty and it matches
+        (same count, same vectors); otherwise ignored and the graph is built as usual
+        (reopen/import skip a build that takes minutes for a million heads). ``take``: into an
+        empty index, ``vecs`` (float32, C-contiguous, writable, one row per id) becomes the head
+        matrix itself, not a copy (the caller must not use it afterwards)."""
         with self._lock:
             ids = np.asarray(ids, dtype=np.int64)
             need = self._n + max(0, len(ids) - len(self._free))
+            taken = (take and self._n == 0 and not self._free and len(ids) > len(self._rid)
+                     and isinstance(vecs, np.ndarray) and vecs.dtype == np.float32
+                     and vecs.shape == (len(ids), self.dim) and vecs.flags.c_contiguous
+                     and vecs.flags.writeable)
             if need > len(self._rid):  # grow once, to the exact size for a bulk add
                 cap = need if len(ids) > len(self._rid) else 2 * len(self._rid)
-                V = np.zeros((cap, self.dim), dtype=np.float32)
-                V[: self._n] = self._V[: self._n]
+                V = vecs if taken else np.zeros((cap, self.dim), dtype=np.float32)
+                if not taken:
+                    V[: self._n] = self._V[: self._n]
                 rid = np.full(cap, -1, dtype=np.int64)
                 rid[: self._n] = self._rid[: self._n]
                 self._V, self._rid = V, rid
@@ -283,7 +291,8 @@ class HeadIndex:
                 self._row_of[i] = r
                 self._rid[r] = i
                 rows.append(r)
-            self._V[rows] = vecs
+            if not taken:  # taken: row i is already vecs[i]
+                self._V[rows] = vecs
             if graph is not None and self._g is not None and len(self._g) == 0 and len(ids):
                 g = self._matching_graph(graph)
                 if g is not None:
@@ -382,14 +391,20 @@ class HeadIndex:
 
     def graph_bytes(self) -> np.ndarray | None:
         """The HNSW graph serialised (vecdb's index file format) as uint8, or None for flat."""
-        if self._g is None:
-            return None
         import tempfile
 
         with self._lock, tempfile.TemporaryDirectory() as d:
             p = os.path.join(d, "g")
-            self._g.save(p)
-            return np.fromfile(p, dtype=np.uint8)
+            return np.fromfile(p, dtype=np.uint8) if self.save_graph(p) else None
+
+    def save_graph(self, path: str) -> bool:
+        """Write the HNSW graph to ``path`` (vecdb's index file format: what ``add(graph=)``
+        takes); False (nothing written) for a flat head index."""
+        if self._g is None:
+            return False
+        with self._lock:
+            self._g.save(path)
+        return True
 
     def load_graph(self, raw: np.ndarray) -> bool:
         """Replace the graph by a saved one if it holds exactly the current heads."""
@@ -402,16 +417,21 @@ class HeadIndex:
             self._g = g
             return True
 
-    def _matching_graph(self, raw: np.ndarray):
-        """The ``HNSWIndex`` saved in ``raw`` if it holds exactly the current heads, else None."""
+    def _matching_graph(self, raw: np.ndarray | str | os.PathLike):
+        """The ``HNSWIndex`` saved in ``raw`` (its bytes, or the path of its file: loaded from
+        there, no copy in memory) if it holds exactly the current heads, else None. The head
+        vectors are compared in blocks (no whole copy of them)."""
         import tempfile
 
         from vecdb.errors import InvalidArgument
         from vecdb.index.hnsw import HNSWIndex
 
         with self._lock, tempfile.TemporaryDirectory() as d:
-            p = os.path.join(d, "g")
-            np.asarray(raw, dtype=np.uint8).tofile(p)
+            if isinstance(raw, str | os.PathLike):
+                p = os.fspath(raw)
+            else:
+                p = os.path.join(d, "g")
+                np.asarray(raw, dtype=np.uint8).tofile(p)
             try:
                 g = HNSWIndex.load(p)
             except (ValueError, OSError):  # not a graph file (vecdb errors are ValueErrors)
@@ -420,10 +440,11 @@ class HeadIndex:
             if len(g) != len(ids):
                 return None
             try:  # every current head is in the saved graph, with the same vector
-                same = np.array_equal(g.vectors(ids), self._V[self._rows(ids)])
+                for s in range(0, len(ids), 65536):
+                    part = ids[s:s + 65536]
+                    if not np.array_equal(g.vectors(part), self._V[self._rows(part)]):
+                        return None
             except InvalidArgument:
-                return None
-            if not same:
                 return None
             g.params["num_threads"] = self.threads
             return g

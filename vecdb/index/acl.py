@@ -413,9 +413,22 @@ class AccessLists:
         )
 
     # -- persistence ----------------------------------------------------------------------
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """Checkpoint arrays: slots with a list (sorted int64) and their sorted tenants as CSR
-        (``acl_indptr`` int64, ``acl_indices`` int32): the format every version reads."""
+    def to_arrays(self, compact: bool = False, copy: bool = True) -> dict[str, np.ndarray]:
+        """Checkpoint arrays. Default: slots with a list (sorted int64) and their sorted tenants
+        as CSR (``acl_slots``, ``acl_indptr`` int64, ``acl_indices`` int32), the format every
+        version reads (20 B per slot with a list). ``compact``: the owner array as it is
+        (``acl_owner``, 2 B per slot while tenant ids fit int16) plus the 2+-tenant slots as CSR
+        (``acl_multi_*``); ``copy=False`` hands the owner array itself out (for a caller that
+        writes it while nothing mutates the lists): nothing per slot is built."""
+        if compact:
+            ms = np.array(sorted(self._multi), dtype=np.int64)
+            lists = [self._multi[x] for x in ms.tolist()]
+            indptr = np.zeros(len(ms) + 1, dtype=np.int64)
+            np.cumsum([len(x) for x in lists], out=indptr[1:])
+            return {"acl_owner": self._owner.copy() if copy else self._owner,
+                    "acl_multi_slots": ms, "acl_multi_indptr": indptr,
+                    "acl_multi_indices": (np.concatenate(lists) if lists
+                                          else np.zeros(0)).astype(np.int32)}
         slots = np.flatnonzero(self._owner != _NONE).astype(np.int64)
         own = self._owner[slots]
         lens = np.ones(len(slots), dtype=np.int64)
@@ -435,8 +448,13 @@ class AccessLists:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], capacity: int = 1024) -> AccessLists:
-        """Inverse of ``to_arrays`` (also reads checkpoints written by the per-slot-dict layout,
-        which used the same arrays)."""
+        """Inverse of ``to_arrays``, either format (the CSR one also as written by the
+        per-slot-dict layout, which used the same arrays). A compact owner array is taken over
+        (``from_owner``)."""
+        if "acl_owner" in arrays:
+            return cls.from_owner(arrays["acl_owner"], arrays["acl_multi_slots"],
+                                  arrays["acl_multi_indptr"], arrays["acl_multi_indices"],
+                                  capacity)
         out = cls(capacity)
         slots, indptr, ind = arrays["acl_slots"], arrays["acl_indptr"], arrays["acl_indices"]
         step = 1 << 20
@@ -444,3 +462,74 @@ class AccessLists:
             e = min(len(slots), s + step)
             out.add_csr(slots[s:e], indptr[s:e + 1], ind)
         return out
+
+    @classmethod
+    def from_owner(cls, owner: np.ndarray, multi_slots: np.ndarray | None = None,
+                   multi_indptr: np.ndarray | None = None,
+                   multi_indices: np.ndarray | None = None, capacity: int = 1024
+                   ) -> AccessLists:
+        """Access lists from a per-slot owner array (tenant id, -1 none, -2 two or more: those
+        slots' tenants as CSR ``multi_*``, two or more each). ``owner`` (int16 or int32) is taken
+        over, not copied (the caller must not use it afterwards; copied only if read-only or
+        shorter than ``capacity``), and the tenant bitmaps are set from it chunk by chunk: an
+        import or a reopen holds no per-slot temporary beyond one chunk. Bad values ->
+        ``InvalidArgument``."""
+        own = np.asarray(owner)
+        if own.ndim != 1 or own.dtype not in (np.dtype(np.int16), np.dtype(np.int32)):
+            raise InvalidArgument(f"acl: owner must be a 1-D int16/int32 array, got "
+                                  f"{own.dtype} {own.shape}")
+        ms = np.zeros(0, np.int64) if multi_slots is None else np.asarray(multi_slots, np.int64)
+        mp = np.zeros(1, np.int64) if multi_indptr is None else np.asarray(multi_indptr, np.int64)
+        mi = np.zeros(0, np.int64) if multi_indices is None else np.asarray(multi_indices,
+                                                                              np.int64)
+        if len(mp) != len(ms) + 1 or mp[0] != 0 or mp[-1] != len(mi) or (np.diff(mp) < 2).any():
+            raise InvalidArgument("acl: malformed multi-tenant CSR")
+        _check_tenants(mi)
+        step = 1 << 20  # a multiple of 8: chunks start on a bitmap byte
+        nmulti = 0
+        for a in range(0, len(own), step):
+            o = own[a:a + step]
+            if int(o.min()) < _MULTI:
+                raise InvalidArgument(f"acl: bad owner value {int(o.min())}")
+            nmulti += int(np.count_nonzero(o == _MULTI))
+        if nmulti != len(ms) or (len(ms) and (int(ms.min()) < 0 or int(ms.max()) >= len(own)
+                                              or (own[ms] != _MULTI).any())):
+            raise InvalidArgument("acl: multi-tenant slots do not match the owner array")
+        out = cls(max(int(capacity), len(own)))
+        if not len(own):
+            return out
+        if not (own.flags.writeable and own.flags.c_contiguous):
+            own = own.copy()
+        out._owner = own
+        out._room(len(own) - 1, int(mi.max(initial=0)))  # to int32 if a listed tenant needs it
+        own = out._owner
+        for a in range(0, len(own), step):
+            out._or_owned(a, own[a:a + step])
+        for s, x, y in zip(ms.tolist(), mp[:-1].tolist(), mp[1:].tolist(), strict=True):
+            lst = np.unique(mi[x:y]).astype(np.int32)
+            if len(lst) < 2:
+                raise InvalidArgument(f"acl: slot {s} is marked multi-tenant with {len(lst)}")
+            out._multi[s] = lst
+            out._set_bits(np.full(len(lst), s, dtype=np.int64), lst.astype(np.int64))
+        return out
+
+    def _or_owned(self, start: int, o: np.ndarray) -> None:
+        """Set the bitmap bits of the one-tenant slots among ``o`` = owners of slots
+        ``start..`` (``start`` a multiple of 8): a packed mask per tenant when the chunk has few
+        tenants (the common case: one bulk tenant), ``_set_bits`` otherwise."""
+        one = o >= 0
+        if not one.any():
+            return
+        lo, hi = int(o[one].min()), int(o[one].max())
+        ts = [lo] if lo == hi else np.unique(o[one]).tolist()
+        if len(ts) > _SCALAR_GROUP:
+            pos = np.flatnonzero(one)
+            self._set_bits(pos + start, o[pos].astype(np.int64))
+            return
+        b = start >> 3
+        for t in ts:
+            m = o == t
+            bits = np.packbits(m, bitorder="little")
+            bm = self._bm(t)
+            bm[b:b + len(bits)] |= bits
+            self._counts[t] += int(np.count_nonzero(m))

@@ -38,6 +38,7 @@ import math
 import os
 import queue
 import shutil
+import tempfile
 import threading
 import time
 from array import array
@@ -943,44 +944,108 @@ class SPANNIndex(Index):
                 "posting_dtype": self.posting_dtype, "reassign": self.reassign,
                 "build_fill": self.build_fill}
 
-    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Live flags, versions and ACLs; heads and postings stay in the store."""
+    def _state(self, copy: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Live flags, versions, ACLs (compact: the owner array), list sizes and the head graph
+        (bytes); heads and postings stay in the store. ``copy``: see ``_snapshot``."""
         self.flush()
         with self._wlock:
-            live = np.flatnonzero(self._live).astype(np.int64)
-            meta = {"config": self._config(), "capacity": len(self._live),
-                    "head_kind": self._heads.kind}
-            lids = np.array(sorted(self._sizes), dtype=np.int64)
-            arrays = {"live": live, "ver": self._ver.copy(), **self._acl.to_arrays(),
-                      "list_ids": lids,
-                      "list_sizes": np.array([self._sizes[i] for i in lids.tolist()],
-                                             dtype=np.int64)}
+            meta, arrays = self._snapshot(copy)
             g = self._heads.graph_bytes()
             if g is not None:
                 arrays["head_graph"] = g
             return meta, arrays
 
-    @classmethod
-    def load(cls, path: str | os.PathLike, store: KVStore | None = None) -> SPANNIndex:
-        """Reopen from a ``save`` file plus the same store that holds the posting lists."""
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files if k != "__meta__"}
-            meta = json.loads(z["__meta__"].tobytes().decode())
-        if meta.get("kind") != cls.kind:
-            raise InvalidArgument(f"{path}: holds a {meta.get('kind')!r} index, not 'spann'")
-        return cls._from_state(meta, arrays, store)
+    def _snapshot(self, copy: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """``_state`` without the head graph, under the write lock. ``copy=False``: the slot
+        arrays (live flags, versions, ACL owners) are the index's own, valid while the caller
+        holds the lock (``save`` writes them out in place: no per-slot copy)."""
+        meta = {"config": self._config(), "capacity": len(self._live),
+                "head_kind": self._heads.kind}
+        lids = np.array(sorted(self._sizes), dtype=np.int64)
+        arrays = {"live_mask": self._live.copy() if copy else self._live,
+                  "ver": self._ver.copy() if copy else self._ver,
+                  **self._acl.to_arrays(compact=True, copy=copy),
+                  "list_ids": lids,
+                  "list_sizes": np.array([self._sizes[i] for i in lids.tolist()],
+                                         dtype=np.int64)}
+        return meta, arrays
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index atomically (temp file + rename; no pickle), like ``Index.save`` but
+        without holding a copy of anything per slot or per head: the slot arrays are written
+        in place under the write lock, and the head graph is streamed from a file."""
+        self.flush()
+        path = os.fspath(path)
+        tmp = f"{path}.tmp"
+        with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as d, \
+                self._wlock:
+            meta, arrays = self._snapshot(copy=False)
+            meta = {"kind": self.kind, "dim": self.dim, "metric": self.metric, **meta}
+            graph = os.path.join(d, "graph")
+            files = {"head_graph": graph} if self._heads.save_graph(graph) else {}
+            with open(tmp, "wb") as f:
+                write_npz(f, {"__meta__": np.frombuffer(json.dumps(meta).encode(), np.uint8),
+                              **arrays}, files)
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     @classmethod
-    def _from_state(cls, meta, arrays, store: KVStore | None = None) -> SPANNIndex:
+    def load(cls, path: str | os.PathLike, store: KVStore | None = None) -> SPANNIndex:
+        """Reopen from a ``save`` file plus the same store that holds the posting lists. The
+        head graph goes from the file to a temporary file (no in-memory copy) and loads from
+        there."""
+        with np.load(path, allow_pickle=False) as z, \
+                tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as d:
+            meta = json.loads(z["__meta__"].tobytes().decode())
+            if meta.get("kind") != cls.kind:
+                raise InvalidArgument(f"{path}: holds a {meta.get('kind')!r} index, not "
+                                      f"'spann'")
+            arrays = {k: z[k] for k in z.files if k not in ("__meta__", "head_graph")}
+            if "head_graph" in z.files:
+                arrays["head_graph"] = npz_member_to_file(z, "head_graph",
+                                                          os.path.join(d, "graph"))
+            return cls._from_state(meta, arrays, store)
+
+    @classmethod
+    def _from_state(cls, meta, arrays, store: KVStore | None = None, *,
+                    live: Iterable[np.ndarray] | None = None,
+                    acl: AccessLists | None = None) -> SPANNIndex:
+        """An index from ``_state``/``save`` arrays (the slot arrays -- live flags, versions,
+        ACL owners -- are taken over where their size fits, not copied; ``head_graph``: bytes
+        or the path of a graph file) and the store. For an import (``spann_adopter``):
+        ``live``, chunks of live slots instead of an array, and ``acl``, lists taken as they
+        are."""
         if store is None:
             raise InvalidArgument("SPANNIndex.load needs the store that holds its posting lists")
         idx = cls(meta["dim"], meta["metric"], store, _fresh=False, **meta["config"])
         cap = int(meta["capacity"])
-        idx._grow(cap - 1)
-        idx._ver[: len(arrays["ver"])] = arrays["ver"]
-        idx._live[arrays["live"]] = True
-        idx._count = len(arrays["live"])
-        idx._acl = AccessLists.from_arrays(arrays, cap)
+        full = len(idx._live)
+        while full < cap:
+            full *= 2
+        ver = arrays.get("ver")
+        if ver is not None and len(ver) == full and ver.dtype == np.uint8 \
+                and ver.flags.writeable and ver.flags.c_contiguous:
+            idx._ver = ver  # taken over
+        else:
+            idx._ver = np.zeros(full, dtype=np.uint8)
+            if ver is not None:
+                idx._ver[: len(ver)] = ver
+        mask = arrays.get("live_mask")
+        if mask is not None and len(mask) == full and mask.dtype == np.bool_ \
+                and mask.flags.writeable and mask.flags.c_contiguous:
+            idx._live = mask  # taken over
+        else:
+            idx._live = np.zeros(full, dtype=bool)
+            if mask is not None:
+                idx._live[: len(mask)] = mask
+        if "live" in arrays:  # older checkpoints: the live slots
+            idx._live[arrays["live"]] = True
+        for part in live or ():
+            idx._live[part] = True
+        idx._count = sum(int(np.count_nonzero(idx._live[a:a + (1 << 20)]))
+                         for a in range(0, full, 1 << 20))
+        idx._acl = acl if acl is not None else AccessLists.from_arrays(arrays, full)
         for k, v in store.iterate(CF, prefix=b"V"):  # durable versions win over the checkpoint
             c = int.from_bytes(k[1:], "big")
             chunk = np.frombuffer(v, dtype=np.uint8)
@@ -990,22 +1055,27 @@ class SPANNIndex(Index):
             raw = store.get(CF, b"Q")
             if raw is not None:
                 idx._sq = SQ8.from_bytes(raw, idx.dim)
-        # heads straight into two flat buffers (no Python object per head: at an import of
-        # 236k heads the lists of ints and arrays were ~1-2 KB per head of transient memory)
-        idbuf, vbuf = array("q"), bytearray()
+        # heads straight into one float32 matrix, sized by the saved list count (grown only
+        # for lists made after the checkpoint) and taken over by the head index: no Python
+        # object per head and no second copy (at 236k heads lists of ints and arrays had been
+        # ~1-2 KB per head of transient memory, a byte buffer 512 B)
+        idbuf = array("q")
+        hv = np.empty((max(16, len(arrays.get("list_ids", ()))), idx.dim), dtype=np.float32)
         for k, v in store.iterate(CF, prefix=b"H"):
+            if len(idbuf) == len(hv):
+                hv = np.concatenate([hv, np.empty_like(hv[: len(hv) // 2 + 16])])
+            hv[len(idbuf)] = np.frombuffer(v, dtype=np.float32)
             idbuf.append(int.from_bytes(k[1:], "big"))
-            vbuf += v
         heads = np.frombuffer(idbuf, dtype=np.int64) if len(idbuf) else np.zeros(0, np.int64)
         if meta["head_kind"] == "hnsw":
             idx._heads = idx._new_heads("hnsw")
         if len(heads):
-            hv = np.frombuffer(vbuf, dtype=np.float32).reshape(len(heads), idx.dim)
-            del vbuf
             # the saved graph (identical results, no rebuild) if it still holds these heads;
             # popped so the loaded copy is the only one alive
-            idx._heads.add(heads, hv, graph=arrays.pop("head_graph", None))
-            del hv
+            idx._heads.add(heads, hv[: len(heads)], graph=arrays.pop("head_graph", None),
+                           take=True)
+        del hv
+        if len(heads):
             idx._next_list = int(heads.max()) + 1
             if "list_ids" in arrays:
                 # list sizes from the checkpoint, not by reading every posting list (the whole
@@ -1029,3 +1099,36 @@ class SPANNIndex(Index):
                 for k, v in store.iterate(CF, prefix=b"P"):
                     idx._sizes[int.from_bytes(k[1:], "big")] = len(v) // idx._rec.itemsize
         return idx
+
+
+def write_npz(f, arrays: dict[str, np.ndarray], files: dict[str, str] | None = None) -> None:
+    """``np.savez`` into the open binary file ``f`` (uncompressed, readable by ``np.load``),
+    plus ``files``: name -> path of a file stored as a uint8 array, copied in blocks (never
+    held in memory). Arrays are written from where they are (numpy writes in 16 MiB blocks)."""
+    import zipfile
+
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name, a in arrays.items():
+            with z.open(name + ".npy", "w", force_zip64=True) as e:
+                np.lib.format.write_array(e, np.asanyarray(a), allow_pickle=False)
+        for name, p in (files or {}).items():
+            with z.open(name + ".npy", "w", force_zip64=True) as e, open(p, "rb") as src:
+                hdr = {"descr": "|u1", "fortran_order": False, "shape": (os.path.getsize(p),)}
+                np.lib.format.write_array_header_2_0(e, hdr)
+                shutil.copyfileobj(src, e, 4 << 20)
+
+
+def npz_member_to_file(z, name: str, path: str) -> str:
+    """Copy the uint8 array ``name`` of the open ``np.load`` archive ``z`` (written by
+    ``write_npz`` or ``np.savez``) to a raw file at ``path``, in blocks; returns ``path``."""
+    with z.zip.open(name + ".npy") as e, open(path, "wb") as out:
+        fmt = np.lib.format
+        read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(
+            fmt.read_magic(e))
+        if read is None:
+            raise InvalidArgument(f"{name}: unsupported .npy header version")
+        shape, _, dtype = read(e)
+        if dtype != np.uint8 or len(shape) != 1:
+            raise InvalidArgument(f"{name}: expected a 1-D uint8 array, got {dtype} {shape}")
+        shutil.copyfileobj(e, out, 4 << 20)
+    return path

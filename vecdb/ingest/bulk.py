@@ -575,12 +575,17 @@ class _SstSink:
         return self.path
 
 
+MAP_DTYPE = np.dtype([("slot", "<i8"), ("id", "<u8"), ("owner", "<i4")])
+
+
 def write_engine_rows(sst: dict[str, _SstSink], b: Any, X: np.ndarray, slots: np.ndarray,
-                      tenant_ids: dict[str, int], tenant: str, id_start: int
-                      ) -> np.ndarray | None:
+                      tenant_ids: dict[str, int], tenant: str, id_start: int,
+                      maps: str | None = None) -> np.ndarray | None:
     """One batch's engine rows into the task's ``vectors``/``acl``/``payload`` SST sinks (keys =
     global slots, values in the engine's codec; ``X`` the prepared vectors). Shared by every bulk
-    build (SPANN, Curator). Returns the batch's ids when they came from the source (to check
+    build (SPANN, Curator). ``maps``: also save the rows' (slot, id, owner) there (``MAP_DTYPE``,
+    slot order), so the import rebuilds the engine maps from 20 B per row instead of decoding
+    every vector. Returns the batch's ids when they came from the source (to check
     uniqueness across shards), None when generated (``id_start`` + slot: unique by
     construction)."""
     from vecdb.engine import codec
@@ -591,6 +596,10 @@ def write_engine_rows(sst: dict[str, _SstSink], b: Any, X: np.ndarray, slots: np
         owners = np.array([tenant_ids[t] for t in b.tenants], dtype=np.int32)
     keys = codec.be_keys(slots)
     sst["vectors"].put_many(keys, codec.pack_vectors(ids, owners, X))
+    if maps is not None:
+        m = np.empty(len(slots), dtype=MAP_DTYPE)
+        m["slot"], m["id"], m["owner"] = slots, ids, owners
+        np.save(maps, m)
     if b.acl is not None:
         ak, av = [], []
         for i, (key, lst) in enumerate(zip(keys, b.acl, strict=True)):
@@ -738,7 +747,8 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
     slots = offsets[piece.shard] + b.rows
     sst = {f: _SstSink(os.path.join(out, "sst", f"{f}-{tag}.sst"), f)
            for f in ("vectors", "acl", "payload")}
-    ids = write_engine_rows(sst, b, X, slots, tenant_ids, tenant, id_start)
+    maps = os.path.join(out, "sst", f"maps-{tag}.npy")
+    ids = write_engine_rows(sst, b, X, slots, tenant_ids, tenant, id_start, maps)
     vec_path = os.path.join(out, "vecs", f"vec-{tag}.npy")
     vecs = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(hi - lo, dim))
     vecs[b.rows - lo] = X
@@ -772,7 +782,7 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
     np.save(path, run)
     split["runs"] += time.perf_counter() - t5
     files = {f: s.finish() for f, s in sst.items()}
-    res.update(runs=[path], sst={f: p for f, p in files.items() if p},
+    res.update(runs=[path], sst={f: p for f, p in files.items() if p}, maps=maps,
                hist=np.unique(run["lid"], return_counts=True),
                prim=np.unique(run["lid"][run["sec"] == 0], return_counts=True),
                vec_file=vec_path, offset=int(offsets[piece.shard] + lo),
@@ -1172,6 +1182,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
         "graph_path": graph_path, "search_ef": search_ef or cfg["head_ef"],
         "groups_path": groups_path}, batch_rows=batch_rows, columns=columns, on_result=fold)
     runs, sst = [], {f: [] for f in FAMILIES}
+    maps = [r["maps"] for r in res if "maps" in r]
     rows = 0
     for r in sorted(res, key=lambda r: r.get("offset", -1)):  # key order of the SST files
         runs += r["runs"]
@@ -1268,7 +1279,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                 "probes": probes, "head_vectors": head_vectors,
                 "head_graph": os.path.basename(graph_path) if graph_path else None,
                 "rows": rows, "slots": total, "heads": int(n_heads),
-                "tenants": sorted(tenant_ids, key=tenant_ids.get), "sst": sst,
+                "tenants": sorted(tenant_ids, key=tenant_ids.get), "sst": sst, "maps": maps,
                 "errors": errors, "stages": stages, "metric_code": metric_code(metric),
                 "seconds": time.perf_counter() - t_start,
                 "sst_bytes": sum(os.path.getsize(f) for fs in sst.values() for f in fs)}
@@ -1282,8 +1293,11 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
     data folder ``data`` (its lock is taken: a running server makes this FailedPrecondition).
 
     The engine does the work (``Database.import_sst``): all or nothing, assembled in a temporary
-    folder (SST files moved in by ``ingest_external_file``, maps rebuilt from the ``vectors`` and
-    ``acl`` families, a checkpoint written, reopened and counted) and renamed into place. The
+    folder (SST files moved in by ``ingest_external_file``, the engine maps built from the map
+    tasks' (slot, id, owner) files, checked against the ``vectors`` family, or without them
+    (older builds) from that family, grants from ``acl``; a checkpoint written, reopened and
+    counted) and renamed into place. Every per-slot structure is built once, chunk by chunk:
+    the driver holds the collection's index state plus bounded chunks. The
     SPANN index is adopted, not rebuilt: its postings and heads are already in the files, and
     the head graph the map tasks searched becomes the collection's saved head graph. A Curator
     build (``manifest["kind"] == "curator"``, ``bulk_curator.bulk_build_curator``) is adopted
@@ -1321,7 +1335,8 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
         db.import_sst(collection, dim=man["dim"], metric=man["metric"], index=kind,
                       params=man["params"], tenants=man["tenants"],
                       sst={f: man["sst"][f] for f in FAMILIES if man["sst"].get(f)},
-                      adopt=adopt, expected_rows=man["rows"], keep_open=False)
+                      adopt=adopt, expected_rows=man["rows"], keep_open=False,
+                      maps=man.get("maps") or None)
         size = folder_bytes(os.path.join(db.path, "collections", collection))
     finally:
         db.close()
@@ -1335,44 +1350,69 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
 
 def spann_adopter(man: dict[str, Any], bulk_dir: str, phases: dict[str, int] | None = None):
     """The ``adopt`` hook of ``Database.import_sst`` for a bulk build: a ``SPANNIndex`` over
-    the ingested postings (heads and lists are read from the store by SPANN's own loader), with
-    every imported slot live at version 1 and the tenant bitmaps of the engine's maps.
+    the ingested postings (heads and lists are read from the store by SPANN's own loader, the
+    head graph from the build's file), with every imported slot live at version 1 and the
+    tenant bitmaps of the engine's maps. Everything per slot is built once, in its final form,
+    chunk by chunk from the engine's slot owners: no whole-N temporary.
     ``phases``: gets the peak RSS before the hook (SST ingest + maps scan) and during it, and the
     RSS after each."""
     def build(store, st):
+        from collections.abc import Iterator
+
+        from vecdb.engine.state import CHUNK
         from vecdb.index.acl import AccessLists
-        from vecdb.index.spann import SPANNIndex
+        from vecdb.index.spann import _VCHUNK, SPANNIndex
         from vecdb.storage import WriteBatch
 
-        cap = max(1024, int(man["slots"]))
-        live = np.flatnonzero(st.slot_owner[: st.high] >= 0).astype(np.int64, copy=False)
-        acl = AccessLists(cap)  # built in chunks here and handed to the index as it is (below)
-        for s in range(0, len(live), 1 << 20):
-            part = live[s:s + (1 << 20)]
-            acl.add_csr(part, *st.acl_csr(part))
-        ver = np.zeros(cap, dtype=np.uint8)
-        ver[live] = 1
-        b = WriteBatch()  # durable versions (SPANN reads them back over the checkpoint's)
-        for c in range(0, (int(man["slots"]) + 4095) // 4096):
-            b.put("postings", b"V" + int(c).to_bytes(8, "big"),
-                  ver[c * 4096:(c + 1) * 4096].tobytes().ljust(4096, b"\0"))
-        store.write(b)
+        high = st.high
+        cap = 1024  # SPANN's slot capacity: a power of two, as its own growth makes it
+        while cap < max(high, int(man["slots"])):
+            cap *= 2
+        own = st.slot_owner
+
+        def live() -> Iterator[np.ndarray]:
+            for a in range(0, high, CHUNK):
+                yield np.flatnonzero(own[a:min(high, a + CHUNK)] >= 0) + a
+
+        # the index's ACL owner array, filled from the engine's (one tenant per slot, or -2
+        # with the slot's list in multi when it has grants), then taken over by the lists
+        wide = bool(len(st.owned)) and max(st.owned) > np.iinfo(np.int16).max
+        acl_own = np.full(cap, -1, dtype=np.int32 if wide else np.int16)
+        for a in range(0, high, CHUNK):
+            acl_own[a:min(high, a + CHUNK)] = own[a:min(high, a + CHUNK)]
+        ms = np.array(sorted(st.grants), dtype=np.int64)
+        lists = [sorted({int(own[x]), *st.grants[x]}) for x in ms.tolist()]
+        ms = ms[[len(x) > 1 for x in lists]] if len(ms) else ms
+        lists = [x for x in lists if len(x) > 1]
+        acl_own[ms] = -2
+        indptr = np.zeros(len(ms) + 1, dtype=np.int64)
+        np.cumsum([len(x) for x in lists], out=indptr[1:])
+        acl = AccessLists.from_owner(acl_own, ms, indptr,
+                                     np.array([t for x in lists for t in x], dtype=np.int32),
+                                     cap)
+        del acl_own
+        # durable versions (SPANN reads them back over the checkpoint's): 1 for live slots,
+        # written a few MB at a time
+        per = CHUNK // _VCHUNK
+        for c0 in range(0, (high + _VCHUNK - 1) // _VCHUNK, per):
+            b = WriteBatch()
+            for c in range(c0, min(c0 + per, (high + _VCHUNK - 1) // _VCHUNK)):
+                chunk = np.zeros(_VCHUNK, dtype=np.uint8)
+                o = own[c * _VCHUNK:min(high, (c + 1) * _VCHUNK)]
+                chunk[: len(o)] = o >= 0
+                b.put("postings", b"V" + int(c).to_bytes(8, "big"), chunk.tobytes())
+            store.write(b)
         meta = {"kind": "spann", "dim": man["dim"], "metric": man["metric"],
                 "config": man["config"], "capacity": cap,
                 "head_kind": head_kind(man["config"], man["heads"])}
-        # no ACL arrays: converting the lists to their checkpoint arrays and back would cost
-        # ~80 B per vector at the peak; the lists built above are set on the index instead
-        arrays = {"live": live, "ver": ver, **AccessLists(0).to_arrays()}
+        arrays: dict[str, Any] = {}
         sizes = os.path.join(bulk_dir, "list_sizes.npy")
         if os.path.exists(sizes):  # SPANN then reads no posting list to learn its size
             arrays["list_sizes"] = np.load(sizes)
             arrays["list_ids"] = np.load(os.path.join(bulk_dir, "list_ids.npy"))
-        if man.get("head_graph"):  # the graph the map tasks searched
-            arrays["head_graph"] = np.fromfile(os.path.join(bulk_dir, man["head_graph"]),
-                                               dtype=np.uint8)
-        idx = SPANNIndex._from_state(meta, arrays, store)
-        idx._acl = acl
-        return idx
+        if man.get("head_graph"):  # the graph the map tasks searched, loaded from its file
+            arrays["head_graph"] = os.path.join(bulk_dir, man["head_graph"])
+        return SPANNIndex._from_state(meta, arrays, store, live=live(), acl=acl)
 
     def adopt(store, st):
         if phases is None:

@@ -118,7 +118,8 @@ def _route_block(piece: Any, *, offsets: list[int], dim: int, metric: str,
     slots = (offsets[piece.shard] + b.rows).astype(np.int64)
     sst = {f: _SstSink(os.path.join(out, "sst", f"{f}-{tag}.sst"), f)
            for f in ENGINE_FAMILIES}
-    ids = write_engine_rows(sst, b, X, slots, tenant_ids, tenant, id_start)
+    maps = os.path.join(out, "sst", f"maps-{tag}.npy")
+    ids = write_engine_rows(sst, b, X, slots, tenant_ids, tenant, id_start, maps)
     vec_path = os.path.join(out, "parts", f"vec-{tag}.npy")
     vecs = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(hi - lo, dim))
     vecs[b.rows - lo] = X
@@ -132,7 +133,7 @@ def _route_block(piece: Any, *, offsets: list[int], dim: int, metric: str,
     split["route"] += time.perf_counter() - t3
     files = {f: s.finish() for f, s in sst.items()}
     offset = int(offsets[piece.shard] + lo)
-    res.update(sst={f: p for f, p in files.items() if p}, rss=_rss(),
+    res.update(sst={f: p for f, p in files.items() if p}, maps=maps, rss=_rss(),
                seconds=time.perf_counter() - t0, offset=offset,
                part={"offset": offset, "vectors": os.path.basename(vec_path),
                      "leaves": os.path.basename(leaf_path), "rows": len(b)},
@@ -247,6 +248,7 @@ def bulk_build_curator(source: str | Sequence[str], out: str, *, dim: int | None
             sst[f].append(path)
     ids_check = check_unique_ids(res)
     shutil.rmtree(os.path.join(out, "ids"), ignore_errors=True)
+    maps = [r["maps"] for r in res if "maps" in r]
     part_list = sorted((r["part"] for r in res if "part" in r), key=lambda x: x["offset"])
     leaf_rows = hist[hist > 0]
     stages["route"] = {"seconds": time.perf_counter() - t0, "rows": rows, "tasks": len(todo),
@@ -264,7 +266,7 @@ def bulk_build_curator(source: str | Sequence[str], out: str, *, dim: int | None
     manifest = {"format": 1, "kind": "curator", "dim": dim, "metric": metric, "params": params,
                 "config": cfg, "tree": "tree.npz", "trained_on": int(trained_on),
                 "rows": rows, "slots": total, "tenants": sorted(tenant_ids, key=tenant_ids.get),
-                "sst": sst, "parts": part_list, "errors": errors, "stages": stages,
+                "sst": sst, "maps": maps, "parts": part_list, "errors": errors, "stages": stages,
                 "seconds": time.perf_counter() - t_start,
                 "sst_bytes": sum(os.path.getsize(f) for fs in sst.values() for f in fs)}
     write_json_atomic(os.path.join(out, "manifest.json"), manifest)

@@ -31,8 +31,10 @@ Bad rows travel as error rows (file + row + reason), a bad shard as one ``failed
 never stop the other shards' tasks. ``pieces(table)`` turns a block (or several merged, or part
 of one: Ray Data may re-chunk) back into ``sources.Batch`` objects.
 
-Paths are opened with Python's ``open``/numpy memory maps (npy, vecs) and pyarrow (Parquet): a
-cluster needs the shards on storage every node mounts at the same path.
+Local paths are opened with numpy memory maps (npy, vecs) and pyarrow (Parquet); URIs
+(``s3://``, ``gs://``, ``hdfs://``, ``file://``, fsspec protocols) through pyarrow's filesystems
+with ranged reads (``sources``). On a cluster, local paths must be mounted at the same path on
+every node; a URI of shared object storage needs no shared mount.
 """
 
 from __future__ import annotations

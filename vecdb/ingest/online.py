@@ -44,6 +44,7 @@ from vecdb.ingest.sources import (
     Shard,
     check_dim,
     discover,
+    is_uri,
     plan,
 )
 from vecdb.ingest.state import JobState, Progress
@@ -64,28 +65,54 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 class _Tracker:
-    """Ray actor that owns the ``JobState`` (one writer of the state file)."""
+    """Ray actor that owns the ``JobState`` (one writer of the state file).
+
+    A batch's ``ack`` only updates the state in memory and returns: a saver thread writes the
+    file (temp + fsync + rename) at most every ``save_every_s`` while there are new acks. The
+    workers thus never wait for an fsync (which, next to RocksDB writing hundreds of MB, can
+    take a long time); a crash loses at most the last ``save_every_s`` of acknowledgements, and
+    those rows are re-sent (idempotent upserts by id). Shard-level events (done, failed,
+    ``flush``) are saved before the call returns."""
 
     def __init__(self, path: str, shards: list[Shard], fingerprint: dict, rejected: list[dict],
                  save_every_s: float = 0.2) -> None:
         self.state = JobState(path, shards, fingerprint, rejected)
         self.every = save_every_s
-        self.last = 0.0
         self.attempts: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()  # the state (actor calls vs the saver's snapshot)
+        self._io = threading.Lock()  # the file: one writer, newest snapshot last
+        self._seq = 0  # state versions: bumped by every change
+        self._saved = 0  # the version on disk
+        self._stop = threading.Event()
+        threading.Thread(target=self._saver, daemon=True).start()
 
-    def _maybe_save(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self.last >= self.every:
-            self.state.save()
-            self.last = now
+    def _save(self) -> None:
+        with self._lock:
+            seq = self._seq
+            if seq == self._saved:
+                return
+            text = self.state.dumps()
+        with self._io:
+            if seq > self._saved:  # a newer snapshot may have been written meanwhile
+                self.state.save(text)
+                self._saved = seq
+
+    def _saver(self) -> None:
+        while not self._stop.wait(self.every):
+            self._save()
 
     def ack(self, path: str, end: int, good: int, errors: list[dict], done: bool = False) -> None:
-        self.state.ack(path, end, good, errors, done)
-        self._maybe_save(force=done)
+        with self._lock:
+            self.state.ack(path, end, good, errors, done)
+            self._seq += 1
+        if done:
+            self._save()
 
     def fail_shard(self, path: str, error: str) -> None:
-        self.state.fail_shard(path, error)
-        self._maybe_save(force=True)
+        with self._lock:
+            self.state.fail_shard(path, error)
+            self._seq += 1
+        self._save()
 
     def attempt(self, path: str, round_id: str) -> int:
         """Count a task starting on shard ``path`` in round ``round_id`` (Ray Data re-runs a
@@ -94,20 +121,29 @@ class _Tracker:
         self.attempts[k] = self.attempts.get(k, 0) + 1
         return self.attempts[k]
 
-    def acked(self, path: str) -> int:
-        return self.state.acked(path)
+    def states(self, paths: list[str]) -> list[tuple[int, bool]]:
+        """(acknowledged rows, done) of each shard in ``paths`` (one call for all of them)."""
+        return [(self.state.acked(p), self.state.done(p)) for p in paths]
 
-    def done(self, path: str) -> bool:
-        return self.state.done(path)
+    def finish(self, paths: list[str]) -> None:
+        """Mark the shards ``paths`` done (read to their end) with one save of the state."""
+        with self._lock:
+            for p in paths:
+                self.state.ack(p, self.state.data["shards"][p]["rows"], 0, [], True)
+            self._seq += 1
+        self._save()
 
     def summary(self) -> dict[str, Any]:
         st = self.state
-        return {"rows_acked": st.rows_acked(), "rows_total": st.rows_total(),
-                "rows_written": sum(int(s["good"]) for s in st.data["shards"].values()),
-                "errors": st.errors(), "resumed": st.resumed}
+        with self._lock:
+            return {"rows_acked": st.rows_acked(), "rows_total": st.rows_total(),
+                    "rows_written": sum(int(s["good"]) for s in st.data["shards"].values()),
+                    "errors": st.errors(), "resumed": st.resumed}
 
     def flush(self) -> None:
-        self._maybe_save(force=True)
+        """Write any unsaved acknowledgements now and stop the saver thread."""
+        self._stop.set()
+        self._save()
 
 
 class _SinkActor:
@@ -226,12 +262,14 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
 
     Sink: the embedded database folder ``data`` or a server at ``address`` (one of them).
     ``tenant``: the owner of rows without a tenant column. Ids: the Parquet id column, else
-    ``id_start`` + global row number. ``state_path`` (default ``<source>.ingest-state.json`` next to
-    the first shard) makes the job resumable; ``status_path`` gets the progress JSON. ``create``:
+    ``id_start`` + global row number. ``state_path`` (default ``<collection>.ingest-state.json``
+    next to the first shard, or in the working folder when the source is a URI) makes the job
+    resumable; ``status_path`` gets the progress JSON. ``create``:
     dict(dim, metric, index, params) to create the collection if missing.
     Returns a report: rows_total, rows_written, errors (file, row, error), elapsed_s, rows_per_s,
     cpu_s (CPU seconds of this process tree while streaming: driver, Ray, workers, the embedded
-    sink actor; see ``vecdb.ingest.cpu``; a remote server's CPU is not in it).
+    sink actor; see ``vecdb.ingest.cpu``; a remote server's CPU is not in it), sink_batches
+    (embedded sink only: (start s, rows, seconds) of each upsert, the server side per batch).
     """
     import ray
 
@@ -241,8 +279,10 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
         raise InvalidArgument(f"workers must be a positive integer, got {workers!r}")
     files = discover(source)
     shards, rejected = plan(files, columns)
-    state_path = state_path or os.path.join(os.path.dirname(files[0]), f"{collection}"
-                                            f".ingest-state.json")
+    # default state: next to the first shard, or in the working folder for a URI source
+    state_path = state_path or os.path.join(
+        os.getcwd() if is_uri(files[0]) else os.path.dirname(files[0]),
+        f"{collection}.ingest-state.json")
     status_path = status_path or state_path.replace(".json", "") + ".status.json"
     sink_desc = {"data": os.path.abspath(data)} if data else {"address": address}
     fingerprint = {"mode": "online", "collection": collection, **sink_desc,
@@ -270,7 +310,8 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
     summary0 = ray.get(tracker.summary.remote())
     prog = Progress(summary0["rows_total"], status_path, done=summary0["rows_acked"],
                     stream=__import__("sys").stderr if progress else None)
-    pending = [s for s in shards if not ray.get(tracker.done.remote(s.path))]
+    pending = [s for s, (_, done) in zip(shards, ray.get(tracker.states.remote(
+        [s.path for s in shards])), strict=True) if not done]
     attempts: dict[str, int] = {}
     stop = threading.Event()
 
@@ -287,7 +328,7 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
             # one round: a Ray Data job over the unfinished shards from their acknowledged
             # offsets, read + ingest fused, one task per shard, ``workers`` tasks at a time
             rounds += 1
-            starts = [ray.get(tracker.acked.remote(s.path)) for s in pending]
+            starts = [a for a, _ in ray.get(tracker.states.remote([s.path for s in pending]))]
             retry: dict[str, str] = {}
             try:
                 res, _ = map_shards(pending, dim, ingest_block, {
@@ -298,12 +339,13 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
                 retry = {r["shard"]: r["retry"] for r in res if "retry" in r}
             except Exception as e:  # a task failed for good: every unfinished shard again
                 retry = {s.path: f"{type(e).__name__}: {e}" for s in pending}
-            again = []
-            for s in pending:
-                if ray.get(tracker.done.remote(s.path)):  # failed shard (reported)
+            again, finished = [], []
+            states = ray.get(tracker.states.remote([s.path for s in pending]))
+            for s, (_, done) in zip(pending, states, strict=True):
+                if done:  # failed shard (reported)
                     continue
                 if s.path not in retry:
-                    ray.get(tracker.ack.remote(s.path, s.rows, 0, [], True))
+                    finished.append(s.path)
                     continue
                 attempts[s.path] = attempts.get(s.path, 0) + 1
                 if attempts[s.path] <= max_task_retries:
@@ -312,6 +354,7 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
                     ray.get(tracker.fail_shard.remote(
                         s.path, f"gave up after {attempts[s.path]} attempts: "
                                 f"{retry[s.path]}"))
+            ray.get(tracker.finish.remote(finished))  # one state save for the round's shards
             pending = again
         stop.set()
         poller.join()
@@ -321,6 +364,8 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
         el = time.perf_counter() - t0
         cpu_s = cpu.cpu_between(c0, cpu.snapshot())
         snap = prog.close(errors=len(sm["errors"]))
+        sink_batches = [] if sink_actor is None else \
+            ray.get(sink_actor.call.remote("batch_timings"))
     finally:
         stop.set()
         if sink_actor is not None:
@@ -328,9 +373,12 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
                 ray.get(sink_actor.call.remote("close"))
             finally:
                 ray.kill(sink_actor)
-        ray.kill(tracker)
+        try:  # the acks the saver has not written yet (a no-op after the flush above)
+            ray.get(tracker.flush.remote())
+        finally:
+            ray.kill(tracker)
     return {"rows_total": sm["rows_total"], "rows_acked": sm["rows_acked"],
             "rows_written": sm["rows_written"], "errors": sm["errors"], "elapsed_s": el,
             "cpu_s": cpu_s,
             "rows_per_s": snap["rows_per_s"], "resumed": sm["resumed"], "workers": workers,
-            "state_path": state_path, "status_path": status_path}
+            "state_path": state_path, "status_path": status_path, "sink_batches": sink_batches}

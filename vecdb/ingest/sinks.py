@@ -87,9 +87,17 @@ class EmbeddedSink:
             self.db.create_collection(collection, **create)
         self.col = self.db.collection(collection)
         self._tenants = set(self.col.list_tenants())
+        self._t0 = time.perf_counter()
+        self._timings: list[tuple[float, int, float]] = []
 
     def dim(self) -> int:
         return self.col.dim
+
+    def batch_timings(self) -> list[tuple[float, int, float]]:
+        """(start since the sink opened, rows, seconds) of every upsert so far: the server
+        side of an online stream, batch by batch (the benchmark reads it to see which batches
+        are slow)."""
+        return list(self._timings)
 
     def ensure_tenants(self, names: Sequence[str]) -> None:
         for n in names:
@@ -99,7 +107,10 @@ class EmbeddedSink:
                 self._tenants.add(n)
 
     def upsert(self, ids, vectors, tenant, payloads=None) -> int:
-        return len(self.col.upsert(ids, vectors, tenant=tenant, payloads=payloads).ids)
+        t = time.perf_counter()
+        n = len(self.col.upsert(ids, vectors, tenant=tenant, payloads=payloads).ids)
+        self._timings.append((t - self._t0, n, time.perf_counter() - t))
+        return n
 
     def grant(self, ids, tenant, owner) -> int:
         return self.col.grant(ids, tenant=tenant, owner=owner)

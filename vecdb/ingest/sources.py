@@ -1,7 +1,13 @@
 """Shard readers: ``.npy`` (memory-mapped), ``.fvecs/.bvecs/.ivecs`` and Parquet, streamed in
 bounded batches with validation that names the file and the row.
 
-A *source* is a file, a folder (its supported files, sorted) or a glob, or a list of those. It is
+A *source* is a file, a folder (its supported files, sorted) or a glob, or a list of those; each
+may also be a URI of any filesystem pyarrow opens (``s3://bucket/prefix/``, ``gs://...``,
+``hdfs://host:port/path``, ``file:///abs/path``; ``pyarrow.fs.FileSystem.from_uri``) or, when
+fsspec is installed, any fsspec protocol pyarrow does not know (``memory://``, ...). Globs are
+matched on the remote listing. Remote shards are read with ranged reads (no local copy); a shard
+that cannot be opened (missing object, no credentials, no such bucket) is reported with its URI
+and the reason, like any other bad shard. It is
 planned once (``plan``): every shard's row count comes from its header or metadata (no data read),
 which fixes each row's *global row number* = shard offset + row. Default ids and the bulk build's
 slots are derived from that number, so a re-run of the same job produces the same ids (that is what
@@ -21,9 +27,12 @@ besides the owner) and ``payload`` (JSON string or a struct). Column names are s
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import json
 import os
+import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,15 +102,169 @@ def _kind(path: str) -> str:
     return "parquet" if ext in (".parquet", ".pq") else ext[1:]
 
 
+# -- filesystems: local paths, and URIs through pyarrow.fs (or fsspec) --------------------------
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
+_FS_CACHE: dict[str, tuple[Any, str]] = {}  # folder URI -> (pyarrow filesystem, its path there)
+_FS_LOCK = threading.Lock()
+
+
+def is_uri(path: str) -> bool:
+    """``scheme://...`` (two or more letters: a Windows drive letter is not a scheme)."""
+    return bool(_URI.match(path))
+
+
+def _resolve(uri: str) -> tuple[Any, str]:
+    """(``pyarrow.fs.FileSystem``, path inside it) of ``uri``: pyarrow's own filesystems first
+    (``FileSystem.from_uri``: file, s3, gs, hdfs, ...), else fsspec's for that protocol wrapped
+    in ``pyarrow.fs.PyFileSystem``. Errors name the URI: ``InvalidArgument`` for a scheme
+    nothing here can open, ``OSError`` for a filesystem that cannot be reached (no such bucket,
+    no credentials, no network, no libhdfs)."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        pa_err = str(e)
+    except OSError as e:
+        raise OSError(f"{uri}: cannot open the filesystem ({e})") from None
+    try:
+        import fsspec
+    except ImportError:
+        raise InvalidArgument(f"{uri}: pyarrow cannot open this URI ({pa_err}) and fsspec is not "
+                              f"installed") from None
+    try:
+        fs, path = fsspec.core.url_to_fs(uri)
+    except ValueError as e:  # fsspec's "Protocol not known"
+        raise InvalidArgument(f"{uri}: neither pyarrow ({pa_err}) nor fsspec ({e}) can open "
+                              f"it") from None
+    except ImportError as e:  # a known protocol whose package is missing (e.g. s3fs)
+        raise InvalidArgument(f"{uri}: fsspec needs a package for it: {e}") from None
+    except OSError as e:
+        raise OSError(f"{uri}: cannot open the filesystem ({e})") from None
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def _fs_path(uri: str) -> tuple[Any, str]:
+    """``_resolve`` with the filesystem cached per folder (a worker reading many shards of one
+    bucket prefix sets up its client once)."""
+    folder, _, name = uri.rpartition("/")
+    with _FS_LOCK:
+        hit = _FS_CACHE.get(folder)
+    if hit is None:
+        fs, path = _resolve(uri)
+        base = path[: len(path) - len(name)].rstrip("/") if path.endswith(name) else None
+        if base is None:  # a path not ending in the URI's last segment: do not cache
+            return fs, path
+        with _FS_LOCK:
+            _FS_CACHE[folder] = hit = (fs, base)
+    return hit[0], f"{hit[1]}/{name}"
+
+
+def file_size(path: str) -> int:
+    """Bytes of a local file or of the object at a URI (``OSError`` if it is missing)."""
+    if not is_uri(path):
+        return os.path.getsize(path)
+    import pyarrow.fs as pafs
+
+    fs, p = _fs_path(path)
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{path}: no such file or object")
+    if info.type != pafs.FileType.File:
+        raise OSError(f"{path}: not a file")
+    return int(info.size)
+
+
+def open_input(path: str):
+    """A seekable binary file of a local path or a URI (pyarrow ``RandomAccessFile``)."""
+    if not is_uri(path):
+        return open(path, "rb")
+    fs, p = _fs_path(path)
+    return fs.open_input_file(p)
+
+
+class _RemoteRows:
+    """Rows ``[i:j]`` of a fixed-record file behind a URI, read with one ranged read per slice
+    (the remote stand-in for ``np.memmap``)."""
+
+    def __init__(self, path: str, dtype: np.dtype, offset: int, n: int) -> None:
+        self.f = open_input(path)
+        self.dtype, self.offset, self.n = np.dtype(dtype), int(offset), int(n)
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        a, b, _ = sl.indices(self.n)
+        if b <= a:
+            return np.zeros(0, dtype=self.dtype)
+        size = self.dtype.itemsize
+        raw = self.f.read_at((b - a) * size, self.offset + a * size)
+        if len(raw) != (b - a) * size:
+            raise OSError(f"short read: {len(raw)} of {(b - a) * size} bytes")
+        return np.frombuffer(raw, dtype=self.dtype)
+
+
+def _records(path: str, dtype: np.dtype, offset: int, n: int):
+    """Memory map of ``n`` records of ``dtype`` at ``offset`` (local) or ``_RemoteRows``."""
+    if is_uri(path):
+        return _RemoteRows(path, dtype, offset, n)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(n,))
+
+
+def _has_glob(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def _discover_uri(s: str) -> list[str]:
+    """Files of a URI source: one object, a folder (prefix) listing, or a glob matched on the
+    listing of the folder before its first wildcard (``**`` and patterns with ``/`` list
+    recursively)."""
+    import pyarrow.fs as pafs
+
+    if _has_glob(s):
+        cut = min(s.index(c) for c in "*?[" if c in s)
+        base, pattern = s[:cut].rpartition("/")[0], s[cut:]
+        pattern = s[len(base) + 1:]
+    else:
+        base, pattern = s.rstrip("/"), None
+    fs, root = _resolve(base)
+    root = root.rstrip("/")
+    try:
+        info = fs.get_file_info(root) if pattern is None else None
+        if info is not None and info.type == pafs.FileType.File:
+            return [s]
+        if info is not None and info.type == pafs.FileType.NotFound:
+            raise InvalidArgument(f"source {s!r}: no such file, folder or object prefix")
+        recursive = pattern is not None and ("/" in pattern or "**" in pattern)
+        listing = fs.get_file_info(pafs.FileSelector(root, recursive=recursive,
+                                                     allow_not_found=pattern is not None))
+    except OSError as e:
+        raise InvalidArgument(f"source {s!r}: cannot list it ({e})") from None
+    out = []
+    for f in listing:
+        if f.type != pafs.FileType.File or os.path.splitext(f.path)[1].lower() not in EXTENSIONS:
+            continue
+        rel = f.path[len(root):].lstrip("/")
+        if pattern is None or fnmatch.fnmatchcase(rel, pattern):
+            out.append(f"{base}/{rel}")
+    if not out:
+        raise InvalidArgument(f"source {s!r}: no matching .npy/.fvecs/.bvecs/.ivecs/.parquet "
+                              f"files")
+    return sorted(out)
+
+
 def discover(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Files of ``source``: a file, a folder (its supported files, sorted) or a glob; or a list.
-    Raises ``InvalidArgument`` when nothing matches."""
+    """Files of ``source``: a file, a folder (its supported files, sorted) or a glob, each a
+    local path or a URI (see the module doc); or a list. Local paths come back absolute, URIs
+    as given (folder and glob matches as ``<folder URI>/<relative path>``).
+    Raises ``InvalidArgument`` when nothing matches or a URI cannot be listed."""
     if isinstance(source, str | os.PathLike):
         source = [source]
     out: list[str] = []
     for s in source:
         s = os.fspath(s)
-        if os.path.isdir(s):
+        if is_uri(s):
+            out += _discover_uri(s)
+        elif os.path.isdir(s):
             out += sorted(os.path.join(s, f) for f in os.listdir(s)
                           if os.path.splitext(f)[1].lower() in EXTENSIONS)
         elif os.path.isfile(s):
@@ -114,13 +277,13 @@ def discover(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[st
             out += hits
     if not out:
         raise InvalidArgument(f"source {source!r}: no .npy/.fvecs/.bvecs/.ivecs/.parquet files")
-    return [os.path.abspath(p) for p in dict.fromkeys(out)]
+    return [p if is_uri(p) else os.path.abspath(p) for p in dict.fromkeys(out)]
 
 
 # -- per-format headers -------------------------------------------------------------------------
 def _npy_header(path: str) -> tuple[tuple[int, ...], np.dtype, int, int]:
     """(shape, dtype, data offset, complete rows actually present)."""
-    with open(path, "rb") as f:
+    with open_input(path) as f:
         try:
             version = np.lib.format.read_magic(f)
             read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
@@ -135,7 +298,7 @@ def _npy_header(path: str) -> tuple[tuple[int, ...], np.dtype, int, int]:
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
         raise ShardError(f"{path}: expected a numeric array, got dtype {dtype}")
     rowbytes = max(1, shape[1] * dtype.itemsize)
-    present = min(shape[0], (os.path.getsize(path) - off) // rowbytes)
+    present = min(shape[0], (file_size(path) - off) // rowbytes)
     return shape, dtype, off, present
 
 
@@ -144,10 +307,11 @@ _VECS = {"fvecs": np.dtype("<f4"), "bvecs": np.dtype("u1"), "ivecs": np.dtype("<
 
 def _vecs_header(path: str, kind: str) -> tuple[int, int, int]:
     """(dim, complete records, record bytes) of an .fvecs/.bvecs/.ivecs file."""
-    size = os.path.getsize(path)
+    size = file_size(path)
     if size < 4:
         raise ShardError(f"{path}: empty or truncated (no dimension header)")
-    dim = int(np.fromfile(path, dtype="<i4", count=1)[0])
+    with open_input(path) as f:
+        dim = int(np.frombuffer(f.read(4), dtype="<i4")[0])
     if dim <= 0 or dim > 1 << 20:
         raise ShardError(f"{path}: row 0: bad dimension header {dim}")
     rec = 4 + dim * _VECS[kind].itemsize
@@ -158,7 +322,7 @@ def _parquet_file(path: str):
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(open_input(path) if is_uri(path) else path)
     except Exception as e:  # pyarrow raises several types for corrupt files
         raise ShardError(f"{path}: not a readable Parquet file ({e})") from None
 
@@ -177,9 +341,9 @@ def shard_info(path: str, columns: Columns = Columns()) -> tuple[str, int, int |
         return kind, int(shape[0]), int(shape[1]), problems
     if kind in _VECS:
         dim, n, rec = _vecs_header(path, kind)
-        if os.path.getsize(path) % rec:
+        if file_size(path) % rec:
             problems.append({"file": path, "row": int(n),
-                             "error": f"truncated: {os.path.getsize(path) % rec} trailing bytes "
+                             "error": f"truncated: {file_size(path) % rec} trailing bytes "
                                       f"after {n} complete records"})
         return kind, int(n), dim, problems
     pf = _parquet_file(path)
@@ -245,8 +409,8 @@ def read_batches(shard: Shard, dim: int | None, batch_rows: int = 10_000, start:
 def _read_npy(shard: Shard, dim, batch_rows: int, start: int, end: int) -> Iterator[Batch]:
     shape, dtype, off, present = _npy_header(shard.path)
     _check_dim(shard, dim, shape[1])
-    mm = np.memmap(shard.path, dtype=dtype, mode="r", offset=off, shape=(present, shape[1])) \
-        if present else np.zeros((0, shape[1]), dtype=dtype)
+    row = np.dtype((dtype, (shape[1],)))
+    mm = _records(shard.path, row, off, present) if present else np.zeros((0, shape[1]), dtype)
     for s in range(start, end, batch_rows):
         e = min(s + batch_rows, end)
         errors: list[dict] = []
@@ -267,8 +431,8 @@ def _read_vecs(shard: Shard, dim, batch_rows: int, start: int, end: int) -> Iter
     _check_dim(shard, dim, d)
     vt = _VECS[shard.kind]
     rt = np.dtype([("dim", "<i4"), ("v", vt, (d,))])
-    mm = np.memmap(shard.path, dtype=rt, mode="r", shape=(n,)) if n else None
-    truncated = os.path.getsize(shard.path) % rec != 0
+    mm = _records(shard.path, rt, 0, n) if n else None
+    truncated = file_size(shard.path) % rec != 0
     end = min(end, n)
     if start >= end:
         if truncated and start == n:

@@ -28,9 +28,14 @@ MAX_ERRORS_PER_SHARD = 1000
 
 def write_json_atomic(path: str, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (temp + fsync + rename + fsync dir)."""
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp + fsync + rename + fsync dir)."""
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -115,9 +120,15 @@ class JobState:
         s["errors"].append({"file": path, "row": int(s["acked"]), "error": error})
         s["done"] = True
 
-    def save(self) -> None:
+    def dumps(self) -> str:
+        """The state as the JSON text ``save`` writes (taken under the caller's lock, written
+        outside it: see ``online._Tracker``)."""
         self.data["updated"] = time.time()
-        write_json_atomic(self.path, self.data)
+        return json.dumps(self.data, indent=1, sort_keys=True)
+
+    def save(self, text: str | None = None) -> None:
+        """Write the state (``text``: a ``dumps`` taken earlier) atomically."""
+        write_text_atomic(self.path, self.dumps() if text is None else text)
 
 
 class Progress:
