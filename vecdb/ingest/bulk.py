@@ -6,14 +6,15 @@ atomically into a stopped data folder.
     shards --(1) sample tasks--> sample files (~10 rows per head) --> train_heads, Ray tasks:
                balanced k-means levels on <= train_rows drawn rows, route tasks split the files
                into parts of <= train_rows rows, hierarchical_balanced_clusters per part -->
-               heads; driver: head HNSW + HeadGroups
+               heads.npy; two parallel Ray tasks: head HNSW + HeadGroups (memory-mappable)
     shards --(2) Ray Data: ShardDatasource read fused with map_batches(_map_block), one task
                per shard, heads memory-mapped once per worker -->
                HeadGroups candidates --> _spann.rng_select_heads
                vectors/acl/payload SST (keys = slots, one disjoint range per batch)
                runs: (list id, primary?, dist, slot) sorted by list id, one per batch
                histogram of list sizes
-    runs --(3) reduce tasks (one per list-id range, sized by the histogram to the memory budget)-->
+    runs --(3) reduce tasks (2 x CPUs; each walks consecutive list-id ranges, each range sized
+               by the histogram to the memory budget, files mapped once per task)-->
                cap, split hub lists, gather vectors from the map tasks' vector files -->
                postings SST: b"H"+list -> head vector, b"P"+list -> packed records (capped)
     import_bulk: Database.import_sst (engine): SST files ingested per column family, maps
@@ -31,9 +32,11 @@ takes online updates afterwards (splits, merges) like any other SPANN collection
 
 Memory: every stage streams. A sample task holds its shard's sample rows; a head-training task
 at most ``train_rows`` sample rows (the sample stays in files; ``train_heads``); a map task one
-batch (``batch_rows``) plus the heads and the head groups; a reduce task one list-id range whose
-rows fit ``memory_bytes``. The driver holds the heads, their graph and groups, and the list-size
-histogram: ``head_ratio`` x N heads, SPANN's in-RAM index, which the server holds too. The
+batch (``batch_rows``) plus search buffers, the heads and head groups memory-mapped (one
+page-cache copy per machine); a reduce task one list-id range at a time whose rows fit
+``memory_bytes``; the duplicate-id check (``check_unique_ids``) one id range per task. The driver
+holds the heads (memory-mapped), the list-size histogram and 64 sample ids per map batch; the head
+graph and groups are built, and the graph updated, in tasks. The
 import holds what the opened collection holds (engine maps, SPANN's versions, live flags and
 tenant bitmaps: bytes per vector) plus bounded chunks. Each stage's peak RSS, driver and tasks,
 is in the manifest's ``stages``.
