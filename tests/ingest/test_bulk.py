@@ -370,3 +370,97 @@ def test_train_heads_within_train_rows_is_the_in_memory_build(ray_local, tmp_pat
                                        "member") for g in range(4)])
     assert info["levels"] == 1 and np.array_equal(heads, want)
     assert not list(tmp_path.glob("*.npy"))
+
+
+def _sst_items(folder) -> list[tuple[bytes, bytes]]:
+    import rocksdict
+
+    db = rocksdict.Rdict(str(folder / "db"), options=rocksdict.Options(raw_mode=True))
+    try:
+        for f in sorted((folder / "sst").iterdir()):
+            db.ingest_external_file([str(f)])
+        return list(db.items())
+    finally:
+        db.close()
+
+
+def test_reduce_task_over_many_ranges_writes_what_one_task_per_range_writes(tmp_path):
+    """A reduce task maps the run/vector files once and walks its ranges with per-run cursors:
+    every range must come out as when it is reduced alone (keys, records with zero pad bytes,
+    split hub lists, sizes), and ``_groups`` must cover the ranges in order."""
+    from vecdb.index._spann_parts import record_dtype
+    from vecdb.ingest.bulk import _groups, _reduce_task, run_dtype
+
+    rng = np.random.default_rng(0)
+    H, dim, per = 40, 8, 300
+    heads = rng.standard_normal((H, dim)).astype(np.float32)
+    runs, vec_files = [], []
+    for f in range(3):
+        X = rng.standard_normal((per, dim)).astype(np.float32)
+        p = tmp_path / f"vec-{f}.npy"
+        np.save(p, X)
+        vec_files.append((f * per, str(p)))
+        lid = np.concatenate([rng.integers(0, H, per), np.full(per // 3, 7)])  # list 7: a hub
+        r = np.empty(len(lid), run_dtype())
+        r["lid"], r["sec"] = lid, np.arange(len(lid)) % 3 != 0
+        r["d"] = rng.random(len(lid))
+        r["slot"] = f * per + np.concatenate([np.arange(per), np.arange(per // 3)])
+        r = r[np.argsort(r["lid"], kind="stable")]
+        np.save(tmp_path / f"run-{f}.npy", r)
+        runs.append(str(tmp_path / f"run-{f}.npy"))
+    hist = np.bincount(np.concatenate([np.load(p)["lid"] for p in runs]), minlength=H)
+    ranges = [(0, 5), (5, 9), (9, 9 + 1), (10, 25), (25, 40)]
+    groups = _groups(hist, ranges, 2)
+    assert [r[:2] for g in groups for r in g] == ranges and len(groups) == 2
+    assert [r[2] for g in groups for r in g] == list(range(len(ranges)))
+    split = {7: (H, 8)}
+    outs = []
+    for name, calls in (("one", [[(lo, hi, i)] for i, (lo, hi) in enumerate(ranges)]),
+                        ("many", groups)):
+        out = tmp_path / name
+        (out / "sst").mkdir(parents=True)
+        res = [r for g in calls for r in _reduce_task(
+            g, runs, heads[g[0][0]:g[-1][1]], dim, 20, vec_files, str(out), split, 1.0, 0, 30)]
+        outs.append((_sst_items(out), res))
+    (a, ra), (b, rb) = outs
+    assert a == b and len(a) > 2 * H
+    for x, y in zip(ra, rb, strict=True):
+        for k in ("sizes", "new_ids", "new_sizes", "new_heads"):
+            assert np.array_equal(x[k], y[k])
+    assert ra[1]["sizes"][7 - 5] == -1 and len(ra[1]["new_ids"]) >= 2  # the hub was split
+    recs = [np.frombuffer(v, record_dtype(dim)) for k, v in a if k[:1] == b"P"]
+    raw = np.concatenate([np.frombuffer(v, np.uint8) for k, v in a if k[:1] == b"P"])
+    assert sum(len(r) for r in recs) * record_dtype(dim).itemsize == len(raw)
+    pads = raw.reshape(-1, record_dtype(dim).itemsize)[:, 9:12]
+    assert not pads.any()  # split parts included: no uninitialised bytes on disk
+    assert all(r["ver"].min() == 1 for r in recs)
+
+
+def test_duplicate_id_check_runs_in_id_ranges(ray_local, tmp_path):
+    """``save_ids`` files + ``check_unique_ids``: range tasks over every batch's file find a
+    repeat across batches or inside one batch whatever the number of ranges, name the smallest
+    repeated ids, and pass unique ids (every id checked exactly once)."""
+    from vecdb.ingest.bulk import check_unique_ids, save_ids
+
+    rng = np.random.default_rng(2)
+    ids = rng.permutation(np.arange(10**12, 10**12 + 50_000)).astype(np.uint64)
+    batches = np.array_split(ids, 7)
+    res = [save_ids(b, str(tmp_path), f"b{i}") for i, b in enumerate(batches)]
+    assert save_ids(None, str(tmp_path), "none") == {} and "ids_file" in res[0]
+    for tasks in (1, 3, 16):
+        info = check_unique_ids(res + [{}], tasks=tasks)
+        assert info["ids"] == 50_000 and info["tasks"] >= tasks
+    # memory budget: 50k ids x 24 B over 100 kB -> at least 12 ranges
+    assert check_unique_ids(res, memory_bytes=100_000, tasks=1)["tasks"] >= 12
+    # a repeat across batches (in a middle range) and one at the very top of the id space
+    dup = [int(batches[2][5]), int(ids.max())]
+    extra = save_ids(np.array(dup, np.uint64), str(tmp_path), "dup")
+    for tasks in (1, 4):
+        with pytest.raises(InvalidArgument, match="duplicate ids") as e:
+            check_unique_ids(res + [extra], tasks=tasks)
+        assert str(sorted(dup)) in str(e.value)
+    # a repeat inside one batch (its unique file alone would hide it)
+    inner = save_ids(np.array([7, 9, 7], np.uint64), str(tmp_path), "inner")
+    assert inner["ids_rows"] == 2 and inner["ids_dup"].tolist() == [7]
+    with pytest.raises(InvalidArgument, match=r"\[7\]"):
+        check_unique_ids(res + [inner])

@@ -138,10 +138,31 @@ def test_one_group_k_over_heads_and_save_load(tmp_path, engine):
     assert np.isinf(dist[:, 30:]).all()
     i1, d1 = hg.search(V, 1)
     assert i1.shape == (50, 1) and (i1[:, 0] == want[:, 0]).all()
-    hg.save(str(tmp_path / "g.npz"))
-    back = HeadGroups.load(str(tmp_path / "g.npz"))
+    hg.save(str(tmp_path / "g"))
+    back = HeadGroups.load(str(tmp_path / "g"))
     i2, d2 = back.search(V, 40, engine=engine)
     assert (i2 == ids).all() and np.array_equal(d2, dist)
+
+
+def test_saved_groups_load_memory_mapped_with_the_same_answers(tmp_path):
+    """A loaded HeadGroups keeps every per-head array memory-mapped (no private copy per map
+    worker: one page-cache copy per machine) and answers exactly as the built one."""
+    heads, V = _data(0, n_heads=3000, n=400)
+    hg = HeadGroups.build(heads, 0, group_size=64, probes=4)
+    hg.save(str(tmp_path / "g"))
+    back = HeadGroups.load(str(tmp_path / "g"))
+    for name in ("heads", "ids", "hsq", "centroids", "csq", "bounds"):
+        arr = getattr(back, name)
+        assert isinstance(arr, np.memmap) or isinstance(arr.base, np.memmap), name
+        assert np.array_equal(arr, getattr(hg, name)), name
+    for engine in ("merge", "buffer"):
+        a, b = hg.search(V, 16, engine=engine), back.search(V, 16, engine=engine)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    private = HeadGroups.load(str(tmp_path / "g"), mmap=False)
+    assert not isinstance(private.heads, np.memmap)
+    assert not isinstance(private.heads.base, np.memmap)
+    with pytest.raises(InvalidArgument):
+        HeadGroups.load(str(tmp_path / "g" / "heads.npy"))
 
 
 def test_bad_search_input_is_refused():

@@ -6,14 +6,15 @@ atomically into a stopped data folder.
     shards --(1) sample tasks--> sample files (~10 rows per head) --> train_heads, Ray tasks:
                balanced k-means levels on <= train_rows drawn rows, route tasks split the files
                into parts of <= train_rows rows, hierarchical_balanced_clusters per part -->
-               heads; driver: head HNSW + HeadGroups
+               heads.npy; two parallel Ray tasks: head HNSW + HeadGroups (memory-mappable)
     shards --(2) Ray Data: ShardDatasource read fused with map_batches(_map_block), one task
                per shard, heads memory-mapped once per worker -->
                HeadGroups candidates --> _spann.rng_select_heads
                vectors/acl/payload SST (keys = slots, one disjoint range per batch)
                runs: (list id, primary?, dist, slot) sorted by list id, one per batch
                histogram of list sizes
-    runs --(3) reduce tasks (one per list-id range, sized by the histogram to the memory budget)-->
+    runs --(3) reduce tasks (2 x CPUs; each walks consecutive list-id ranges, each range sized
+               by the histogram to the memory budget, files mapped once per task)-->
                cap, split hub lists, gather vectors from the map tasks' vector files -->
                postings SST: b"H"+list -> head vector, b"P"+list -> packed records (capped)
     import_bulk: Database.import_sst (engine): SST files ingested per column family, maps
@@ -31,9 +32,11 @@ takes online updates afterwards (splits, merges) like any other SPANN collection
 
 Memory: every stage streams. A sample task holds its shard's sample rows; a head-training task
 at most ``train_rows`` sample rows (the sample stays in files; ``train_heads``); a map task one
-batch (``batch_rows``) plus the heads and the head groups; a reduce task one list-id range whose
-rows fit ``memory_bytes``. The driver holds the heads, their graph and groups, and the list-size
-histogram: ``head_ratio`` x N heads, SPANN's in-RAM index, which the server holds too. The
+batch (``batch_rows``) plus search buffers, the heads and head groups memory-mapped (one
+page-cache copy per machine); a reduce task one list-id range at a time whose rows fit
+``memory_bytes``; the duplicate-id check (``check_unique_ids``) one id range per task. The driver
+holds the heads (memory-mapped), the list-size histogram and 64 sample ids per map batch; the head
+graph and groups are built, and the graph updated, in tasks. The
 import holds what the opened collection holds (engine maps, SPANN's versions, live flags and
 tenant bitmaps: bytes per vector) plus bounded chunks. Each stage's peak RSS, driver and tasks,
 is in the manifest's ``stages``.
@@ -85,6 +88,37 @@ def current_rss() -> int:
         return 0
 
 
+def anon_rss() -> int:
+    """This process's anonymous (private, heap) RSS now in bytes: RSS without the file pages it
+    maps, which the page cache shares between processes and can drop (0 where /proc is
+    missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def memory_now() -> dict[str, int]:
+    """This process's memory now, bytes (``/proc/self/smaps_rollup``; {} where missing): ``rss``,
+    ``pss`` (shared pages divided among the processes mapping them), ``uss`` (pages no other
+    process maps), ``anon`` (heap: what a task really adds to a machine; file pages are the
+    page cache's, one copy for all its processes) and ``shared`` (mapped by others too)."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            kb = {k: int(v.split()[0]) for k, v in
+                  (line.split(":", 1) for line in f if ":" in line and line[0].isupper())}
+    except (OSError, ValueError):
+        return {}
+    return {"rss": kb.get("Rss", 0) << 10, "pss": kb.get("Pss", 0) << 10,
+            "uss": (kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)) << 10,
+            "anon": kb.get("Anonymous", 0) << 10,
+            "shared": (kb.get("Shared_Clean", 0) + kb.get("Shared_Dirty", 0)) << 10}
+
+
 def reset_peak_rss() -> None:
     """Restart this process's peak-RSS count at its current RSS (Linux ``clear_refs`` 5), so a
     stage's or a task's peak is its own and not that of earlier work in the same (reused)
@@ -132,6 +166,39 @@ def build_head_graph(heads: np.ndarray, metric: str, cfg: dict[str, Any], path: 
     g.add(np.ascontiguousarray(heads, dtype=np.float32),
           slots=np.arange(len(heads), dtype=np.int64))
     g.save(path)
+
+
+def _head_graph_task(heads_path: str, metric: str, cfg: dict[str, Any], path: str,
+                     threads: int) -> dict[str, Any]:
+    """``build_head_graph`` as a Ray task over the saved heads (memory-mapped)."""
+    t0 = time.perf_counter()
+    reset_peak_rss()
+    build_head_graph(np.load(heads_path, mmap_mode="r"), metric, cfg, path, threads)
+    return {"seconds": time.perf_counter() - t0, "rss": _rss()}
+
+
+def _head_groups_task(heads_path: str, code: int, size: int, probes: int, balance: float,
+                      seed: int, path: str) -> dict[str, Any]:
+    """``HeadGroups.build`` as a Ray task over the saved heads, saved to folder ``path``."""
+    t0 = time.perf_counter()
+    reset_peak_rss()
+    HeadGroups.build(np.load(heads_path, mmap_mode="r"), code, size, probes, balance,
+                     seed).save(path)
+    return {"seconds": time.perf_counter() - t0, "rss": _rss()}
+
+
+def _head_graph_update_task(path: str, removed: np.ndarray, added: np.ndarray,
+                            added_ids: np.ndarray) -> dict[str, Any]:
+    """The saved head graph without the split hub lists' heads and with their parts' heads
+    (the reduce's graph update, in a task: the driver never loads the graph)."""
+    from vecdb.index.hnsw import HNSWIndex
+
+    reset_peak_rss()
+    g = HNSWIndex.load(path)
+    g.remove(removed)
+    g.add(np.ascontiguousarray(added, dtype=np.float32), slots=added_ids)
+    g.save(path)
+    return {"rss": _rss()}
 
 
 def run_dtype() -> np.dtype:
@@ -476,10 +543,14 @@ def train_heads(files: list[tuple[str, int]], n_total: int, cfg: dict[str, Any],
 
 # -- stage 2: map -------------------------------------------------------------------------------
 class _SstSink:
-    """A lazily opened ``SstFileWriter`` (a task that has no ACLs writes no ACL file)."""
+    """A lazily opened ``SstFileWriter`` (a task that has no ACLs writes no ACL file). With
+    ``family`` the file is written with that column family's options in the engine (no
+    compression for vectors/postings, whose float bytes do not compress: snappy only cost CPU;
+    bloom filters where the engine keeps them)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, family: str | None = None) -> None:
         self.path = path
+        self.family = family
         self.w = None
         self.n = 0
 
@@ -487,7 +558,13 @@ class _SstSink:
         if self.w is None:
             import rocksdict
 
-            self.w = rocksdict.SstFileWriter(options=rocksdict.Options(raw_mode=True))
+            if self.family is None:
+                opts = rocksdict.Options(raw_mode=True)
+            else:
+                from vecdb.storage.rocks import _cf_options
+
+                opts = _cf_options(self.family, None, False)
+            self.w = rocksdict.SstFileWriter(options=opts)
             self.w.open(self.path)
         w = self.w
         for k, v in zip(keys, values, strict=True):
@@ -544,15 +621,76 @@ def write_engine_rows(sst: dict[str, _SstSink], b: Any, X: np.ndarray, slots: np
     return b.ids
 
 
-def check_unique_ids(res: list[dict[str, Any]]) -> None:
-    """InvalidArgument if the map results' source ids (``r["ids"]``: each batch's unique ids
-    from the data; empty when ids are generated) repeat across batches or shards. Shared by
-    every bulk build; holds 8 B per source id (a known limit)."""
-    ids = np.concatenate([r["ids"] for r in res]) if res else np.zeros(0, np.uint64)
-    u, c = np.unique(ids, return_counts=True)
-    if (c > 1).any():
-        raise InvalidArgument(f"duplicate ids across shards (first: {u[c > 1][:5].tolist()}); "
-                              f"bulk build needs unique ids")
+ID_SAMPLE = 64  # ids per batch the driver keeps to cut the id space (check_unique_ids)
+
+
+def save_ids(ids: np.ndarray | None, folder: str, tag: str) -> dict[str, Any]:
+    """A map batch's part of the duplicate-id check (every bulk build): its sorted unique source
+    ids go to ``folder/ids-<tag>.npy`` (``check_unique_ids`` reads them back in id ranges); the
+    result carries the file, ``ID_SAMPLE`` evenly spaced ids (to cut the id space) and the ids
+    the batch itself repeats. Nothing when ids are generated (unique by construction)."""
+    if ids is None or not len(ids):
+        return {}
+    u, c = np.unique(np.asarray(ids, dtype=np.uint64), return_counts=True)
+    path = os.path.join(folder, f"ids-{tag}.npy")
+    np.save(path, u)
+    pick = np.linspace(0, len(u) - 1, min(len(u), ID_SAMPLE)).astype(np.int64)
+    return {"ids_file": path, "ids_rows": int(len(u)), "ids_sample": u[pick],
+            "ids_dup": u[c > 1][:5]}
+
+
+def _id_range_task(files: list[str], lo: int | None, hi: int | None) -> dict[str, Any]:
+    """The ids in [lo, hi) (None: unbounded) of every batch's sorted id file, found by binary
+    search on the memory-mapped files: the first repeated ones and how many repeat."""
+    reset_peak_rss()
+    parts = []
+    for f in files:
+        a = np.load(f, mmap_mode="r")
+        i = 0 if lo is None else int(np.searchsorted(a, np.uint64(lo)))
+        j = len(a) if hi is None else int(np.searchsorted(a, np.uint64(hi)))
+        if j > i:
+            parts.append(np.array(a[i:j]))
+        del a
+    x = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    del parts
+    x.sort()
+    rep = np.unique(x[1:][x[1:] == x[:-1]])
+    return {"dups": rep[:5], "n_dups": int(len(rep)), "rows": int(len(x)), "rss": _rss()}
+
+
+def check_unique_ids(res: list[dict[str, Any]], memory_bytes: int = 256 << 20,
+                     tasks: int | None = None) -> dict[str, Any]:
+    """InvalidArgument if the source ids of the map results (``save_ids``: each batch's sorted
+    unique ids in a file) repeat within a batch or across batches and shards. Shared by every
+    bulk build. Ray tasks each check one id range across all the files (range bounds from the
+    batches' id samples; at least ``tasks``, default the cluster's CPUs, and enough that a
+    range's ids fit ``memory_bytes``): the driver holds ``ID_SAMPLE`` ids per batch, not 8 B
+    per id. Returns what it did (tasks, ids, the tasks' peak RSS)."""
+    import ray
+
+    files = [r["ids_file"] for r in res if r.get("ids_file")]
+    info: dict[str, Any] = {"ids": sum(r.get("ids_rows", 0) for r in res), "tasks": 0,
+                            "worker_peak_rss": 0}
+    inside = [r["ids_dup"] for r in res if len(r.get("ids_dup", ()))]
+    dups = np.unique(np.concatenate(inside)) if inside else np.zeros(0, np.uint64)
+    if files and not len(dups):
+        # ~3 x 8 B per id in a task (the slices, their concatenation, the comparison)
+        k = max(tasks or int(ray.cluster_resources().get("CPU", 1)),
+                -(-info["ids"] * 24 // max(1, memory_bytes)))
+        sample = np.sort(np.concatenate([r["ids_sample"] for r in res if r.get("ids_file")]))
+        cuts = np.unique(sample[(np.arange(1, k) * len(sample)) // k]).tolist() if k > 1 else []
+        bounds = [None, *cuts, None]
+        t = ray.remote(num_cpus=1)(_id_range_task)
+        out = ray.get([t.remote(files, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:],
+                                                                  strict=True)])
+        info.update(tasks=len(out), worker_peak_rss=max(o["rss"] for o in out))
+        assert sum(o["rows"] for o in out) == info["ids"]  # the ranges cover every id once
+        found = [o["dups"] for o in out if o["n_dups"]]
+        dups = np.concatenate(found) if found else dups
+    if len(dups):
+        raise InvalidArgument(f"duplicate ids across shards (first: {np.sort(dups)[:5].tolist()})"
+                              f"; bulk build needs unique ids")
+    return info
 
 
 _HEADS: dict[tuple, tuple[np.ndarray, HeadSearch]] = {}
@@ -595,8 +733,7 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
     res: dict[str, Any] = {"shard": b.shard, "index": piece.shard, "good": len(b),
                            "errors": piece.errors, "runs": [], "sst": {}, "split": split,
                            "hist": (np.zeros(0, np.int32), np.zeros(0, np.int64)),
-                           "prim": (np.zeros(0, np.int32), np.zeros(0, np.int64)),
-                           "ids": np.zeros(0, np.uint64)}
+                           "prim": (np.zeros(0, np.int32), np.zeros(0, np.int64))}
     if piece.failed or not len(b):
         res.update(good=0, rss=_rss(), seconds=time.perf_counter() - t0)
         if piece.failed:
@@ -611,7 +748,7 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
     t2 = time.perf_counter()
     split["read"] += t2 - t0
     slots = offsets[piece.shard] + b.rows
-    sst = {f: _SstSink(os.path.join(out, "sst", f"{f}-{tag}.sst"))
+    sst = {f: _SstSink(os.path.join(out, "sst", f"{f}-{tag}.sst"), f)
            for f in ("vectors", "acl", "payload")}
     maps = os.path.join(out, "sst", f"maps-{tag}.npy")
     ids = write_engine_rows(sst, b, X, slots, tenant_ids, tenant, id_start, maps)
@@ -635,6 +772,7 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
                             keep.view(np.uint8))
     t5 = time.perf_counter()
     split["rng"] += t5 - t4
+    mem = memory_now()  # with the batch's search buffers, candidates and heads in use
     pts, cols = np.nonzero(keep)
     lid = cand[pts, cols].astype(np.int32)
     order = np.argsort(lid, kind="stable")
@@ -651,20 +789,87 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
                hist=np.unique(run["lid"], return_counts=True),
                prim=np.unique(run["lid"][run["sec"] == 0], return_counts=True),
                vec_file=vec_path, offset=int(offsets[piece.shard] + lo),
-               ids=np.zeros(0, np.uint64) if ids is None else np.unique(ids),
-               rss=_rss(), seconds=time.perf_counter() - t0)
+               **save_ids(ids, os.path.join(out, "ids"), tag),
+               rss=_rss(), mem=mem, seconds=time.perf_counter() - t0)
     return res
 
 
 # -- stage 3: reduce ----------------------------------------------------------------------------
-def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray, dim: int,
-                 cap: int, vec_files: list[tuple[int, str]], out: str,
+class _Mapped:
+    """The run and vector files one reduce task reads, memory-mapped once for all its ranges (a
+    range used to re-open and re-map every file: 2 x 520 ``np.load`` per range at 10M, and every
+    page it touched faulted again). At most ``limit`` files stay mapped (each holds a file
+    descriptor); past that the oldest half are dropped and re-opened on demand.
+
+    The pages a task touched stay mapped until it returns, so its RSS counts them (up to the
+    run and vector files' size): they are the page cache's clean, shared pages, not the task's
+    own memory, which is its anonymous RSS (bounded by ``memory_bytes``; the reduce reports both).
+    Unmapping them after each file or range (MADV_DONTNEED) measured 0.35-0.5 s of CPU per range
+    at 3M against 0.15 s mapped (the page faults come back in every range)."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        if limit is None:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            limit = 4096 if soft == resource.RLIM_INFINITY else max(64, min(4096, soft // 4))
+        self.limit = limit
+        self.files: dict[str, np.ndarray] = {}
+
+    def __call__(self, path: str) -> np.ndarray:
+        a = self.files.get(path)
+        if a is None:
+            if len(self.files) >= self.limit:
+                for k in list(self.files)[: self.limit // 2]:
+                    del self.files[k]
+            a = self.files[path] = np.load(path, mmap_mode="r")
+        return a
+
+
+def _reduce_task(ranges: list[tuple[int, int, int]], runs: list[str], heads: np.ndarray,
+                 dim: int, cap: int, vec_files: list[tuple[int, str]], out: str,
                  split: dict[int, tuple[int, int]] | None = None,
-                 balance: float = 1.0, seed: int = 0, limit: int = 0) -> dict[str, Any]:
+                 balance: float = 1.0, seed: int = 0, limit: int = 0) -> list[dict[str, Any]]:
+    """Consecutive list-id ranges ``(lo, hi, number)`` one after another (each bounded by the
+    memory budget; ``heads`` = the heads of lists [first lo, last hi)), the run and vector files
+    mapped once for all of them (``_Mapped``), each run read from a cursor that only moves
+    forward (runs are sorted by list id). Returns ``_reduce_range``'s result per range."""
+    reset_peak_rss()
+    files = _Mapped()
+    cursor = [-1] * len(runs)
+    base = ranges[0][0] if ranges else 0
+    out_l = []
+    for lo, hi, task in ranges:
+        out_l.append(_reduce_range(lo, hi, task, runs, heads[lo - base:hi - base], dim, cap,
+                                   vec_files, out, files, cursor,
+                                   {h: v for h, v in (split or {}).items() if lo <= h < hi},
+                                   balance, seed, limit))
+    return out_l
+
+
+def _slice_run(files: _Mapped, path: str, cursor: list[int], r: int, lo: int,
+               hi: int) -> np.ndarray | None:
+    """Run ``r``'s records of lists [lo, hi) (a copy), found by binary search on the mapped list
+    ids from the run's cursor (``np.searchsorted`` on the strided field of a read-only map copies
+    the whole column first: O(run) per range, O(ranges x assignments) per stage)."""
+    import bisect
+
+    a = files(path)
+    lid = a["lid"]
+    i = cursor[r]
+    if i < 0:
+        i = bisect.bisect_left(lid, lo)
+    j = bisect.bisect_left(lid, hi, i)
+    cursor[r] = j
+    return np.array(a[i:j]) if j > i else None
+
+
+def _reduce_range(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray, dim: int,
+                  cap: int, vec_files: list[tuple[int, str]], out: str, files: _Mapped,
+                  cursor: list[int], split: dict[int, tuple[int, int]],
+                  balance: float, seed: int, limit: int) -> dict[str, Any]:
     """Lists [lo, hi): gather their assignments from every run, order each list (nearest-list
     records first, then by distance), keep at most ``cap`` records (a vector's nearest list
     always keeps it), gather the vectors from the map tasks' vector files, write the postings
-    SSTs (``b"H"`` head, ``b"P"`` packed records; one disjoint key range per task).
+    SSTs (``b"H"`` head, ``b"P"`` packed records; one disjoint key range per range ``task``).
 
     ``split``: list id -> (first new id, ids reserved) for lists whose nearest-list records
     alone overflow ``limit`` (= posting_limit; hub heads): such a list is replaced by lists of
@@ -675,17 +880,19 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
     from vecdb.index._spann_parts import balanced_kmeans, nearest_member, record_dtype
 
     t0 = time.perf_counter()
-    tm = {}
-    parts = []
-    for p in runs:
-        a = np.load(p, mmap_mode="r")
-        i, j = np.searchsorted(a["lid"], [lo, hi])
-        if j > i:
-            parts.append(np.array(a[i:j]))
-        del a
+    c0 = time.thread_time()
+    tm, tc = {}, {}
+
+    def lap(name: str, w: float, c: float) -> tuple[float, float]:
+        tm[name] = time.perf_counter() - w
+        tc[name] = time.thread_time() - c
+        return time.perf_counter(), time.thread_time()
+
+    parts = [p for r, path in enumerate(runs)
+             if (p := _slice_run(files, path, cursor, r, lo, hi)) is not None]
     cat = np.concatenate(parts) if parts else np.zeros(0, dtype=run_dtype())
     del parts
-    tm["load_runs"] = time.perf_counter() - t0
+    t1, c1 = lap("load_runs", t0, c0)
     cat = cat[np.lexsort((cat["d"], cat["sec"], cat["lid"]))]
     rows = len(cat)
     # the cap, vectorised: rank of each record inside its list vs max(primaries, cap)
@@ -699,8 +906,7 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
     dropped = rows - len(cat)
     size = np.bincount(cat["lid"].astype(np.int64) - lo, minlength=hi - lo)
     bounds = np.concatenate([[0], np.cumsum(size)])
-    tm["sort_cap"] = time.perf_counter() - t0 - tm["load_runs"]
-    t1 = time.perf_counter()
+    t1, c1 = lap("sort_cap", t1, c1)
     # vectors: gathered from the memory-mapped vector file of the map task that read each slot
     rec = np.zeros(len(cat), dtype=record_dtype(dim))
     rec["slot"] = cat["slot"]
@@ -715,12 +921,10 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
     cut = np.append(cut, len(sl))
     for t in np.flatnonzero(np.diff(cut)).tolist():
         a, b = int(cut[t]), int(cut[t + 1])
-        mm = np.load(vec_files[t][1], mmap_mode="r")
-        rec["vec"][by_slot[a:b]] = mm[sl[a:b] - offs[t]]
-        del mm
-    tm["gather"] = time.perf_counter() - t1
-    t1 = time.perf_counter()
-    split = split or {}
+        rec["vec"][by_slot[a:b]] = files(vec_files[t][1])[sl[a:b] - offs[t]]
+    del cat, by_slot, sl
+    anon = anon_rss()
+    t1, c1 = lap("gather", t1, c1)
     new_ids: list[int] = []
     new_vecs: list[np.ndarray] = []
     new_sizes: list[int] = []
@@ -728,6 +932,7 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
     for h in sorted(split):
         first, reserved = split[h]
         part = rec[int(bounds[h - lo]): int(bounds[h - lo + 1])]
+        whole = part.view(np.dtype((np.void, rec.itemsize)))
         V = np.ascontiguousarray(part["vec"])
         rng = np.random.default_rng((seed, h))
         # balanced k-means into ~cap-sized parts; a part still over cap is cut again (k-means
@@ -753,25 +958,23 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
             nk.append(b"H" + key)
             nv.append(head.tobytes())
             mk.append(b"P" + key)
-            mv.append(part[members].tobytes())
+            mv.append(whole[members].tobytes())  # whole records: pad bytes zero, not garbage
             new_ids.append(nid)
             new_vecs.append(head)
             new_sizes.append(len(members))
-    tm["hub_split"] = time.perf_counter() - t1
-    t1 = time.perf_counter()
-    buf = rec.tobytes()
-    del rec, cat
-    isz = record_dtype(dim).itemsize
-    hw = _SstSink(os.path.join(out, "sst", f"postings-H-{task:06d}.sst"))
-    pw = _SstSink(os.path.join(out, "sst", f"postings-P-{task:06d}.sst"))
-    files = []
+    t1, c1 = lap("hub_split", t1, c1)
+    hw = _SstSink(os.path.join(out, "sst", f"postings-H-{task:06d}.sst"), "postings")
+    pw = _SstSink(os.path.join(out, "sst", f"postings-P-{task:06d}.sst"), "postings")
+    written = []
     if nk:  # the parts of split lists: keys above every original id, ascending
-        hn = _SstSink(os.path.join(out, "sst", f"postings-HS-{task:06d}.sst"))
-        pn = _SstSink(os.path.join(out, "sst", f"postings-PS-{task:06d}.sst"))
+        hn = _SstSink(os.path.join(out, "sst", f"postings-HS-{task:06d}.sst"), "postings")
+        pn = _SstSink(os.path.join(out, "sst", f"postings-PS-{task:06d}.sst"), "postings")
         hn.put_many(nk, nv)
         pn.put_many(mk, mv)
-        files += [hn.finish(), pn.finish()]
+        written += [hn.finish(), pn.finish()]
         del nk, nv, mk, mv
+    # each list's records straight from the record array: one copy per list into the bytes the
+    # writer takes (was: the whole array to one bytes object, then a slice copy of it per list)
     hk, hv, pk, pv = [], [], [], []
     for h in range(lo, hi):
         if h in split:
@@ -780,23 +983,28 @@ def _reduce_task(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray
         hk.append(b"H" + key)
         hv.append(heads[h - lo].tobytes())
         pk.append(b"P" + key)
-        pv.append(buf[int(bounds[h - lo]) * isz: int(bounds[h - lo + 1]) * isz])
+        pv.append(rec[int(bounds[h - lo]): int(bounds[h - lo + 1])].tobytes())
         if len(pk) >= 4096:
+            anon = max(anon, anon_rss())
             hw.put_many(hk, hv)
             pw.put_many(pk, pv)
             hk, hv, pk, pv = [], [], [], []
     if pk:
+        anon = max(anon, anon_rss())
         hw.put_many(hk, hv)
         pw.put_many(pk, pv)
+    del rec
     sizes = size.astype(np.int64)
     sizes[[h - lo for h in split]] = -1  # replaced by their parts
-    return {"files": [f for f in (hw.finish(), pw.finish(), *files) if f],
-            "records": int(bounds[-1]), "lo": lo, "sizes": sizes,
-            "new_ids": np.array(new_ids, dtype=np.int64), "new_sizes": np.array(new_sizes),
-            "new_heads": np.array(new_vecs, dtype=np.float32).reshape(-1, dim),
-            "dropped": int(dropped), "rows": int(rows), "rss": _rss(),
-            "seconds": time.perf_counter() - t0,
-            "split": {**tm, "write_sst": time.perf_counter() - t1}}
+    res = {"files": [f for f in (hw.finish(), pw.finish(), *written) if f],
+           "records": int(bounds[-1]), "lo": lo, "sizes": sizes,
+           "new_ids": np.array(new_ids, dtype=np.int64), "new_sizes": np.array(new_sizes),
+           "new_heads": np.array(new_vecs, dtype=np.float32).reshape(-1, dim),
+           "dropped": int(dropped), "rows": int(rows), "rss": _rss(), "rss_anon": anon,
+           "seconds": time.perf_counter() - t0}
+    lap("write_sst", t1, c1)
+    res["split"], res["split_cpu"] = tm, tc
+    return res
 
 
 def _ranges(hist: np.ndarray, max_rows: int, min_ranges: int) -> list[tuple[int, int]]:
@@ -812,6 +1020,19 @@ def _ranges(hist: np.ndarray, max_rows: int, min_ranges: int) -> list[tuple[int,
         acc += int(hist[h])
     out.append((lo, H))
     return out
+
+
+def _groups(hist: np.ndarray, ranges: list[tuple[int, int]], tasks: int
+            ) -> list[list[tuple[int, int, int]]]:
+    """``ranges`` numbered and cut into at most ``tasks`` runs of consecutive ranges with about
+    the same number of assignments each (one reduce task per run)."""
+    rows = np.array([int(hist[lo:hi].sum()) for lo, hi in ranges], dtype=np.int64)
+    ends = np.cumsum(rows)
+    tasks = max(1, min(tasks, len(ranges)))
+    cut = np.searchsorted(ends, ends[-1] * np.arange(1, tasks) / tasks, side="right")
+    cut = np.unique(np.concatenate([[0], cut, [len(ranges)]]))
+    numbered = [(lo, hi, i) for i, (lo, hi) in enumerate(ranges)]
+    return [numbered[a:b] for a, b in zip(cut[:-1], cut[1:], strict=True) if b > a]
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -877,7 +1098,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     cfg = _spann_config(dim, metric, params)
     if fill is None:  # the collection's own build cap (SPANN's build_fill, default 0.8)
         fill = float(cfg.get("build_fill", 0.8))
-    fresh_out(out, ("sst", "runs", "vecs", "sample"))
+    fresh_out(out, ("sst", "runs", "vecs", "sample", "ids"))
     init_ray(ray_address, num_cpus)
     stages: dict[str, dict[str, Any]] = {}
     total = sum(s.rows for s in shards)
@@ -906,24 +1127,36 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     heads, train = train_heads(sample, n_good, cfg, sample_dir, head_vectors=head_vectors,
                                groups=4 * cpus, train_rows=train_rows)
     shutil.rmtree(sample_dir, ignore_errors=True)
+    heads_path = os.path.join(out, "heads.npy")
+    np.save(heads_path, heads)  # every later stage memory-maps it, the driver too
+    del heads
+    heads = np.load(heads_path, mmap_mode="r")
     t2 = time.perf_counter()
-    graph_path = None
+    # the head graph and the head groups: Ray tasks (in parallel) reading heads.npy, so their
+    # build transients (~1-2 KB per head) never sit in the driver
+    graph_path = groups_path = None
+    index_tasks = {}
     if head_kind(cfg, len(heads)) == "hnsw":
         graph_path = os.path.join(out, "heads.hnsw")
-        build_head_graph(heads, metric, cfg, graph_path, cpus)
+        index_tasks["graph"] = ray.remote(num_cpus=1)(_head_graph_task).remote(
+            heads_path, metric, cfg, graph_path, cpus)
+        if head_search == "groups":  # (a flat head set is scanned exactly)
+            groups_path = os.path.join(out, "heads.groups")
+            index_tasks["groups"] = ray.remote(num_cpus=1)(_head_groups_task).remote(
+                heads_path, metric_code(metric), group_size(len(heads), probes), probes,
+                cfg["balance"], cfg["seed"], groups_path)
+    index_res = {k: ray.get(v) for k, v in index_tasks.items()}
     t3 = time.perf_counter()
-    groups_path = None
-    if head_search == "groups" and graph_path is not None:  # a flat head set: exact scan
-        groups_path = os.path.join(out, "heads.groups.npz")
-        HeadGroups.build(heads, metric_code(metric), group_size(len(heads), probes), probes,
-                         cfg["balance"], cfg["seed"]).save(groups_path)
     c2 = cpu.snapshot()
     stages["sample"] = {"seconds": t1 - t0, "rows": n_sample, "files": len(sample),
                         "cpu_seconds": cpu.cpu_between(c0, c1),
                         "worker_peak_rss": sample_rss, "driver_peak_rss": sample_driver_rss}
     stages["heads"] = {"seconds": time.perf_counter() - t1, "heads": int(len(heads)),
-                       "cluster_seconds": t2 - t1, "graph_seconds": t3 - t2,
-                       "groups_seconds": time.perf_counter() - t3,
+                       "cluster_seconds": t2 - t1, "index_seconds": t3 - t2,
+                       "graph_seconds": index_res.get("graph", {}).get("seconds", 0.0),
+                       "groups_seconds": index_res.get("groups", {}).get("seconds", 0.0),
+                       "index_task_peak_rss": max((r["rss"] for r in index_res.values()),
+                                                  default=0),
                        "cpu_seconds": cpu.cpu_between(c1, c2),
                        "driver_peak_rss": _rss(), "heads_bytes": int(heads.nbytes), **train}
     reset_peak_rss()
@@ -934,7 +1167,6 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     # (2) map: assign + vectors/acl/payload SSTs + runs
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
-    np.save(os.path.join(out, "heads.npy"), heads)  # the map tasks memory-map it
     todo = [s for s in shards if s.path not in failed]
     hist = np.zeros(len(heads), dtype=np.int64)
     prim = np.zeros(len(heads), dtype=np.int64)
@@ -960,7 +1192,8 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
         rows += r["good"]
         for f, path in r["sst"].items():
             sst[f].append(path)
-    check_unique_ids(res)
+    ids_check = check_unique_ids(res, memory_bytes)
+    shutil.rmtree(os.path.join(out, "ids"), ignore_errors=True)
     split = {k: sum(r["split"][k] for r in res) for k in (res[0]["split"] if res else {})}
     vec_files = sorted((r["offset"], r["vec_file"]) for r in res if "vec_file" in r)
     stages["map"] = {"seconds": time.perf_counter() - t0, "rows": rows,
@@ -968,7 +1201,12 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                      "assignments": int(hist.sum()), "tasks": len(todo), "batches": len(res),
                      "task_seconds": sum(r["seconds"] for r in res), "task_split": split,
                      "worker_peak_rss": max((r["rss"] for r in res), default=0),
-                     "ray_data": {"operators": rd["operators"], "fused": rd["fused"]}}
+                     # each batch's worker memory after its search: largest per field
+                     "worker_memory": {k: max(r["mem"].get(k, 0) for r in res if "mem" in r)
+                                       for k in ("rss", "pss", "uss", "anon", "shared")}
+                     if any("mem" in r for r in res) else {},
+                     "ray_data": {"operators": rd["operators"], "fused": rd["fused"]},
+                     "id_check": ids_check}
     log(f"map: {rows} rows -> {int(hist.sum())} assignments in {len(runs)} runs "
         f"({stages['map']['seconds']:.1f}s)")
     del res
@@ -981,18 +1219,20 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     # per assignment: the run slice, its sorted copy, the mask; the record and its bytes
     rowbytes = run_dtype().itemsize * 3 + 2 * (12 + 4 * dim)
     cap = max(1, int(fill * cfg["posting_limit"]))
-    ranges = _ranges(hist, max(1, memory_bytes // rowbytes),
-                     reduce_tasks or max(2, int(ray.available_resources().get("CPU", 2))))
+    ranges = _ranges(hist, max(1, memory_bytes // rowbytes), reduce_tasks or max(2, cpus))
     # hub lists: more nearest-list records than posting_limit -> split into ~cap-sized parts
     over = np.flatnonzero(prim > cfg["posting_limit"]) if split_hubs else np.zeros(0, np.int64)
     parts = 4 * (-(-prim[over] // cap)) + 4  # ids reserved per hub list (unused ones: gaps)
     first = len(heads) + np.cumsum(parts) - parts  # new ids, after every original id
     plan_all = {int(h): (int(f), int(k)) for h, f, k in zip(over, first, parts, strict=True)}
+    # consecutive ranges per task (each task maps the files once for all of its ranges)
+    groups = _groups(hist, ranges, reduce_tasks or 2 * cpus)
     red_t = ray.remote(num_cpus=1)(_reduce_task)
-    res = ray.get([red_t.remote(lo, hi, i, runs, heads[lo:hi], dim, cap, vec_files, out,
-                                {h: v for h, v in plan_all.items() if lo <= h < hi},
-                                cfg["balance"], cfg["seed"], cfg["posting_limit"])
-                   for i, (lo, hi) in enumerate(ranges)])
+    res = [r for g in ray.get([
+        red_t.remote(g, runs, np.array(heads[g[0][0]:g[-1][1]]), dim, cap, vec_files, out,
+                     {h: v for h, v in plan_all.items() if g[0][0] <= h < g[-1][1]},
+                     cfg["balance"], cfg["seed"], cfg["posting_limit"])
+        for g in groups]) for r in g]
     sizes = np.zeros(len(heads), dtype=np.int64)  # records per list: SPANN's list sizes
     new_ids, new_sizes, new_heads = [], [], []
     for r in res:
@@ -1012,15 +1252,12 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     t2 = time.perf_counter()
     if head_kind(cfg, n_heads) != "hnsw":
         graph_path = None
-    elif graph_path is not None and len(over):  # the head graph of the final heads
-        from vecdb.index.hnsw import HNSWIndex
+    elif graph_path is not None and len(over):  # the head graph of the final heads (a task)
+        ray.get(ray.remote(num_cpus=1)(_head_graph_update_task).remote(
+            graph_path, over.astype(np.int64), added, added_ids))
 
-        g = HNSWIndex.load(graph_path)
-        g.remove(over.astype(np.int64))
-        g.add(np.ascontiguousarray(added), slots=added_ids)
-        g.save(graph_path)
-
-    stages["reduce"] = {"seconds": time.perf_counter() - t0, "tasks": len(ranges),
+    stages["reduce"] = {"seconds": time.perf_counter() - t0, "tasks": len(groups),
+                        "ranges": len(ranges),
                         "cpu_seconds": cpu.cpu_between(c0, cpu.snapshot()),
                         "hub_lists_split": int(len(over)), "parts_made": int(len(added_ids)),
                         "graph_update_seconds": time.perf_counter() - t2,
@@ -1029,13 +1266,17 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                         "max_task_rows": max((r["rows"] for r in res), default=0),
                         "task_split": {k: sum(r["split"][k] for r in res)
                                        for k in (res[0]["split"] if res else {})},
-                        "worker_peak_rss": max((r["rss"] for r in res), default=0)}
+                        "task_split_cpu": {k: sum(r["split_cpu"][k] for r in res)
+                                           for k in (res[0]["split_cpu"] if res else {})},
+                        "worker_peak_rss": max((r["rss"] for r in res), default=0),
+                        # without the mapped run/vector file pages (shared page cache)
+                        "worker_peak_rss_anon": max((r["rss_anon"] for r in res), default=0)}
     stages["reduce"]["driver_peak_rss"] = _rss()
-    log(f"reduce: {stages['reduce']['records']} records in {len(ranges)} tasks "
+    log(f"reduce: {stages['reduce']['records']} records in {len(ranges)} ranges, "
+        f"{len(groups)} tasks "
         f"({stages['reduce']['seconds']:.1f}s)")
     shutil.rmtree(os.path.join(out, "runs"), ignore_errors=True)
     shutil.rmtree(os.path.join(out, "vecs"), ignore_errors=True)
-    np.save(os.path.join(out, "heads.npy"), heads)
     manifest = {"format": 1, "kind": "spann", "dim": dim, "metric": metric, "params": params,
                 "config": cfg, "fill": fill, "cap": cap, "head_search": head_search,
                 "probes": probes, "head_vectors": head_vectors,

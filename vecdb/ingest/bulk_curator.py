@@ -33,6 +33,7 @@ build itself holds more than a batch.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -47,6 +48,7 @@ from vecdb.ingest.bulk import (
     check_unique_ids,
     fresh_out,
     sample_stage,
+    save_ids,
     write_engine_rows,
 )
 from vecdb.ingest.dataset import map_shards
@@ -101,7 +103,7 @@ def _route_block(piece: Any, *, offsets: list[int], dim: int, metric: str,
     b = piece.batch
     split = {"read": 0.0, "engine_rows": 0.0, "route": 0.0}
     res: dict[str, Any] = {"shard": b.shard, "good": len(b), "errors": piece.errors, "sst": {},
-                           "split": split, "ids": np.zeros(0, np.uint64)}
+                           "split": split}
     if piece.failed or not len(b):
         res.update(good=0, rss=_rss(), seconds=time.perf_counter() - t0)
         if piece.failed:
@@ -114,7 +116,8 @@ def _route_block(piece: Any, *, offsets: list[int], dim: int, metric: str,
     t2 = time.perf_counter()
     split["read"] += t2 - t0
     slots = (offsets[piece.shard] + b.rows).astype(np.int64)
-    sst = {f: _SstSink(os.path.join(out, "sst", f"{f}-{tag}.sst")) for f in ENGINE_FAMILIES}
+    sst = {f: _SstSink(os.path.join(out, "sst", f"{f}-{tag}.sst"), f)
+           for f in ENGINE_FAMILIES}
     maps = os.path.join(out, "sst", f"maps-{tag}.npy")
     ids = write_engine_rows(sst, b, X, slots, tenant_ids, tenant, id_start, maps)
     vec_path = os.path.join(out, "parts", f"vec-{tag}.npy")
@@ -135,7 +138,7 @@ def _route_block(piece: Any, *, offsets: list[int], dim: int, metric: str,
                part={"offset": offset, "vectors": os.path.basename(vec_path),
                      "leaves": os.path.basename(leaf_path), "rows": len(b)},
                leaf_hist=np.unique(leaves, return_counts=True),
-               ids=np.zeros(0, np.uint64) if ids is None else np.unique(ids))
+               **save_ids(ids, os.path.join(out, "ids"), tag))
     return res
 
 
@@ -176,7 +179,7 @@ def bulk_build_curator(source: str | Sequence[str], out: str, *, dim: int | None
     except TypeError as e:
         raise InvalidArgument(f"bad Curator parameter(s) {sorted(params)}: {e}") from None
     cfg = proto.params
-    fresh_out(out, ("sst", "parts"))
+    fresh_out(out, ("sst", "parts", "ids"))
     init_ray(ray_address, num_cpus)
     stages: dict[str, dict[str, Any]] = {}
     total = sum(s.rows for s in shards)
@@ -243,7 +246,8 @@ def bulk_build_curator(source: str | Sequence[str], out: str, *, dim: int | None
             continue
         for f, path in r["sst"].items():
             sst[f].append(path)
-    check_unique_ids(res)
+    ids_check = check_unique_ids(res)
+    shutil.rmtree(os.path.join(out, "ids"), ignore_errors=True)
     maps = [r["maps"] for r in res if "maps" in r]
     part_list = sorted((r["part"] for r in res if "part" in r), key=lambda x: x["offset"])
     leaf_rows = hist[hist > 0]
@@ -251,6 +255,7 @@ def bulk_build_curator(source: str | Sequence[str], out: str, *, dim: int | None
                        "cpu_seconds": cpu.cpu_between(c0, cpu.snapshot()),
                        "task_seconds": sum(r["seconds"] for r in res), "batches": len(res),
                        "ray_data": {"operators": rd["operators"], "fused": rd["fused"]},
+                       "id_check": ids_check,
                        "task_split": {k: sum(r["split"][k] for r in res)
                                       for k in ("read", "engine_rows", "route")},
                        "leaves_used": int(len(leaf_rows)),
