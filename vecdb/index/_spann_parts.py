@@ -440,8 +440,8 @@ class HeadIndex:
             if len(g) != len(ids):
                 return None
             try:  # every current head is in the saved graph, with the same vector
-                for s in range(0, len(ids), 65536):
-                    part = ids[s:s + 65536]
+                for s in range(0, len(ids), 4096):  # 2 x 2 MB at dim 128
+                    part = ids[s:s + 4096]
                     if not np.array_equal(g.vectors(part), self._V[self._rows(part)]):
                         return None
             except InvalidArgument:
