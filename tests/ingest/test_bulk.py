@@ -414,13 +414,15 @@ def test_reduce_task_over_many_ranges_writes_what_one_task_per_range_writes(tmp_
     assert [r[:2] for g in groups for r in g] == ranges and len(groups) == 2
     assert [r[2] for g in groups for r in g] == list(range(len(ranges)))
     split = {7: (H, 8)}
+    np.save(tmp_path / "heads.npy", heads)
     outs = []
     for name, calls in (("one", [[(lo, hi, i)] for i, (lo, hi) in enumerate(ranges)]),
                         ("many", groups)):
         out = tmp_path / name
         (out / "sst").mkdir(parents=True)
         res = [r for g in calls for r in _reduce_task(
-            g, runs, heads[g[0][0]:g[-1][1]], dim, 20, vec_files, str(out), split, 1.0, 0, 30)]
+            g, runs, str(tmp_path / "heads.npy"), dim, 20, vec_files, str(out), split, 1.0, 0,
+            30)]
         outs.append((_sst_items(out), res))
     (a, ra), (b, rb) = outs
     assert a == b and len(a) > 2 * H
@@ -428,6 +430,8 @@ def test_reduce_task_over_many_ranges_writes_what_one_task_per_range_writes(tmp_
         for k in ("sizes", "new_ids", "new_sizes", "new_heads"):
             assert np.array_equal(x[k], y[k])
     assert ra[1]["sizes"][7 - 5] == -1 and len(ra[1]["new_ids"]) >= 2  # the hub was split
+    hv = {int.from_bytes(k[1:], "big"): v for k, v in a if k[:1] == b"H"}
+    assert all(hv[h] == heads[h].tobytes() for h in range(H) if h != 7)  # each range's heads
     recs = [np.frombuffer(v, record_dtype(dim)) for k, v in a if k[:1] == b"P"]
     raw = np.concatenate([np.frombuffer(v, np.uint8) for k, v in a if k[:1] == b"P"])
     assert sum(len(r) for r in recs) * record_dtype(dim).itemsize == len(raw)

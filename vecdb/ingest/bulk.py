@@ -824,21 +824,22 @@ class _Mapped:
         return a
 
 
-def _reduce_task(ranges: list[tuple[int, int, int]], runs: list[str], heads: np.ndarray,
+def _reduce_task(ranges: list[tuple[int, int, int]], runs: list[str], heads_path: str,
                  dim: int, cap: int, vec_files: list[tuple[int, str]], out: str,
                  split: dict[int, tuple[int, int]] | None = None,
                  balance: float = 1.0, seed: int = 0, limit: int = 0) -> list[dict[str, Any]]:
     """Consecutive list-id ranges ``(lo, hi, number)`` one after another (each bounded by the
-    memory budget; ``heads`` = the heads of lists [first lo, last hi)), the run and vector files
+    memory budget; their heads read from the memory-mapped ``heads_path``: the driver neither
+    reads nor ships them), the run and vector files
     mapped once for all of them (``_Mapped``), each run read from a cursor that only moves
     forward (runs are sorted by list id). Returns ``_reduce_range``'s result per range."""
     reset_peak_rss()
     files = _Mapped()
     cursor = [-1] * len(runs)
-    base = ranges[0][0] if ranges else 0
+    heads = np.load(heads_path, mmap_mode="r")
     out_l = []
     for lo, hi, task in ranges:
-        out_l.append(_reduce_range(lo, hi, task, runs, heads[lo - base:hi - base], dim, cap,
+        out_l.append(_reduce_range(lo, hi, task, runs, heads[lo:hi], dim, cap,
                                    vec_files, out, files, cursor,
                                    {h: v for h, v in (split or {}).items() if lo <= h < hi},
                                    balance, seed, limit))
@@ -1229,7 +1230,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     groups = _groups(hist, ranges, reduce_tasks or 2 * cpus)
     red_t = ray.remote(num_cpus=1)(_reduce_task)
     res = [r for g in ray.get([
-        red_t.remote(g, runs, np.array(heads[g[0][0]:g[-1][1]]), dim, cap, vec_files, out,
+        red_t.remote(g, runs, heads_path, dim, cap, vec_files, out,
                      {h: v for h, v in plan_all.items() if g[0][0] <= h < g[-1][1]},
                      cfg["balance"], cfg["seed"], cfg["posting_limit"])
         for g in groups]) for r in g]
