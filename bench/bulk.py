@@ -174,6 +174,16 @@ def warm_up(tmp: str, dim: int) -> float:
     return time.perf_counter() - t
 
 
+def settle() -> float:
+    """Flush every dirty page to disk before a measured stream (``os.sync``), so no stream pays
+    for the previous one's write-back: in the 15:28 10M run the fresh-collection streams ran
+    right after ~40 GB of into-imported writes and slowed down rep after rep (1,444 -> 1,055 ->
+    891 vectors/s). Returns the seconds it took."""
+    t = time.perf_counter()
+    os.sync()
+    return time.perf_counter() - t
+
+
 def online_rate(src_paths: list[str], n: int, dim: int, workers: int, params: dict, tmp: str,
                 batch: int, rep: int = 0) -> dict:
     """vectors/s of the online path into a fresh embedded SPANN collection (its first batch
@@ -193,6 +203,7 @@ def online_rate(src_paths: list[str], n: int, dim: int, workers: int, params: di
             np.save(os.path.join(sub, f"o-{i:04d}-{j}.npy"), np.asarray(a[rows]))
         left -= take
     data = os.path.join(tmp, f"online-db-{workers}")
+    sync_s = settle()
     t0 = time.perf_counter()
     io0 = io_snapshot()
     r = run_online(sub, "on", data=data, tenant="t", workers=workers, batch_rows=batch,
@@ -200,6 +211,7 @@ def online_rate(src_paths: list[str], n: int, dim: int, workers: int, params: di
     io = io_between(io0, io_snapshot())
     el = r["elapsed_s"]  # streaming only: excludes Ray actor start and opening the database
     out = stream_result(r, el, io)
+    out["sync_seconds"] = sync_s
     print(f"online ({workers} worker(s), fresh collection, rep {rep}): "
           f"{out['vectors_per_s']:,.0f} vectors/s, {out['vectors_per_cpu_s']:,.0f} per "
           f"CPU-second ({time.perf_counter() - t0:.0f}s with start-up)")
@@ -221,6 +233,7 @@ def online_into(data: str, n: int, dim: int, workers: int, tmp: str, batch: int,
     t0 = time.perf_counter()
     snapshot_dir(data, copy)
     snap_s = time.perf_counter() - t0
+    sync_s = settle()
     io0 = io_snapshot()
     r = run_online(sub, "bulk", data=copy, tenant="t", workers=workers, batch_rows=batch,
                    id_start=id_start, progress=False)
@@ -228,7 +241,7 @@ def online_into(data: str, n: int, dim: int, workers: int, tmp: str, batch: int,
     el = r["elapsed_s"]  # streaming only: excludes Ray actor start and opening the database
     out = stream_result(r, el, io)
     out.update({"into": "bulk-imported collection (a private copy)", "seed": seed,
-                "copy_seconds": snap_s})
+                "copy_seconds": snap_s, "sync_seconds": sync_s})
     print(f"online ({workers} worker(s), into the imported collection, rep {rep}): "
           f"{out['vectors_per_s']:,.0f} vectors/s, {out['vectors_per_cpu_s']:,.0f} per "
           f"CPU-second, disk read {io['disk_read_bytes'] / 2**20:,.0f} MiB "
