@@ -265,8 +265,20 @@ def index_state(col, n: int) -> dict:
             "bytes_per_vector": (total - heads) / max(1, n)}
 
 
-STAGE_STATE = {"sample": "none", "heads": "heads", "map": "heads", "reduce": "heads",
-               "import": "all"}  # the index state a stage's driver holds (the rest is overhead)
+# the index state a stage's driver holds (the rest is overhead): since session 13 the driver
+# keeps the heads memory-mapped from heads.npy and builds no head graph or groups itself, so
+# only the import holds index state (the opened collection's)
+STAGE_STATE = {"sample": "none", "heads": "none", "map": "none", "reduce": "none",
+               "import": "all"}
+
+
+def private_peak(st: dict) -> int:
+    """A stage's largest task memory of its own: anonymous RSS where the stage records it (map
+    workers: ``worker_memory.anon``; reduce tasks: ``worker_peak_rss_anon``), else RSS. The
+    rest of a map or reduce task's RSS is memory-mapped files (heads, head groups, runs, vector
+    files): clean page cache, shared by the machine's workers and reclaimable."""
+    anon = st.get("worker_peak_rss_anon") or (st.get("worker_memory") or {}).get("anon")
+    return int(anon or st.get("worker_peak_rss", 0))
 
 
 def memory_summary(stages: dict, state: dict) -> dict:
@@ -279,6 +291,10 @@ def memory_summary(stages: dict, state: dict) -> dict:
     return {"driver_peak_rss": drv,
             "worker_peak_rss": {k: v["worker_peak_rss"] for k, v in stages.items()
                                 if v.get("worker_peak_rss")},
+            "worker_private_peak": {k: private_peak(v) for k, v in stages.items()
+                                    if v.get("worker_peak_rss")},
+            "map_worker_shared": (stages.get("map", {}).get("worker_memory") or {}).get(
+                "shared", 0),
             "index_state": state, "driver_peak_minus_index_state": over,
             "driver_overhead_max": max(over.values(), default=0)}
 
@@ -325,7 +341,12 @@ def extrapolate(stages: dict, n: int, dim: int, bytes_per_vec: float, head_ratio
                     "driver_GB": (st["bytes_per_head"] * H + st["bytes_per_vector"] * N
                                   + base + max(0, memory["driver_overhead_max"] - base) * N / n)
                     / 1e9,
-                    "task_peak_GB": max(memory["worker_peak_rss"].values(), default=0) / 1e9})
+                    # private task memory (bounded by the settings), and the page cache a
+                    # machine's map workers share for the mapped heads + head groups (~heads)
+                    "task_peak_GB": max(memory.get("worker_private_peak",
+                                                   memory["worker_peak_rss"]).values(),
+                                        default=0) / 1e9,
+                    "map_shared_page_cache_GB": memory.get("map_worker_shared", 0) * N / n / 1e9})
     return out
 
 
