@@ -209,56 +209,97 @@ cdef class HNSWCore:
         return out
 
     # -- persistence ----------------------------------------------------------------------
-    def export(self, int64_t high):
-        """Arrays describing slots [0, high): levels, states, vectors, level-0 links
-        [high, 2M+1], and the upper links of nodes with level > 0 concatenated in slot order
-        (level * (M+1) int32 each)."""
-        cdef int64_t s
+    def export(self, int64_t high, int64_t lo=0, str which=None):
+        """Arrays describing slots [lo, high): levels, states, vectors, level-0 links
+        [high - lo, 2M+1], and the upper links of those nodes with level > 0 concatenated in
+        slot order (level * (M+1) int32 each). ``which`` ("levels", "states", "vectors",
+        "links0" or "links_up"): only that array, so a streaming writer builds one member's
+        chunk at a time."""
+        if lo < 0 or high < lo:
+            raise ValueError(f"export: bad slot range [{lo}, {high})")
+        if which is not None and which not in ("levels", "states", "vectors", "links0",
+                                               "links_up"):
+            raise ValueError(f"export: unknown array {which!r}")
+        cdef int64_t n = high - lo, i, s
         cdef int32_t L, l
         cdef int M0 = 2 * self.M
-        levels = np.empty(high, dtype=np.int32)
-        states = np.empty(high, dtype=np.uint8)
-        vecs = np.zeros((high, self.dim), dtype=np.float32)
-        l0 = np.zeros((high, M0 + 1), dtype=np.int32)
+        cdef bint want_v = which is None or which == "vectors"
+        cdef bint want_l0 = which is None or which == "links0"
+        cdef bint want_up = which is None or which == "links_up"
+        levels = np.empty(n, dtype=np.int32)
+        states = np.empty(n, dtype=np.uint8)
         cdef int32_t[::1] lv = levels
         cdef uint8_t[::1] st = states
+        cdef int64_t nup = 0
+        for i in range(n):
+            s = lo + i
+            lv[i] = hn_level(self.h, s)
+            st[i] = <uint8_t>hn_state(self.h, s)
+            if lv[i] > 0 and st[i] != 0:
+                nup += lv[i]
+        if which == "levels":
+            return levels
+        if which == "states":
+            return states
+        vecs = np.zeros((n if want_v else 0, self.dim), dtype=np.float32)
+        l0 = np.zeros((n if want_l0 else 0, M0 + 1), dtype=np.int32)
+        upper = np.zeros(nup * (self.M + 1) if want_up else 0, dtype=np.int32)
         cdef float[:, ::1] vv = vecs
         cdef int32_t[:, ::1] ll = l0
-        nup = 0
-        for s in range(high):
-            lv[s] = hn_level(self.h, s)
-            st[s] = <uint8_t>hn_state(self.h, s)
-            if lv[s] > 0 and st[s] != 0:
-                nup += lv[s]
-        upper = np.zeros(nup * (self.M + 1), dtype=np.int32)
         cdef int32_t[::1] uu = upper
         cdef int64_t pos = 0
-        for s in range(high):
-            if st[s] == 0:
+        for i in range(n):
+            if st[i] == 0:
                 continue
-            memcpy(&vv[s, 0], hn_vector(self.h, s), self.dim * 4)
-            memcpy(&ll[s, 0], hn_links(self.h, s, 0), (M0 + 1) * 4)
-            L = lv[s]
-            for l in range(1, L + 1):
-                memcpy(&uu[pos], hn_links(self.h, s, l), (self.M + 1) * 4)
-                pos += self.M + 1
+            s = lo + i
+            if want_v:
+                memcpy(&vv[i, 0], hn_vector(self.h, s), self.dim * 4)
+            if want_l0:
+                memcpy(&ll[i, 0], hn_links(self.h, s, 0), (M0 + 1) * 4)
+            if want_up:
+                L = lv[i]
+                for l in range(1, L + 1):
+                    memcpy(&uu[pos], hn_links(self.h, s, l), (self.M + 1) * 4)
+                    pos += self.M + 1
+        if which == "vectors":
+            return vecs
+        if which == "links0":
+            return l0
+        if which == "links_up":
+            return upper
         return levels, states, vecs, l0, upper
 
     def restore(self, const int32_t[::1] levels, const uint8_t[::1] states,
                 const float[:, ::1] vecs, const int32_t[:, ::1] l0, const int32_t[::1] upper,
-                int entry, int maxlevel) -> None:
-        """Inverse of ``export`` (capacity must already cover the slots)."""
-        cdef int64_t s, high = levels.shape[0]
-        cdef int64_t pos = 0
+                int entry, int maxlevel, int64_t lo=0) -> None:
+        """Inverse of ``export``: restores slots [lo, lo + len(levels)) from that range's arrays
+        (capacity must already cover them), then sets the entry point and max level (a
+        streaming reader passes the final ones with every chunk)."""
+        cdef int64_t i, n = levels.shape[0]
+        cdef int64_t pos = 0, need = 0
         cdef int32_t l
         cdef int M0 = 2 * self.M
-        for s in range(high):
-            if states[s] == 0:
+        if lo < 0 or lo + n > hn_capacity(self.h):
+            raise ValueError(f"restore: slots [{lo}, {lo + n}) exceed the capacity")
+        if states.shape[0] != n:
+            raise ValueError("restore: levels and states differ in length")
+        for i in range(n):
+            if states[i] != 0:
+                if levels[i] < 0:
+                    raise ValueError(f"restore: slot {lo + i} has level {levels[i]}")
+                need += levels[i]
+        if n and (vecs.shape[0] != n or vecs.shape[1] != self.dim or l0.shape[0] != n
+                  or l0.shape[1] != M0 + 1):
+            raise ValueError("restore: vectors/links0 shapes do not match the graph")
+        if upper.shape[0] < need * (self.M + 1):
+            raise ValueError("restore: links_up is shorter than the levels need")
+        for i in range(n):
+            if states[i] == 0:
                 continue
-            if hn_restore_node(self.h, s, &vecs[s, 0], levels[s], states[s]):
+            if hn_restore_node(self.h, lo + i, &vecs[i, 0], levels[i], states[i]):
                 raise MemoryError("hnsw: out of memory restoring the graph")
-            memcpy(hn_links(self.h, s, 0), &l0[s, 0], (M0 + 1) * 4)
-            for l in range(1, levels[s] + 1):
-                memcpy(hn_links(self.h, s, l), &upper[pos], (self.M + 1) * 4)
+            memcpy(hn_links(self.h, lo + i, 0), &l0[i, 0], (M0 + 1) * 4)
+            for l in range(1, levels[i] + 1):
+                memcpy(hn_links(self.h, lo + i, l), &upper[pos], (self.M + 1) * 4)
                 pos += self.M + 1
         hn_set_entry(self.h, entry, maxlevel)

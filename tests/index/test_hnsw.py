@@ -6,7 +6,9 @@ link repair, concurrency (threads == serial), persistence and the contract's err
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
+import zipfile
 
 import numpy as np
 import pytest
@@ -334,6 +336,133 @@ def test_save_load_roundtrip(tmp_path):
     assert np.array_equal(idx.add(V), back.add(V))
     np.testing.assert_array_equal(idx.search(Q, 10)[0], back.search(Q, 10)[0])
     assert HNSWIndex.load(path).memory_bytes() > 0
+
+
+def _graph(n: int = 1000, d: int = 12) -> HNSWIndex:
+    """An index with deletes, reused slots, several levels (M 4) and access lists."""
+    idx = HNSWIndex(d, "l2", M=4, ef_construction=40, seed=5)
+    idx.add(rand(n, d, 41), acl=[[i % 3] if i % 5 else [1, 2] for i in range(n)])
+    idx.remove(np.arange(0, n, 9))
+    idx.add(rand(20, d, 42))  # reuses some deleted slots
+    assert int(idx._core.maxlevel) >= 2 and len(idx._free) > 0
+    return idx
+
+
+def _assert_same_index(a: HNSWIndex, b: HNSWIndex, Q: np.ndarray) -> None:
+    """Identical exported graph, access lists, bookkeeping and search results."""
+    ma, sa = a._state()
+    mb, sb = b._state()
+    assert ma == mb and sa.keys() == sb.keys()
+    for name in sa:
+        assert sa[name].dtype == sb[name].dtype, name
+        np.testing.assert_array_equal(sa[name], sb[name], err_msg=name)
+    for t in (None, 1):
+        for strategy in ("graph", "two_hop"):
+            p = HNSWSearchParams(ef=24, strategy=strategy)
+            ra, rb = a.search(Q, 10, tenant=t, params=p), b.search(Q, 10, tenant=t, params=p)
+            np.testing.assert_array_equal(ra[0], rb[0])
+            np.testing.assert_array_equal(ra[1], rb[1])
+
+
+@pytest.mark.parametrize("chunk", [7, 1000, None])
+def test_streamed_save_load_roundtrip(tmp_path, chunk):
+    idx = _graph()
+    path = tmp_path / "h.npz"
+    idx.save(path, chunk=chunk)
+    assert not (tmp_path / "h.npz.tmp").exists()
+    for back in (HNSWIndex.load(path, chunk=chunk), HNSWIndex.load(path, chunk=3),
+                 Index.load(path)):
+        assert isinstance(back, HNSWIndex) and len(back) == len(idx)
+        _assert_same_index(idx, back, rand(25, 12, 43))
+    V = rand(30, 12, 44)  # both evolve identically after load
+    assert np.array_equal(idx.add(V), back.add(V))
+
+
+def test_streamed_file_is_the_savez_format(tmp_path):
+    """The streamed file holds the same members, byte for byte, as ``np.savez`` of
+    ``_state()`` (what ``Index.save`` writes), and ``np.load`` reads it."""
+    idx = _graph()
+    new, old = tmp_path / "new.npz", tmp_path / "old.npz"
+    idx.save(new, chunk=7)
+    Index.save(idx, old)  # the whole-array writer
+    meta, arrays = idx._state()
+    with np.load(new, allow_pickle=False) as z:
+        assert set(z.files) == {"__meta__", *arrays}
+        for name, arr in arrays.items():
+            assert z[name].dtype == arr.dtype and z[name].shape == arr.shape, name
+            np.testing.assert_array_equal(z[name], arr, err_msg=name)
+        got = json.loads(z["__meta__"].tobytes())
+    assert got == {"kind": "hnsw", "dim": 12, "metric": "l2", **meta}
+    with zipfile.ZipFile(new) as zn, zipfile.ZipFile(old) as zo:
+        assert zn.namelist() == zo.namelist()
+        for name in zo.namelist():
+            assert zn.getinfo(name).compress_type == zipfile.ZIP_STORED
+            assert zn.read(name) == zo.read(name), name
+
+
+@pytest.mark.parametrize("writer", ["savez", "compressed", "fortran"])
+def test_old_and_foreign_files_still_load(tmp_path, monkeypatch, writer):
+    """Files written by the whole-array path, compressed, or with members in another layout
+    (Fortran order: the streaming reader falls back to ``np.load``) load identically."""
+    streamed = []
+    real = HNSWIndex._load_streams.__func__
+
+    def spy(cls, *a):
+        streamed.append(1)
+        return real(cls, *a)
+
+    monkeypatch.setattr(HNSWIndex, "_load_streams", classmethod(spy))
+    idx = _graph()
+    meta, arrays = idx._state()
+    meta = {"kind": "hnsw", "dim": 12, "metric": "l2", **meta}
+    if writer == "fortran":
+        arrays = {k: np.asfortranarray(v) for k, v in arrays.items()}
+    save = np.savez_compressed if writer == "compressed" else np.savez
+    path = tmp_path / "old.npz"
+    with open(path, "wb") as f:
+        save(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    for back in (HNSWIndex.load(path, chunk=7), Index.load(path)):
+        _assert_same_index(idx, back, rand(25, 12, 45))
+    assert len(streamed) == (0 if writer == "fortran" else 2)
+
+
+def test_streamed_load_rejects_bad_files(tmp_path):
+    idx = _graph(200)
+    path = tmp_path / "h.npz"
+    idx.save(path)
+    flat = FlatIndex(12)
+    flat.add(rand(5, 12))
+    flat.save(tmp_path / "f.npz")
+    with pytest.raises(InvalidArgument):
+        HNSWIndex.load(tmp_path / "f.npz")
+    (tmp_path / "junk").write_bytes(b"not an index" * 10)
+    with pytest.raises((ValueError, OSError)):
+        HNSWIndex.load(tmp_path / "junk")
+    # a core restore with too few upper links is refused, not read out of bounds
+    levels, states, vecs, l0, upper = idx._core.export(idx._high)
+    assert len(upper) > 0
+    with pytest.raises(ValueError):
+        HNSWIndex(12, M=4)._core.restore(levels, states, vecs, l0, upper[:-1], 0, 0)
+    with pytest.raises(ValueError):
+        HNSWIndex(12, M=4)._core.restore(levels, states, vecs, l0, upper, 0, 0, 10**6)
+
+
+def test_export_and_restore_by_slot_ranges():
+    idx = _graph(300)
+    high = idx._high
+    whole = idx._core.export(high)
+    parts = [idx._core.export(min(high, lo + 7), lo) for lo in range(0, high, 7)]
+    for i, w in enumerate(whole):
+        np.testing.assert_array_equal(np.concatenate([p[i] for p in parts]), w)
+    for i, which in enumerate(("levels", "states", "vectors", "links0", "links_up")):
+        np.testing.assert_array_equal(idx._core.export(high, 5, which),
+                                      idx._core.export(high, 5)[i])
+    back = HNSWIndex(12, M=4)
+    back._grow(high - 1)
+    for lo, p in zip(range(0, high, 7), parts, strict=True):
+        back._core.restore(*p, int(idx._core.entry), int(idx._core.maxlevel), lo)
+    for w, b in zip(whole, back._core.export(high), strict=True):
+        np.testing.assert_array_equal(w, b)
 
 
 # -- contract errors ----------------------------------------------------------------------

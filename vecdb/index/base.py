@@ -66,6 +66,9 @@ class Index(ABC):
 
     kind: ClassVar[str] = "abstract"
     params_class: ClassVar[type[SearchParams]] = SearchParams
+    # True where the class overrides ``load`` with a reader of the same file format that
+    # ``Index.load`` must hand the file to (it reads the arrays chunk by chunk).
+    streams_load: ClassVar[bool] = False
 
     def __init__(self, dim: int, metric: str = "l2"):
         if not isinstance(dim, int | np.integer) or isinstance(dim, bool) or dim < 1:
@@ -161,6 +164,12 @@ class Index(ABC):
     @classmethod
     def load(cls, path: str | os.PathLike) -> Index:
         """Read an index written by ``save``."""
+        if cls.kind == "abstract":  # a kind with its own streaming reader (hnsw) takes the file
+            with np.load(path, allow_pickle=False) as z:
+                kind = json.loads(z["__meta__"].tobytes().decode())["kind"]
+            target = _index_class(kind)
+            if target.streams_load:
+                return target.load(path)
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files if k != "__meta__"}
             meta = json.loads(z["__meta__"].tobytes().decode())

@@ -32,7 +32,10 @@ Adding at a live slot replaces the vector (delete + insert).
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import threading
+import zipfile
 import zlib
 from typing import Any
 
@@ -450,20 +453,150 @@ class HNSWIndex(Index):
         return self._count
 
     # -- persistence ----------------------------------------------------------------------
+    # ``save``/``load`` stream the graph through the .npz chunk by chunk (_IO_BYTES of vectors
+    # and links at a time): no second whole copy of it, in the same file as ``Index.save``.
+    streams_load = True
+
+    def _meta(self) -> dict[str, Any]:
+        """The metadata of ``_state`` (caller holds the writer lock)."""
+        return {
+            "params": self.params,
+            "high": self._high,
+            "draws": self._draws,
+            "entry": int(self._core.entry),
+            "maxlevel": int(self._core.maxlevel),
+            "free": list(self._free),
+        }
+
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         with self._lock:
             levels, states, vecs, l0, upper = self._core.export(self._high)
-            meta = {
-                "params": self.params,
-                "high": self._high,
-                "draws": self._draws,
-                "entry": int(self._core.entry),
-                "maxlevel": int(self._core.maxlevel),
-                "free": list(self._free),
-            }
             arrays = {"levels": levels, "states": states, "vectors": vecs, "links0": l0,
                       "links_up": upper, **self._acl.to_arrays()}
-        return meta, arrays
+            return self._meta(), arrays
+
+    def _chunk_slots(self) -> int:
+        """Slots per streamed chunk: _IO_BYTES of vectors, level-0 and (typical) upper links."""
+        return max(1, _IO_BYTES // (4 * (self.dim + 2 * self.M + 1) + 4 * (self.M + 1)))
+
+    def save(self, path: str | os.PathLike, chunk: int | None = None) -> None:
+        """Write the index atomically (temp file + fsync + rename) in ``Index.save``'s format,
+        an uncompressed .npz with the members of ``_state``; vectors and links are exported and
+        written ``chunk`` slots at a time (default: ~_IO_BYTES per chunk), never whole."""
+        with self._lock:
+            high, core = self._high, self._core
+            c = int(chunk) if chunk else self._chunk_slots()
+            if c < 1:
+                raise InvalidArgument(f"chunk must be a positive integer, got {chunk!r}")
+            meta = {"kind": self.kind, "dim": self.dim, "metric": self.metric, **self._meta()}
+            levels = core.export(high, 0, "levels")
+            states = core.export(high, 0, "states")
+            nup = _up_words(levels, states, self.M)
+            acl = self._acl.to_arrays()
+            tmp = f"{os.fspath(path)}.tmp"
+            with open(tmp, "wb") as f:
+                with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+                    _put(z, "__meta__", np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+                    _put(z, "levels", levels)
+                    _put(z, "states", states)
+                    for name, shape in (("vectors", (high, self.dim)),
+                                        ("links0", (high, 2 * self.M + 1)), ("links_up", (nup,))):
+                        dtype = np.float32 if name == "vectors" else np.int32
+                        with z.open(f"{name}.npy", "w", force_zip64=True) as fid:
+                            np.lib.format.write_array_header_1_0(fid, _header(shape, dtype))
+                            for lo in range(0, high, c):
+                                part = core.export(min(high, lo + c), lo, name)
+                                fid.write(memoryview(part).cast("B"))
+                    for name, arr in acl.items():
+                        _put(z, name, arr)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, chunk: int | None = None) -> HNSWIndex:
+        """Read an index written by ``save`` (or ``Index.save``): levels, states and the access
+        lists whole, vectors and links ``chunk`` slots at a time from the members' streams into
+        the graph. A file this reader does not expect (not a zip, members of another dtype or
+        layout) goes through ``Index.load``'s whole-array path."""
+        try:
+            z = zipfile.ZipFile(path)
+        except zipfile.BadZipFile:
+            return Index.load.__func__(cls, path)
+        with z:
+            names = set(z.namelist())
+            if not {f"{n}.npy" for n in ("__meta__", "levels", "states", *_BIG)} <= names:
+                return Index.load.__func__(cls, path)
+            with z.open("__meta__.npy") as f:
+                meta = json.loads(np.lib.format.read_array(f, allow_pickle=False).tobytes())
+            if meta.get("kind") != cls.kind:
+                raise InvalidArgument(f"{path}: holds a {meta.get('kind')!r} index, "
+                                      f"not {cls.kind!r}")
+            small = {}
+            for name in sorted(names):
+                key = name[:-4]
+                if not name.endswith(".npy") or key == "__meta__" or key in _BIG:
+                    continue
+                with z.open(name) as f:
+                    small[key] = np.lib.format.read_array(f, allow_pickle=False)
+            high, dim, M = int(meta["high"]), int(meta["dim"]), int(meta["params"]["M"])
+            levels = np.ascontiguousarray(small.pop("levels"), dtype=np.int32)
+            states = np.ascontiguousarray(small.pop("states"), dtype=np.uint8)
+            if len(levels) != high or len(states) != high:
+                return Index.load.__func__(cls, path)
+            want = {"vectors": ((high, dim), np.float32), "links0": ((high, 2 * M + 1), np.int32),
+                    "links_up": ((_up_words(levels, states, M),), np.int32)}
+            streams = {}
+            try:
+                for name, (shape, dtype) in want.items():
+                    f = streams[name] = z.open(f"{name}.npy")
+                    if not _header_matches(f, shape, dtype):
+                        break
+                else:
+                    return cls._load_streams(meta, small, levels, states, streams,
+                                             int(chunk) if chunk else None)
+            finally:
+                for f in streams.values():
+                    f.close()
+        return Index.load.__func__(cls, path)
+
+    @classmethod
+    def _load_streams(cls, meta: dict[str, Any], small: dict[str, np.ndarray],
+                      levels: np.ndarray, states: np.ndarray, streams: dict[str, Any],
+                      chunk: int | None) -> HNSWIndex:
+        """Build the index from the member streams (positioned at their data), ``chunk`` slots
+        at a time."""
+        idx = cls(meta["dim"], meta["metric"], **meta["params"])
+        high = int(meta["high"])
+        if high:
+            idx._grow(high - 1)
+        c = chunk or idx._chunk_slots()
+        if c < 1:
+            raise InvalidArgument(f"chunk must be a positive integer, got {chunk!r}")
+        vb = np.empty((min(c, high), idx.dim), dtype=np.float32)
+        lb = np.empty((min(c, high), 2 * idx.M + 1), dtype=np.int32)
+        for lo in range(0, high, c):
+            hi = min(high, lo + c)
+            v, l0 = vb[: hi - lo], lb[: hi - lo]
+            _read_exact(streams["vectors"], v)
+            _read_exact(streams["links0"], l0)
+            nu = _up_words(levels[lo:hi], states[lo:hi], idx.M)
+            u = _read_exact(streams["links_up"], np.empty(nu, dtype=np.int32))
+            idx._core.restore(levels[lo:hi], states[lo:hi], v, l0, u, int(meta["entry"]),
+                              int(meta["maxlevel"]), lo)
+        return idx._finish_load(meta, states, small)
+
+    def _finish_load(self, meta: dict[str, Any], states: np.ndarray,
+                     arrays: dict[str, np.ndarray]) -> HNSWIndex:
+        """Slot bookkeeping and access lists of a loaded index (the graph is restored)."""
+        high = int(meta["high"])
+        self._live[:high] = states == 1
+        self._count = int((states == 1).sum())
+        self._high = high
+        self._draws = int(meta["draws"])
+        self._free = [int(x) for x in meta["free"]]
+        self._acl = AccessLists.from_arrays(arrays, len(self._live))
+        return self
 
     @classmethod
     def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> HNSWIndex:
@@ -477,10 +610,54 @@ class HNSWIndex(Index):
                           np.ascontiguousarray(arrays["links0"], dtype=np.int32),
                           np.ascontiguousarray(arrays["links_up"], dtype=np.int32),
                           int(meta["entry"]), int(meta["maxlevel"]))
-        idx._live[:high] = states == 1
-        idx._count = int((states == 1).sum())
-        idx._high = high
-        idx._draws = int(meta["draws"])
-        idx._free = [int(x) for x in meta["free"]]
-        idx._acl = AccessLists.from_arrays(arrays, len(idx._live))
-        return idx
+        return idx._finish_load(meta, states, arrays)
+
+
+_IO_BYTES = 4 << 20  # vectors + links per streamed chunk of save/load (~6.5k slots at dim 128)
+_BIG = ("vectors", "links0", "links_up")  # the members save/load stream
+
+
+def _header(shape: tuple[int, ...], dtype) -> dict[str, Any]:
+    """The .npy header dict ``np.save`` writes for a C-order array (Python ints in the shape)."""
+    return {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+            "shape": tuple(int(x) for x in shape)}
+
+
+def _up_words(levels: np.ndarray, states: np.ndarray, M: int) -> int:
+    """int32 words of upper links ``export`` writes for these slots (used nodes of level > 0)."""
+    return int(levels[(states != 0) & (levels > 0)].sum(dtype=np.int64)) * (M + 1)
+
+
+def _put(z: zipfile.ZipFile, name: str, arr: np.ndarray) -> None:
+    """One whole array as member ``name.npy``, exactly as ``np.savez`` writes it."""
+    with z.open(f"{name}.npy", "w", force_zip64=True) as fid:
+        np.lib.format.write_array(fid, np.asanyarray(arr), allow_pickle=False)
+
+
+def _header_matches(f, shape: tuple[int, ...], dtype) -> bool:
+    """Read a member's .npy header; True if it is a C-order ``dtype`` array of ``shape`` (the
+    stream is then at its data)."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            got = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            got = np.lib.format.read_array_header_2_0(f)
+        else:
+            return False
+    except ValueError:
+        return False
+    shp, fortran, dt = got
+    return not fortran and dt == np.dtype(dtype) and tuple(shp) == tuple(shape)
+
+
+def _read_exact(f, out: np.ndarray) -> np.ndarray:
+    """Fill the C-contiguous ``out`` from stream ``f``; a short member is an error."""
+    mv = memoryview(out).cast("B")
+    got = 0
+    while got < len(mv):
+        k = f.readinto(mv[got:])
+        if not k:
+            raise InvalidArgument("hnsw: an index file member is shorter than its header says")
+        got += k
+    return out
