@@ -42,7 +42,7 @@ import numpy as np
 from vecdb.engine import codec
 from vecdb.engine.options import Options
 from vecdb.engine.rwlock import RWLock
-from vecdb.engine.state import CollectionState
+from vecdb.engine.state import CollectionState, acl_csr
 from vecdb.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -826,7 +826,7 @@ class Collection:
             vals.clear()
             if self._index is not None:
                 self._index.add(np.ascontiguousarray(rec["vec"]), slots,
-                                _acl_csr(slots, rec["owner"], grants))
+                                acl_csr(slots, rec["owner"], grants))
             return slots, rec["id"], rec["owner"]
 
         for k, v in self._store.iterate("vectors"):
@@ -1006,7 +1006,9 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-_MAP_FIELDS = ("slot", "id", "owner")
+# the rows of an import map file (``import_sst(maps=)``; written by the bulk builds' map tasks)
+MAP_DTYPE = np.dtype([("slot", "<i8"), ("id", "<u8"), ("owner", "<i4")])
+_MAP_FIELDS = MAP_DTYPE.names
 
 
 def _read_map_headers(paths: Sequence[str]) -> list[tuple[str, int, int, int]]:
@@ -1040,19 +1042,3 @@ def _map_rows(files: list[tuple[str, int, int, int]]
     for p, *_ in files:
         a = np.load(p)
         yield a["slot"], a["id"], a["owner"]
-
-
-def _acl_csr(slots: np.ndarray, owners: np.ndarray, grants: dict[int, list[int]]
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Access lists (owner + grants) of ``slots`` as CSR, for an index rebuilt from the
-    store (what ``CollectionState.acl_csr`` gives once the state is built)."""
-    n = len(slots)
-    owners = np.asarray(owners, dtype=np.int32)
-    if not grants or not any(s in grants for s in slots.tolist()):
-        return np.arange(n + 1, dtype=np.int64), owners
-    lists = [[int(o), *sorted(set(grants.get(s, ())))] for s, o in zip(slots.tolist(),
-                                                                      owners.tolist(),
-                                                                      strict=True)]
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    indptr[1:] = np.cumsum([len(x) for x in lists])
-    return indptr, np.array([t for x in lists for t in x], dtype=np.int32)

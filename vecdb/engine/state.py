@@ -32,6 +32,21 @@ from vecdb.errors import InvalidArgument
 CHUNK = 1 << 20  # slots per step of the bulk loaders: their temporaries stay a few MB at any N
 
 
+def acl_csr(slots: np.ndarray, owners: np.ndarray, grants: Mapping[int, Iterable[int]]
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Access lists (owner + sorted grants) of ``slots`` as CSR for ``Index.add``: from a built
+    state (``CollectionState.acl_csr``) or from rows read back from the store (the import)."""
+    n = len(slots)
+    owners = np.asarray(owners).astype(np.int32)
+    if not grants or not any(s in grants for s in slots.tolist()):
+        return np.arange(n + 1, dtype=np.int64), owners
+    lists = [[int(o), *sorted(set(grants.get(s, ())))]
+             for s, o in zip(slots.tolist(), owners.tolist(), strict=True)]
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum([len(x) for x in lists])
+    return indptr, np.array([t for x in lists for t in x], dtype=np.int32)
+
+
 class CollectionState:
     """ids <-> slots, slot owners, grants, free slots."""
 
@@ -130,16 +145,7 @@ class CollectionState:
 
     def acl_csr(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Access lists (owner + grants) of ``slots`` as CSR for ``Index.add``."""
-        n = len(slots)
-        owners = self.slot_owner[slots]
-        if not self.grants or not any(s in self.grants for s in slots.tolist()):
-            return np.arange(n + 1, dtype=np.int64), owners.astype(np.int32)
-        lists = [[int(o), *sorted(self.grants.get(s, ()))] for s, o in zip(slots.tolist(),
-                                                                            owners.tolist(),
-                                                                            strict=True)]
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        indptr[1:] = np.cumsum([len(x) for x in lists])
-        return indptr, np.array([t for x in lists for t in x], dtype=np.int32)
+        return acl_csr(slots, self.slot_owner[slots], self.grants)
 
     def owned_by(self, tenant: int) -> np.ndarray:
         return np.flatnonzero(self.slot_owner[: self.high] == tenant).astype(np.int64)

@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from vecdb.engine.collection import MAP_DTYPE
 from vecdb.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from vecdb.ingest import cpu
 from vecdb.ingest.dataset import map_shards
@@ -414,11 +415,10 @@ def _save_parts(rows_of: np.ndarray, lab: np.ndarray, k: int,
     return parts
 
 
-def _part_task(files: list[tuple[str, int]], leaf: int, lam: float, seed: int,
-               head_vectors: str) -> dict[str, Any]:
-    """The sub-tree of one part that fits a task (``train_rows``): load its files (removed
-    afterwards) and return its heads (``_leaf_heads``)."""
-    reset_peak_rss()
+def _load_files(files: list[tuple[str, int]]) -> np.ndarray:
+    """The rows of sample/part ``files`` (``[(path, rows)]``) in one float32 array filled in
+    place (no list of arrays plus their concatenation: 1x, not 2x, the rows at the peak); the
+    files are removed as they are read."""
     first = np.load(files[0][0], mmap_mode="r")
     S = np.empty((sum(n for _, n in files), first.shape[1]), dtype=np.float32)
     del first
@@ -427,6 +427,15 @@ def _part_task(files: list[tuple[str, int]], leaf: int, lam: float, seed: int,
         S[at:at + n] = np.load(path)
         at += n
         os.remove(path)
+    return S
+
+
+def _part_task(files: list[tuple[str, int]], leaf: int, lam: float, seed: int,
+               head_vectors: str) -> dict[str, Any]:
+    """The sub-tree of one part that fits a task (``train_rows``): load its files (removed
+    afterwards) and return its heads (``_leaf_heads``)."""
+    reset_peak_rss()
+    S = _load_files(files)
     H = _leaf_heads(S, leaf, lam, seed, head_vectors)
     return {"heads": H, "rows": len(S), "rss": _rss()}
 
@@ -439,9 +448,7 @@ def _label_task(files: list[tuple[str, int]], k: int, lam: float, seed: int,
     from vecdb.index._spann_parts import balanced_kmeans
 
     reset_peak_rss()
-    S = np.concatenate([np.load(p) for p, _ in files])
-    for p, _ in files:
-        os.remove(p)
+    S = _load_files(files)
     lab = balanced_kmeans(S, k, lam, np.random.default_rng(seed))
     return {"parts": _save_parts(S, lab, k, prefix), "rows": len(S), "rss": _rss()}
 
@@ -576,9 +583,6 @@ class _SstSink:
             return None
         self.w.finish()
         return self.path
-
-
-MAP_DTYPE = np.dtype([("slot", "<i8"), ("id", "<u8"), ("owner", "<i4")])
 
 
 def write_engine_rows(sst: dict[str, _SstSink], b: Any, X: np.ndarray, slots: np.ndarray,
@@ -1185,10 +1189,14 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
         "tenant_ids": tenant_ids, "tenant": tenant, "id_start": id_start, "out": out,
         "graph_path": graph_path, "search_ef": search_ef or cfg["head_ef"],
         "groups_path": groups_path}, batch_rows=batch_rows, columns=columns, on_result=fold)
+    res.sort(key=lambda r: r.get("offset", -1))  # key order of the SST files
     runs, sst = [], {f: [] for f in FAMILIES}
     maps = [r["maps"] for r in res if "maps" in r]
     rows = 0
-    for r in sorted(res, key=lambda r: r.get("offset", -1)):  # key order of the SST files
+    for r in res:
+        if "failed" in r:  # unreadable now though it sampled: reported like the Curator build
+            errors += r["errors"][-1:]
+            continue
         runs += r["runs"]
         rows += r["good"]
         for f, path in r["sst"].items():
