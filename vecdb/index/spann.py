@@ -944,12 +944,12 @@ class SPANNIndex(Index):
                 "posting_dtype": self.posting_dtype, "reassign": self.reassign,
                 "build_fill": self.build_fill}
 
-    def _state(self, copy: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Live flags, versions, ACLs (compact: the owner array), list sizes and the head graph
-        (bytes); heads and postings stay in the store. ``copy``: see ``_snapshot``."""
+        (bytes), copied; heads and postings stay in the store."""
         self.flush()
         with self._wlock:
-            meta, arrays = self._snapshot(copy)
+            meta, arrays = self._snapshot(True)
             g = self._heads.graph_bytes()
             if g is not None:
                 arrays["head_graph"] = g
@@ -1043,8 +1043,7 @@ class SPANNIndex(Index):
             idx._live[arrays["live"]] = True
         for part in live or ():
             idx._live[part] = True
-        idx._count = sum(int(np.count_nonzero(idx._live[a:a + (1 << 20)]))
-                         for a in range(0, full, 1 << 20))
+        idx._count = int(np.count_nonzero(idx._live))  # no temporary on a bool array
         idx._acl = acl if acl is not None else AccessLists.from_arrays(arrays, full)
         for k, v in store.iterate(CF, prefix=b"V"):  # durable versions win over the checkpoint
             c = int.from_bytes(k[1:], "big")

@@ -222,7 +222,7 @@ def _discover_uri(s: str) -> list[str]:
 
     if _has_glob(s):
         cut = min(s.index(c) for c in "*?[" if c in s)
-        base, pattern = s[:cut].rpartition("/")[0], s[cut:]
+        base = s[:cut].rpartition("/")[0]
         pattern = s[len(base) + 1:]
     else:
         base, pattern = s.rstrip("/"), None
