@@ -265,13 +265,6 @@ def index_state(col, n: int) -> dict:
             "bytes_per_vector": (total - heads) / max(1, n)}
 
 
-# the index state a stage's driver holds (the rest is overhead): since session 13 the driver
-# keeps the heads memory-mapped from heads.npy and builds no head graph or groups itself, so
-# only the import holds index state (the opened collection's)
-STAGE_STATE = {"sample": "none", "heads": "none", "map": "none", "reduce": "none",
-               "import": "all"}
-
-
 def private_peak(st: dict) -> int:
     """A stage's largest task memory of its own: anonymous RSS where the stage records it (map
     workers: ``worker_memory.anon``; reduce tasks: ``worker_peak_rss_anon``), else RSS. The
@@ -283,11 +276,11 @@ def private_peak(st: dict) -> int:
 
 def memory_summary(stages: dict, state: dict) -> dict:
     """Per-stage peak RSS of the driver and of the tasks, and the driver's peak minus the index
-    state it holds in that stage (heads + head graph from the heads stage on; the whole
-    collection's state during the import): the overhead that must not grow with N."""
-    held = {"none": 0, "heads": state["heads_bytes"], "all": state["bytes"]}
+    state it holds in that stage: none before the import (since session 13 the driver keeps the
+    heads memory-mapped and builds no head graph or groups), the whole collection's state during
+    the import. That difference is the overhead that must not grow with N."""
     drv = {k: v["driver_peak_rss"] for k, v in stages.items() if v.get("driver_peak_rss")}
-    over = {k: v - held.get(STAGE_STATE.get(k, "all"), 0) for k, v in drv.items()}
+    over = {k: v - (state["bytes"] if k == "import" else 0) for k, v in drv.items()}
     return {"driver_peak_rss": drv,
             "worker_peak_rss": {k: v["worker_peak_rss"] for k, v in stages.items()
                                 if v.get("worker_peak_rss")},

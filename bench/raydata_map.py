@@ -54,7 +54,7 @@ def _core_map_task(shard, task: int, dim: int, metric: str, heads: np.ndarray,
     H = len(heads)
     C = min(cfg["candidates"], H)
     rdt = run_dtype()
-    sst = {f: _SstSink(os.path.join(out, "sst", f"{f}-{task:06d}.sst"))
+    sst = {f: _SstSink(os.path.join(out, "sst", f"{f}-{task:06d}.sst"), f)
            for f in ("vectors", "acl", "payload")}
     vec_path = os.path.join(out, "vecs", f"vec-{task:06d}.npy")
     vecs = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32,
@@ -66,7 +66,8 @@ def _core_map_task(shard, task: int, dim: int, metric: str, heads: np.ndarray,
             continue
         X = prepare(b.vectors, dim, metric)
         slots = shard.offset + b.rows
-        write_engine_rows(sst, b, X, slots, tenant_ids, tenant, id_start)
+        write_engine_rows(sst, b, X, slots, tenant_ids, tenant, id_start,  # as _map_block
+                          os.path.join(out, "sst", f"maps-{task:06d}-{k:06d}.npy"))
         vecs[b.rows] = X
         cand, cdist = search.search(X, C)
         keep = np.zeros(cand.shape, dtype=bool)

@@ -555,7 +555,7 @@ class _SstSink:
     compression for vectors/postings, whose float bytes do not compress: snappy only cost CPU;
     bloom filters where the engine keeps them)."""
 
-    def __init__(self, path: str, family: str | None = None) -> None:
+    def __init__(self, path: str, family: str) -> None:
         self.path = path
         self.family = family
         self.w = None
@@ -565,13 +565,9 @@ class _SstSink:
         if self.w is None:
             import rocksdict
 
-            if self.family is None:
-                opts = rocksdict.Options(raw_mode=True)
-            else:
-                from vecdb.storage.rocks import _cf_options
+            from vecdb.storage.rocks import _cf_options
 
-                opts = _cf_options(self.family, None, False)
-            self.w = rocksdict.SstFileWriter(options=opts)
+            self.w = rocksdict.SstFileWriter(options=_cf_options(self.family, None, False))
             self.w.open(self.path)
         w = self.w
         for k, v in zip(keys, values, strict=True):
