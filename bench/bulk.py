@@ -282,6 +282,10 @@ def memory_summary(stages: dict, state: dict) -> dict:
     drv = {k: v["driver_peak_rss"] for k, v in stages.items() if v.get("driver_peak_rss")}
     over = {k: v - (state["bytes"] if k == "import" else 0) for k, v in drv.items()}
     return {"driver_peak_rss": drv,
+            # each part's own peak in the stage (sampled every 20 ms by the driver): anon is
+            # the driver's heap, file its mapped files (page cache), shmem Ray's object store
+            "driver_memory": {k: v["driver_memory"] for k, v in stages.items()
+                              if v.get("driver_memory")},
             "worker_peak_rss": {k: v["worker_peak_rss"] for k, v in stages.items()
                                 if v.get("worker_peak_rss")},
             "worker_private_peak": {k: private_peak(v) for k, v in stages.items()
@@ -575,6 +579,7 @@ def build_offline(a: argparse.Namespace, work: str, params: dict) -> dict:
     imp = import_bulk(os.path.join(work, "data"), "bulk", os.path.join(work, "out"))
     stages = dict(man["stages"])
     stages["import"] = {"seconds": imp["seconds"], "driver_peak_rss": imp["driver_peak_rss"],
+                        "driver_memory": imp.get("driver_memory", {}),
                         "cpu_seconds": imp["cpu_seconds"], "phases": imp["phases"]}
     t1 = time.perf_counter()
     db = vecdb.open(os.path.join(work, "data"))
@@ -645,6 +650,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workdir", default=None,
                     help="keep the shards, the imported collection and offline.json here (for "
                          "--baselines-only); default: a temporary folder under --tmp, removed")
+    ap.add_argument("--no-baselines", action="store_true",
+                    help="run only the offline build + import + recall (memory runs at several "
+                         "N); the online baselines' fields are null")
     ap.add_argument("--baselines-only", action="store_true",
                     help="reuse --workdir's imported collection and offline figures: run only "
                          "the online baselines")
@@ -681,6 +689,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.smoke:
         a.n, a.dim, a.shard, a.online_n, a.nq, a.sample_rows = 20_000, 32, 5_000, 4_000, 100, 10_000
         a.into_n, a.into_batch, a.reps = 1_000, 250, 2
+    if a.baselines_only and a.no_baselines:
+        ap.error("--baselines-only and --no-baselines exclude each other")
     if a.baselines_only and not (a.workdir and os.path.exists(os.path.join(a.workdir,
                                                                             "offline.json"))):
         ap.error("--baselines-only needs --workdir with a previous run's offline.json")
@@ -709,28 +719,32 @@ def main(argv: list[str] | None = None) -> None:
             off = build_offline(a, work, params)
         data, paths = os.path.join(work, "data"), off["paths"]
         rows = off["rows"]
-        warm_s = warm_up(scratch, a.dim)
-        print(f"online warm-up job: {warm_s:.1f}s")
+        reps, reps2 = (0, 0) if a.no_baselines else (a.reps, a.reps2)
+        warm_s = None if a.no_baselines else warm_up(scratch, a.dim)
+        if warm_s is not None:
+            print(f"online warm-up job: {warm_s:.1f}s")
         trace = trace_into(data, a.into_n, a.dim, a.into_batch, id_start=rows, seed=99,
-                           tmp=scratch) if a.trace else None
+                           tmp=scratch) if a.trace and not a.no_baselines else None
         # the baselines: new rows into a private copy of the imported N-vector collection, and
         # the first rows of the data set into a fresh collection; one stream (repeated), then two
         into1 = [online_into(data, a.into_n, a.dim, 1, scratch, a.into_batch, id_start=rows,
-                             seed=100 + r, rep=r) for r in range(a.reps)]
+                             seed=100 + r, rep=r) for r in range(reps)]
         into2 = [online_into(data, a.into_n, a.dim, 2, scratch, a.into_batch, id_start=rows,
-                             seed=200 + r, rep=r) for r in range(a.reps2)]
+                             seed=200 + r, rep=r) for r in range(reps2)]
         batch = a.online_batch or min(5000, max(500, a.online_n // 20))
         fresh1 = [online_rate(paths, min(a.online_n, rows), a.dim, 1, params, scratch, batch,
-                              rep=r) for r in range(a.reps)]
+                              rep=r) for r in range(reps)]
         fresh2 = [online_rate(paths, min(a.online_n, rows), a.dim, 2, params, scratch, batch,
-                              rep=r) for r in range(a.reps2)]
+                              rep=r) for r in range(reps2)]
         stages, memory, rec_rows = off["stages"], off["memory"], off["recall_rows"]
         offline_vps = rows / off["seconds"]
         offline_vpc = rows / off["cpu_seconds"]
         base = {"into_imported_1": spread(into1), "into_imported_2": spread(into2),
                 "fresh_1": spread(fresh1), "fresh_2": spread(fresh2)}
-        r_into = ratios(offline_vps, offline_vpc, base["into_imported_1"])
-        r_fresh = ratios(offline_vps, offline_vpc, base["fresh_1"])
+        none = dict.fromkeys(("per_cpu_s", "per_cpu_s_range", "per_wall_core",
+                              "per_wall_core_range"))  # no baselines run
+        r_into = ratios(offline_vps, offline_vpc, base["into_imported_1"]) if reps else none
+        r_fresh = ratios(offline_vps, offline_vpc, base["fresh_1"]) if reps else none
         med = {k: v["vectors_per_s"]["median"] if v["reps"] else None for k, v in base.items()}
         medc = {k: v["vectors_per_cpu_s"]["median"] if v["reps"] else None
                 for k, v in base.items()}
@@ -744,13 +758,13 @@ def main(argv: list[str] | None = None) -> None:
                 "single stream into the imported collection": {
                     "what": f"1 Ray worker upserting {a.into_n:,} new rows in batches of "
                             f"{a.into_batch:,} into a copy of the bulk-imported {rows:,}-vector "
-                            f"SPANN collection (embedded sink actor), {a.reps} repetitions, new "
+                            f"SPANN collection (embedded sink actor), {reps} repetitions, new "
                             f"rows each", **base["into_imported_1"],
                     "offline_over": r_into},
                 "single stream into a fresh collection": {
                     "what": f"1 Ray worker upserting the first {min(a.online_n, rows):,} rows "
                             f"in batches of {batch:,} into a new SPANN collection (its first "
-                            f"batch runs SPANN's in-memory build), {a.reps} repetitions",
+                            f"batch runs SPANN's in-memory build), {reps} repetitions",
                     **base["fresh_1"], "offline_over": r_fresh}},
             "online_1_worker_vectors_per_s": med["fresh_1"],
             "online_2_workers_vectors_per_s": med["fresh_2"],
@@ -773,7 +787,8 @@ def main(argv: list[str] | None = None) -> None:
             "head_search": a.head_search, "probes": a.probes,
             "online_into_rows": a.into_n, "online_into_batch": a.into_batch,
             "online_fresh_rows": min(a.online_n, rows), "online_fresh_batch": batch,
-            "reps": a.reps, "reps2": a.reps2, "online_warm_up_seconds": warm_s,
+            "reps": reps, "reps2": reps2, "baselines_run": not a.no_baselines,
+            "online_warm_up_seconds": warm_s,
             "map_worker_memory": stages.get("map", {}).get("worker_memory"),
             "reduce_tasks": stages.get("reduce", {}).get("tasks"),
             "loadavg_offline_start": off["loadavg_start"],
@@ -787,6 +802,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"{v.get('driver_peak_rss', 0) / 2**20:21.0f} "
                   f"{memory['driver_peak_minus_index_state'].get(k, 0) / 2**20:13.0f} "
                   f"{v.get('worker_peak_rss', 0) / 2**20:6.0f}")
+        if memory.get("driver_memory"):
+            print("driver peak per stage (MB): " + "; ".join(
+                f"{k} anon {v.get('anon', 0) / 2**20:.0f} file {v.get('file', 0) / 2**20:.0f} "
+                f"shmem {v.get('shmem', 0) / 2**20:.0f}"
+                for k, v in memory["driver_memory"].items()))
         wm = stages.get("map", {}).get("worker_memory")
         if wm:  # red's map-worker split: anon is what a worker adds, pss its share of the maps
             print("map worker memory (MB, largest over the batches): " + ", ".join(
@@ -818,6 +838,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"{c['max']:,.0f})")
         for label, r in (("into the imported collection", r_into),
                          ("into a fresh collection", r_fresh)):
+            if r["per_cpu_s"] is None:
+                continue
             print(f"offline / single stream {label}: {r['per_cpu_s']:.1f}x per CPU-second "
                   f"({r['per_cpu_s_range'][0]:.1f}-{r['per_cpu_s_range'][1]:.1f}x over the "
                   f"repetitions), {r['per_wall_core']:.1f}x per wall-clock core "

@@ -49,6 +49,7 @@ import os
 import resource
 import shutil
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -118,6 +119,79 @@ def memory_now() -> dict[str, int]:
             "uss": (kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)) << 10,
             "anon": kb.get("Anonymous", 0) << 10,
             "shared": (kb.get("Shared_Clean", 0) + kb.get("Shared_Dirty", 0)) << 10}
+
+
+def rss_parts() -> dict[str, int]:
+    """This process's RSS now split by kind, bytes ({} where /proc is missing): ``anon`` (its
+    heap), ``file`` (mapped file pages: page cache, shared, reclaimable) and ``shmem`` (shared
+    memory, e.g. Ray's object store mapped by a zero-copy ``ray.get``), from /proc/self/status."""
+    keys = {"RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                k = line.split(None, 1)[0]
+                if k in keys:
+                    out[keys[k]] = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
+class DriverMemory:
+    """The driver's peak RSS per stage split into anon / file / shmem (``rss_parts``): a daemon
+    thread samples them every ``interval`` seconds (the kernel keeps a peak of the total only,
+    VmHWM), so a stage's peak of each part is known, not just of the sum. ``lap()`` returns the
+    peaks since the previous lap (each part's own maximum, plus the sum at its largest sample)
+    and starts the next."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        import threading
+
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._peak: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._sample()
+        # the thread holds the sampler weakly: a build that raises before ``close`` leaves no
+        # thread behind once its sampler is collected
+        self._thread = threading.Thread(target=DriverMemory._run,
+                                        args=(weakref.ref(self), self._stop, interval),
+                                        name="driver-memory", daemon=True)
+        weakref.finalize(self, self._stop.set)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        p = rss_parts()
+        if not p:
+            return
+        p["sum"] = p.get("anon", 0) + p.get("file", 0) + p.get("shmem", 0)
+        with self._lock:
+            for k, v in p.items():
+                if v > self._peak.get(k, -1):
+                    self._peak[k] = v
+
+    @staticmethod
+    def _run(ref: Any, stop: Any, interval: float) -> None:
+        while not stop.wait(interval):
+            me = ref()
+            if me is None:
+                return
+            me._sample()
+            del me
+
+    def lap(self) -> dict[str, int]:
+        """Peaks of ``anon``, ``file``, ``shmem`` and their ``sum`` since the last lap (bytes)."""
+        self._sample()
+        with self._lock:
+            out, self._peak = self._peak, {}
+        self._sample()  # the next lap starts from what is held now
+        return out
+
+    def close(self) -> None:
+        """Stop the sampling thread."""
+        self._stop.set()
+        self._thread.join()
 
 
 def reset_peak_rss() -> None:
@@ -1112,6 +1186,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
     reset_peak_rss()
+    dmem = DriverMemory()  # each stage's driver peak split into anon / file / shmem
     if sample_rows is None:
         sample_rows = sample_rows_for(cfg, total)
     p = min(1.0, sample_rows / max(1, total))
@@ -1121,6 +1196,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
         folder=sample_dir)
     n_sample = sum(n for _, n in sample)
     sample_driver_rss = _rss()
+    sample_driver_mem = dmem.lap()
     reset_peak_rss()
     t1 = time.perf_counter()
     c1 = cpu.snapshot()
@@ -1151,7 +1227,8 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     c2 = cpu.snapshot()
     stages["sample"] = {"seconds": t1 - t0, "rows": n_sample, "files": len(sample),
                         "cpu_seconds": cpu.cpu_between(c0, c1),
-                        "worker_peak_rss": sample_rss, "driver_peak_rss": sample_driver_rss}
+                        "worker_peak_rss": sample_rss, "driver_peak_rss": sample_driver_rss,
+                        "driver_memory": sample_driver_mem}
     stages["heads"] = {"seconds": time.perf_counter() - t1, "heads": int(len(heads)),
                        "cluster_seconds": t2 - t1, "index_seconds": t3 - t2,
                        "graph_seconds": index_res.get("graph", {}).get("seconds", 0.0),
@@ -1159,7 +1236,8 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                        "index_task_peak_rss": max((r["rss"] for r in index_res.values()),
                                                   default=0),
                        "cpu_seconds": cpu.cpu_between(c1, c2),
-                       "driver_peak_rss": _rss(), "heads_bytes": int(heads.nbytes), **train}
+                       "driver_peak_rss": _rss(), "driver_memory": dmem.lap(),
+                       "heads_bytes": int(heads.nbytes), **train}
     reset_peak_rss()
     log(f"{len(heads)} heads from a {stages['sample']['rows']}-row sample "
         f"({stages['sample']['seconds'] + stages['heads']['seconds']:.1f}s)")
@@ -1218,6 +1296,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
 
     # (3) reduce: group by list id, cap, postings SSTs
     stages["map"]["driver_peak_rss"] = _rss()
+    stages["map"]["driver_memory"] = dmem.lap()
     reset_peak_rss()
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
@@ -1277,6 +1356,8 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                         # without the mapped run/vector file pages (shared page cache)
                         "worker_peak_rss_anon": max((r["rss_anon"] for r in res), default=0)}
     stages["reduce"]["driver_peak_rss"] = _rss()
+    stages["reduce"]["driver_memory"] = dmem.lap()
+    dmem.close()
     log(f"reduce: {stages['reduce']['records']} records in {len(ranges)} ranges, "
         f"{len(groups)} tasks "
         f"({stages['reduce']['seconds']:.1f}s)")
@@ -1311,8 +1392,9 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
     build (``manifest["kind"] == "curator"``, ``bulk_curator.bulk_build_curator``) is adopted
     from its trained tree and the map tasks' leaves (``bulk_curator.curator_adopter``).
     ``options``: engine options. Returns {"rows", "seconds", "disk_bytes", "cpu_seconds",
-    "driver_peak_rss", "phases"} (CPU of this process and its children during the import; this
-    process's peak RSS during it; for SPANN, the peak of each phase -- SST ingest + maps scan,
+    "driver_peak_rss", "driver_memory", "phases"} (CPU of this process and its children during
+    the import; this process's peak RSS during it, and split into anon/file/shmem (each part's
+    own peak, ``DriverMemory``); for SPANN, the peak of each phase -- SST ingest + maps scan,
     adopt, checkpoint + reopen -- and the RSS between them).
     """
     import vecdb
@@ -1322,6 +1404,7 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
     reset_peak_rss()
+    dmem = DriverMemory()
     phases: dict[str, int] = {"start_rss": current_rss()}
     check_collection_name(collection)
     try:
@@ -1348,12 +1431,13 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
         size = folder_bytes(os.path.join(db.path, "collections", collection))
     finally:
         db.close()
+        dmem.close()
     phases["checkpoint_reopen_peak_rss"] = _rss()
     phases["end_rss"] = current_rss()
     return {"rows": man["rows"], "seconds": time.perf_counter() - t0, "disk_bytes": size,
             "cpu_seconds": cpu.cpu_between(c0, cpu.snapshot()),
             "driver_peak_rss": max(v for k, v in phases.items() if k.endswith("peak_rss")),
-            "phases": phases}
+            "driver_memory": dmem.lap(), "phases": phases}
 
 
 def spann_adopter(man: dict[str, Any], bulk_dir: str, phases: dict[str, int] | None = None):
