@@ -235,6 +235,54 @@ def test_hub_lists_are_split_before_import(ray_local, tmp_path):
             db.close()
 
 
+def _float_rows(x, dim: int):
+    """Every row of every 2-D float array of width ``dim`` in ``x`` (nested dicts/lists/tuples)."""
+    if isinstance(x, dict):
+        x = list(x.values())
+    if isinstance(x, list | tuple):
+        for y in x:
+            yield from _float_rows(y, dim)
+    elif isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.ndim == 2 and x.shape[1] == dim:
+        yield from (r.astype(np.float32).tobytes() for r in x)
+
+
+def test_driver_never_gets_head_vectors_back(ray_local, tmp_path, monkeypatch):
+    """Head training's tasks write the heads to files joined into heads.npy by a task, and the
+    reduce tasks write the split hub lists' new heads to files: nothing the driver's ``ray.get``
+    returns holds a head (member heads are data rows) or any data row, only paths, counts and
+    small metadata (the first level's few split centroids are means, not rows)."""
+    import ray
+
+    X = np.concatenate(list(clustered_stream(6000, 16, chunk=3000, seed=7)))
+    np.save(tmp_path / "a.npy", X)
+    got = []
+    real_get = ray.get
+
+    def get(refs, *a, **kw):
+        out = real_get(refs, *a, **kw)
+        got.append(out)
+        return out
+
+    monkeypatch.setattr(ray, "get", get)
+    params = {"head_ratio": 0.02, "replica_count": 4, "posting_limit": 24, "head_index": "hnsw",
+              "background": False}
+    man = bulk_build_spann(str(tmp_path / "a.npy"), str(tmp_path / "out"), tenant="t",
+                           params=params, fill=0.8, sample_rows=3000, train_rows=1000,
+                           progress=False)
+    monkeypatch.undo()
+    red = man["stages"]["reduce"]
+    assert red["hub_lists_split"] > 0 and red["parts_made"] > 0  # new heads were made
+    assert man["stages"]["heads"]["parts"] > 1  # several part tasks wrote head files
+    heads = np.load(tmp_path / "out" / "heads.npy")
+    assert len(heads) == man["stages"]["heads"]["heads"] > 0
+    rows = {r.tobytes() for r in X} | {r.tobytes() for r in heads}
+    assert {r.tobytes() for r in heads} <= {r.tobytes() for r in X}  # member heads: data rows
+    returned = [r for x in got for r in _float_rows(x, 16)]
+    assert len(got) > 5 and not any(r in rows for r in returned), len(returned)
+    assert not list((tmp_path / "out").glob("heads-part-*")) and not (tmp_path / "out" /
+                                                                      "runs").exists()
+
+
 @pytest.mark.parametrize("kw", [{"head_search": "hnsw"}, {"probes": 0}, {"head_vectors": "mean"},
                                 {"train_rows": 10}])
 def test_bad_bulk_knobs_are_refused_before_any_work(tmp_path, kw):

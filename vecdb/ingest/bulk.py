@@ -262,13 +262,18 @@ def _head_groups_task(heads_path: str, code: int, size: int, probes: int, balanc
     return {"seconds": time.perf_counter() - t0, "rss": _rss()}
 
 
-def _head_graph_update_task(path: str, removed: np.ndarray, added: np.ndarray,
+def _head_graph_update_task(path: str, removed: np.ndarray, added: np.ndarray | list[str],
                             added_ids: np.ndarray) -> dict[str, Any]:
     """The saved head graph without the split hub lists' heads and with their parts' heads
-    (the reduce's graph update, in a task: the driver never loads the graph)."""
+    ``added`` (an array, or the reduce tasks' new-head files in ``added_ids`` order), in a
+    task: the driver never loads the graph nor the new heads."""
     from vecdb.index.hnsw import HNSWIndex
 
     reset_peak_rss()
+    if isinstance(added, list):
+        added = (np.concatenate([np.load(f) for f in added]) if added
+                 else np.zeros((0, 0), np.float32))
+    assert len(added) == len(added_ids), (len(added), len(added_ids))
     g = HNSWIndex.load(path)
     g.remove(removed)
     g.add(np.ascontiguousarray(added, dtype=np.float32), slots=added_ids)
@@ -505,13 +510,41 @@ def _load_files(files: list[tuple[str, int]]) -> np.ndarray:
 
 
 def _part_task(files: list[tuple[str, int]], leaf: int, lam: float, seed: int,
-               head_vectors: str) -> dict[str, Any]:
+               head_vectors: str, heads_file: str) -> dict[str, Any]:
     """The sub-tree of one part that fits a task (``train_rows``): load its files (removed
-    afterwards) and return its heads (``_leaf_heads``)."""
+    afterwards) and write its heads (``_leaf_heads``) to ``heads_file``. Returns the file and
+    the number of heads, not the heads: the driver never holds head vectors."""
     reset_peak_rss()
     S = _load_files(files)
     H = _leaf_heads(S, leaf, lam, seed, head_vectors)
-    return {"heads": H, "rows": len(S), "rss": _rss()}
+    np.save(heads_file, np.ascontiguousarray(H, dtype=np.float32))
+    return {"file": heads_file, "heads": len(H), "rows": len(S), "rss": _rss()}
+
+
+def _gather_heads_task(parts: list[tuple[str, int]], path: str,
+                       chunk: int = 65_536) -> dict[str, Any]:
+    """``path`` (``heads.npy``): the part files' heads (``[(file, heads)]``) one after another,
+    copied ``chunk`` heads at a time into the memory-mapped output (the same .npy ``np.save``
+    writes); the part files are removed. A task, so the driver never holds the heads; the task
+    holds ``chunk`` heads, plus the pages of the output it wrote (clean once flushed)."""
+    reset_peak_rss()
+    first = np.load(parts[0][0], mmap_mode="r")
+    n, dim = sum(k for _, k in parts), first.shape[1]
+    del first
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
+    at = 0
+    for f, k in parts:
+        a = np.load(f, mmap_mode="r")
+        assert a.shape == (k, dim), (f, a.shape, k)
+        for s in range(0, k, chunk):
+            e = min(k, s + chunk)
+            out[at + s:at + e] = a[s:e]
+        at += k
+        del a
+        os.remove(f)
+    out.flush()
+    del out
+    return {"heads": n, "rss": _rss()}
 
 
 def _label_task(files: list[tuple[str, int]], k: int, lam: float, seed: int,
@@ -530,10 +563,27 @@ def _label_task(files: list[tuple[str, int]], k: int, lam: float, seed: int,
 def train_heads(files: list[tuple[str, int]], n_total: int, cfg: dict[str, Any], folder: str,
                 *, head_vectors: str = "member", groups: int = 1,
                 train_rows: int = TRAIN_ROWS) -> tuple[np.ndarray, dict[str, Any]]:
-    """Heads [H, dim] from the sample ``files`` (``[(path, rows)]``, drawn from ``n_total``
-    valid rows) with SPANN's build functions: balanced hierarchical k-means down to leaves of
-    SPANN's leaf size scaled by the sampling rate (``_leaf_size``), one head per leaf
-    (``_leaf_heads``), on Ray tasks; the driver holds only the heads.
+    """``train_heads_file``'s heads as an array [H, dim] (read back from a file under
+    ``folder``, then removed) and its stats: for callers that want the heads in memory (tests,
+    bench.raydata_map); the bulk build keeps them in ``heads.npy``."""
+    path = os.path.join(folder, "heads-trained.npy")
+    info = train_heads_file(files, n_total, cfg, folder, path, head_vectors=head_vectors,
+                            groups=groups, train_rows=train_rows)
+    heads = np.load(path)
+    os.remove(path)
+    return heads, info
+
+
+def train_heads_file(files: list[tuple[str, int]], n_total: int, cfg: dict[str, Any],
+                     folder: str, path: str, *, head_vectors: str = "member", groups: int = 1,
+                     train_rows: int = TRAIN_ROWS) -> dict[str, Any]:
+    """Heads [H, dim] written to ``path`` (a float32 .npy) from the sample ``files``
+    (``[(path, rows)]``, drawn from ``n_total`` valid rows) with SPANN's build functions:
+    balanced hierarchical k-means down to leaves of SPANN's leaf size scaled by the sampling
+    rate (``_leaf_size``), one head per leaf (``_leaf_heads``), on Ray tasks. Each part's task
+    writes its heads to a file and a last task (``_gather_heads_task``) joins them into
+    ``path``: the driver gets file names and counts, never head vectors (it held ~0.5 KB per
+    head for 128 dims, plus Ray's copy of each part's result, when the tasks returned them).
 
     No process holds more than ``train_rows`` sample rows: the hierarchy's first level
     (``groups`` parts, as the serial hierarchy's top split; more if a part would exceed
@@ -547,8 +597,8 @@ def train_heads(files: list[tuple[str, int]], n_total: int, cfg: dict[str, Any],
     sample-trained member head is a noisy point, and the heads nearest their blob's centre
     become hubs (at 1M x 128 with 10 sample rows per head, member heads left 13% of the vectors
     in lists over ``posting_limit``, centroid heads none; with 3 rows per head both fail; the
-    reduce stage splits such hub lists). Returns the heads and stats (parts, levels, largest
-    part, tasks' peak RSS)."""
+    reduce stage splits such hub lists). Returns stats (``heads``: how many, parts, levels,
+    largest part, tasks' peak RSS)."""
     import ray
 
     total = sum(n for _, n in files)
@@ -564,6 +614,9 @@ def train_heads(files: list[tuple[str, int]], n_total: int, cfg: dict[str, Any],
 
     def ways(rows: int) -> int:  # parts to cut ``rows`` into so each fits ``train_rows``
         return 1 if rows <= train_rows else max(2, -(-5 * rows // (4 * train_rows)))
+
+    def head_file(i: int) -> str:  # part i's heads (``_part_task``), joined at the end
+        return os.path.join(folder, f"heads-part-{i:06d}.npy")
 
     k0 = max(ways(total), groups if total >= 8 * groups * leaf else 1)
     split_t = ray.remote(num_cpus=1)(_split_task)
@@ -581,13 +634,15 @@ def train_heads(files: list[tuple[str, int]], n_total: int, cfg: dict[str, Any],
         drawn, level, todo = r["rows"], 1, []
         for g, part in enumerate(r["parts"]):
             if part is not None:
-                leaves.append(part_t.remote([part], leaf, lam, seed + g, head_vectors))
+                leaves.append(part_t.remote([part], leaf, lam, seed + g, head_vectors,
+                                            head_file(len(leaves))))
                 largest = max(largest, part[1])
     while todo:
         splits = []
         for fs, rows, k, alike in todo:
             if k <= 1:
-                leaves.append(part_t.remote(fs, leaf, lam, seed + len(leaves), head_vectors))
+                leaves.append(part_t.remote(fs, leaf, lam, seed + len(leaves), head_vectors,
+                                            head_file(len(leaves))))
                 largest = max(largest, rows)
             else:
                 splits.append((fs, rows, k, alike))
@@ -613,13 +668,15 @@ def train_heads(files: list[tuple[str, int]], n_total: int, cfg: dict[str, Any],
                 elif n:
                     todo.append((fs, n, ways(n), False))
         level += 1
-    res = ray.get(leaves)
+    res = ray.get(leaves)  # in the order of ``leaves``: the heads' order (list ids)
     rss += [r["rss"] for r in res]
-    heads = np.ascontiguousarray(np.concatenate([r["heads"] for r in res]), dtype=np.float32)
-    return heads, {"parts": len(res), "levels": level, "largest_part_rows": largest,
-                   "largest_split_sample": drawn, "alike_cuts": alike_cuts,
-                   "train_rows": train_rows,
-                   "worker_peak_rss": max(rss, default=0)}
+    g = ray.get(ray.remote(num_cpus=1)(_gather_heads_task).remote(
+        [(r["file"], r["heads"]) for r in res], path))
+    rss.append(g["rss"])
+    return {"heads": int(g["heads"]), "parts": len(res), "levels": level,
+            "largest_part_rows": largest, "largest_split_sample": drawn,
+            "alike_cuts": alike_cuts, "train_rows": train_rows,
+            "worker_peak_rss": max(rss, default=0)}
 
 
 # -- stage 2: map -------------------------------------------------------------------------------
@@ -920,6 +977,23 @@ def _reduce_task(ranges: list[tuple[int, int, int]], runs: list[str], heads_path
     return out_l
 
 
+def _reduce_group_task(ranges: list[tuple[int, int, int]], runs: list[str], heads_path: str,
+                       dim: int, cap: int, vec_files: list[tuple[int, str]], out: str,
+                       split: dict[int, tuple[int, int]] | None, balance: float, seed: int,
+                       limit: int, new_heads_path: str
+                       ) -> tuple[list[dict[str, Any]], str | None]:
+    """``_reduce_task`` for the driver: the split hub lists' new heads (the ranges' ``new_heads``,
+    in range order, as their ``new_ids``) go to ``new_heads_path`` (None when there are none)
+    instead of back to the driver, which gets sizes, ids and file names only."""
+    res = _reduce_task(ranges, runs, heads_path, dim, cap, vec_files, out, split, balance,
+                       seed, limit)
+    new = [r.pop("new_heads") for r in res]
+    if not sum(len(x) for x in new):
+        return res, None
+    np.save(new_heads_path, np.concatenate(new).astype(np.float32, copy=False))
+    return res, new_heads_path
+
+
 def _slice_run(files: _Mapped, path: str, cursor: list[int], r: int, lo: int,
                hi: int) -> np.ndarray | None:
     """Run ``r``'s records of lists [lo, hi) (a copy), found by binary search on the mapped list
@@ -1182,7 +1256,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
         if progress:
             print(f"bulk: {msg}", flush=True)
 
-    # (1) sample (to files) + heads (Ray tasks; the driver gets the heads only)
+    # (1) sample (to files) + heads (Ray tasks write heads.npy; the driver gets counts only)
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
     reset_peak_rss()
@@ -1201,26 +1275,24 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     t1 = time.perf_counter()
     c1 = cpu.snapshot()
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    heads, train = train_heads(sample, n_good, cfg, sample_dir, head_vectors=head_vectors,
-                               groups=4 * cpus, train_rows=train_rows)
+    heads_path = os.path.join(out, "heads.npy")  # every later stage's tasks memory-map it
+    train = train_heads_file(sample, n_good, cfg, sample_dir, heads_path,
+                             head_vectors=head_vectors, groups=4 * cpus, train_rows=train_rows)
     shutil.rmtree(sample_dir, ignore_errors=True)
-    heads_path = os.path.join(out, "heads.npy")
-    np.save(heads_path, heads)  # every later stage memory-maps it, the driver too
-    del heads
-    heads = np.load(heads_path, mmap_mode="r")
+    n_heads = train.pop("heads")  # the driver knows how many heads, never their vectors
     t2 = time.perf_counter()
     # the head graph and the head groups: Ray tasks (in parallel) reading heads.npy, so their
     # build transients (~1-2 KB per head) never sit in the driver
     graph_path = groups_path = None
     index_tasks = {}
-    if head_kind(cfg, len(heads)) == "hnsw":
+    if head_kind(cfg, n_heads) == "hnsw":
         graph_path = os.path.join(out, "heads.hnsw")
         index_tasks["graph"] = ray.remote(num_cpus=1)(_head_graph_task).remote(
             heads_path, metric, cfg, graph_path, cpus)
         if head_search == "groups":  # (a flat head set is scanned exactly)
             groups_path = os.path.join(out, "heads.groups")
             index_tasks["groups"] = ray.remote(num_cpus=1)(_head_groups_task).remote(
-                heads_path, metric_code(metric), group_size(len(heads), probes), probes,
+                heads_path, metric_code(metric), group_size(n_heads, probes), probes,
                 cfg["balance"], cfg["seed"], groups_path)
     index_res = {k: ray.get(v) for k, v in index_tasks.items()}
     t3 = time.perf_counter()
@@ -1229,7 +1301,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                         "cpu_seconds": cpu.cpu_between(c0, c1),
                         "worker_peak_rss": sample_rss, "driver_peak_rss": sample_driver_rss,
                         "driver_memory": sample_driver_mem}
-    stages["heads"] = {"seconds": time.perf_counter() - t1, "heads": int(len(heads)),
+    stages["heads"] = {"seconds": time.perf_counter() - t1, "heads": int(n_heads),
                        "cluster_seconds": t2 - t1, "index_seconds": t3 - t2,
                        "graph_seconds": index_res.get("graph", {}).get("seconds", 0.0),
                        "groups_seconds": index_res.get("groups", {}).get("seconds", 0.0),
@@ -1237,9 +1309,9 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                                                   default=0),
                        "cpu_seconds": cpu.cpu_between(c1, c2),
                        "driver_peak_rss": _rss(), "driver_memory": dmem.lap(),
-                       "heads_bytes": int(heads.nbytes), **train}
+                       "heads_bytes": int(n_heads) * dim * 4, **train}
     reset_peak_rss()
-    log(f"{len(heads)} heads from a {stages['sample']['rows']}-row sample "
+    log(f"{n_heads} heads from a {stages['sample']['rows']}-row sample "
         f"({stages['sample']['seconds'] + stages['heads']['seconds']:.1f}s)")
     tenant_ids = {t: i for i, t in enumerate(sorted(names))}
 
@@ -1247,15 +1319,24 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
     todo = [s for s in shards if s.path not in failed]
-    hist = np.zeros(len(heads), dtype=np.int64)
-    prim = np.zeros(len(heads), dtype=np.int64)
+    hist = np.zeros(n_heads, dtype=np.int64)
+    prim = np.zeros(n_heads, dtype=np.int64)
+
+    agg: dict[str, Any] = {"split": {}, "seconds": 0.0, "rss": 0, "mem": {}}
 
     def fold(r: dict[str, Any]) -> dict[str, Any]:
-        """Add a batch's list-size counts to the totals as it arrives (the driver keeps O(H),
-        not one sparse histogram per batch) and keep only its small metadata."""
+        """Add a batch's list-size counts and its timings/memory to the totals as it arrives
+        (the driver keeps O(H), not one sparse histogram per batch) and keep only what later
+        steps read (file names, counts, the id-check sample: ~1-2 KB per batch)."""
         np.add.at(hist, r["hist"][0], r["hist"][1])
         np.add.at(prim, r["prim"][0], r["prim"][1])
         del r["hist"], r["prim"]
+        for k, v in r.pop("split").items():
+            agg["split"][k] = agg["split"].get(k, 0.0) + v
+        agg["seconds"] += r.pop("seconds")
+        agg["rss"] = max(agg["rss"], r.pop("rss"))
+        for k, v in r.pop("mem", {}).items():  # each batch's worker memory after its search
+            agg["mem"][k] = max(agg["mem"].get(k, 0), v)
         return r
 
     res, rd = map_shards(todo, dim, _map_block, {
@@ -1277,17 +1358,14 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
             sst[f].append(path)
     ids_check = check_unique_ids(res, memory_bytes)
     shutil.rmtree(os.path.join(out, "ids"), ignore_errors=True)
-    split = {k: sum(r["split"][k] for r in res) for k in (res[0]["split"] if res else {})}
     vec_files = sorted((r["offset"], r["vec_file"]) for r in res if "vec_file" in r)
     stages["map"] = {"seconds": time.perf_counter() - t0, "rows": rows,
                      "cpu_seconds": cpu.cpu_between(c0, cpu.snapshot()),
                      "assignments": int(hist.sum()), "tasks": len(todo), "batches": len(res),
-                     "task_seconds": sum(r["seconds"] for r in res), "task_split": split,
-                     "worker_peak_rss": max((r["rss"] for r in res), default=0),
+                     "task_seconds": agg["seconds"], "task_split": agg["split"],
+                     "worker_peak_rss": agg["rss"],
                      # each batch's worker memory after its search: largest per field
-                     "worker_memory": {k: max(r["mem"].get(k, 0) for r in res if "mem" in r)
-                                       for k in ("rss", "pss", "uss", "anon", "shared")}
-                     if any("mem" in r for r in res) else {},
+                     "worker_memory": agg["mem"],
                      "ray_data": {"operators": rd["operators"], "fused": rd["fused"]},
                      "id_check": ids_check}
     log(f"map: {rows} rows -> {int(hist.sum())} assignments in {len(runs)} runs "
@@ -1307,32 +1385,40 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     # hub lists: more nearest-list records than posting_limit -> split into ~cap-sized parts
     over = np.flatnonzero(prim > cfg["posting_limit"]) if split_hubs else np.zeros(0, np.int64)
     parts = 4 * (-(-prim[over] // cap)) + 4  # ids reserved per hub list (unused ones: gaps)
-    first = len(heads) + np.cumsum(parts) - parts  # new ids, after every original id
+    first = n_heads + np.cumsum(parts) - parts  # new ids, after every original id
     plan_all = {int(h): (int(f), int(k)) for h, f, k in zip(over, first, parts, strict=True)}
     # consecutive ranges per task (each task maps the files once for all of its ranges)
     groups = _groups(hist, ranges, reduce_tasks or 2 * cpus)
-    red_t = ray.remote(num_cpus=1)(_reduce_task)
-    res = [r for g in ray.get([
-        red_t.remote(g, runs, heads_path, dim, cap, vec_files, out,
-                     {h: v for h, v in plan_all.items() if g[0][0] <= h < g[-1][1]},
-                     cfg["balance"], cfg["seed"], cfg["posting_limit"])
-        for g in groups]) for r in g]
-    sizes = np.zeros(len(heads), dtype=np.int64)  # records per list: SPANN's list sizes
-    new_ids, new_sizes, new_heads = [], [], []
+    red_t = ray.remote(num_cpus=1)(_reduce_group_task)
+    res, added = [], []  # added: the files of the split hub lists' new heads (one per task)
+    for rs, f in ray.get([
+            red_t.remote(g, runs, heads_path, dim, cap, vec_files, out,
+                         {h: v for h, v in plan_all.items() if g[0][0] <= h < g[-1][1]},
+                         cfg["balance"], cfg["seed"], cfg["posting_limit"],
+                         os.path.join(out, "runs", f"new-heads-{i:06d}.npy"))
+            for i, g in enumerate(groups)]):
+        res += rs
+        if f is not None:
+            added.append(f)
+    del plan_all
+    sizes = np.zeros(n_heads, dtype=np.int64)  # records per list: SPANN's list sizes
+    new_ids, new_sizes = [], []
     for r in res:
         sst["postings"] += r["files"]
         sizes[r["lo"]:r["lo"] + len(r["sizes"])] = r["sizes"]
         new_ids.append(r["new_ids"])
         new_sizes.append(r["new_sizes"])
-        new_heads.append(r["new_heads"])
+        del r["sizes"]  # folded into ``sizes``
     keep_ids = np.flatnonzero(sizes >= 0)
     list_ids = np.concatenate([keep_ids, *new_ids]).astype(np.int64)
-    list_sizes = np.concatenate([sizes[keep_ids], *new_sizes]).astype(np.int64)
     np.save(os.path.join(out, "list_ids.npy"), list_ids)
-    np.save(os.path.join(out, "list_sizes.npy"), list_sizes)
-    added = np.concatenate(new_heads) if new_heads else np.zeros((0, dim), np.float32)
-    added_ids = np.concatenate(new_ids) if new_ids else np.zeros(0, np.int64)
     n_heads = len(list_ids)
+    del list_ids
+    sizes = np.concatenate([sizes[keep_ids], *new_sizes]).astype(np.int64)
+    del keep_ids
+    np.save(os.path.join(out, "list_sizes.npy"), sizes)
+    del sizes
+    added_ids = np.concatenate(new_ids) if new_ids else np.zeros(0, np.int64)
     t2 = time.perf_counter()
     if head_kind(cfg, n_heads) != "hnsw":
         graph_path = None
