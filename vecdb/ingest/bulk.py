@@ -1389,6 +1389,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     plan_all = {int(h): (int(f), int(k)) for h, f, k in zip(over, first, parts, strict=True)}
     # consecutive ranges per task (each task maps the files once for all of its ranges)
     groups = _groups(hist, ranges, reduce_tasks or 2 * cpus)
+    hist = prim = np.zeros(0, np.int64)  # the per-head counts (16 B/head) end with the plan
     red_t = ray.remote(num_cpus=1)(_reduce_group_task)
     res, added = [], []  # added: the files of the split hub lists' new heads (one per task)
     for rs, f in ray.get([
