@@ -35,8 +35,13 @@ at most ``train_rows`` sample rows (the sample stays in files; ``train_heads``);
 batch (``batch_rows``) plus search buffers, the heads and head groups memory-mapped (one
 page-cache copy per machine); a reduce task one list-id range at a time whose rows fit
 ``memory_bytes``; the duplicate-id check (``check_unique_ids``) one id range per task. The driver
-holds the heads (memory-mapped), the list-size histogram and 64 sample ids per map batch; the head
-graph and groups are built, and the graph updated, in tasks. The
+never holds a head vector (head-training tasks write them to files a task joins into
+``heads.npy``; the reduce tasks write the split hub lists' new heads to files): it holds the
+heads' count, the list-size histograms until the reduce plan is made (16 B per head), the list
+sizes afterwards (8 B per head, ~32 B per head while ``list_ids``/``list_sizes`` are written) and
+per map batch its file names and 64 sample ids (~2 KB per batch); the head graph and groups are
+built, and the graph updated, in tasks. Each stage's driver peak is split into anon / file / shmem
+(``DriverMemory``). The
 import holds what the opened collection holds (engine maps, SPANN's versions, live flags and
 tenant bitmaps: bytes per vector) plus bounded chunks. Each stage's peak RSS, driver and tasks,
 is in the manifest's ``stages``.
@@ -1204,7 +1209,7 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     ``batch_rows`` a map task's batch; ``sample_rows`` the training sample (it should hold at
     least ``2 x head_ratio x rows`` vectors, else there are fewer heads than SPANN would make;
     it stays in files under ``out``); ``train_rows`` the sample rows any one process holds to
-    train heads (``train_heads``: bigger parts are split further).
+    train heads (``train_heads_file``: bigger parts are split further).
     ``fill``: lists are capped at ``fill x posting_limit`` records (a vector's nearest list
     always keeps it), leaving room for online appends before the first split; default the
     collection's ``build_fill`` (SPANN's own build cap, 0.8 unless ``params`` says otherwise).
