@@ -530,8 +530,9 @@ def _gather_heads_task(parts: list[tuple[str, int]], path: str,
                        chunk: int = 65_536) -> dict[str, Any]:
     """``path`` (``heads.npy``): the part files' heads (``[(file, heads)]``) one after another,
     copied ``chunk`` heads at a time into the memory-mapped output (the same .npy ``np.save``
-    writes); the part files are removed. A task, so the driver never holds the heads; the task
-    holds ``chunk`` heads, plus the pages of the output it wrote (clean once flushed)."""
+    writes); the part files are removed once it is written. A task, so the driver never holds the
+    heads; the task holds ``chunk`` heads, plus the pages of the output it wrote (clean once
+    flushed)."""
     reset_peak_rss()
     first = np.load(parts[0][0], mmap_mode="r")
     n, dim = sum(k for _, k in parts), first.shape[1]
@@ -546,9 +547,10 @@ def _gather_heads_task(parts: list[tuple[str, int]], path: str,
             out[at + s:at + e] = a[s:e]
         at += k
         del a
-        os.remove(f)
     out.flush()
     del out
+    for f, _ in parts:  # only once heads.npy is whole: a retried task finds its inputs
+        os.remove(f)
     return {"heads": n, "rss": _rss()}
 
 
