@@ -984,23 +984,6 @@ def _reduce_task(ranges: list[tuple[int, int, int]], runs: list[str], heads_path
     return out_l
 
 
-def _reduce_group_task(ranges: list[tuple[int, int, int]], runs: list[str], heads_path: str,
-                       dim: int, cap: int, vec_files: list[tuple[int, str]], out: str,
-                       split: dict[int, tuple[int, int]] | None, balance: float, seed: int,
-                       limit: int, new_heads_path: str
-                       ) -> tuple[list[dict[str, Any]], str | None]:
-    """``_reduce_task`` for the driver: the split hub lists' new heads (the ranges' ``new_heads``,
-    in range order, as their ``new_ids``) go to ``new_heads_path`` (None when there are none)
-    instead of back to the driver, which gets sizes, ids and file names only."""
-    res = _reduce_task(ranges, runs, heads_path, dim, cap, vec_files, out, split, balance,
-                       seed, limit)
-    new = [r.pop("new_heads") for r in res]
-    if not sum(len(x) for x in new):
-        return res, None
-    np.save(new_heads_path, np.concatenate(new).astype(np.float32, copy=False))
-    return res, new_heads_path
-
-
 def _slice_run(files: _Mapped, path: str, cursor: list[int], r: int, lo: int,
                hi: int) -> np.ndarray | None:
     """Run ``r``'s records of lists [lo, hi) (a copy), found by binary search on the mapped list
@@ -1189,6 +1172,23 @@ def _groups(hist: np.ndarray, ranges: list[tuple[int, int]], tasks: int
     cut = np.unique(np.concatenate([[0], cut, [len(ranges)]]))
     numbered = [(lo, hi, i) for i, (lo, hi) in enumerate(ranges)]
     return [numbered[a:b] for a, b in zip(cut[:-1], cut[1:], strict=True) if b > a]
+
+
+def _reduce_group_task(ranges: list[tuple[int, int, int]], runs: list[str], heads_path: str,
+                       dim: int, cap: int, vec_files: list[tuple[int, str]], out: str,
+                       split: dict[int, tuple[int, int]] | None, balance: float, seed: int,
+                       limit: int, new_heads_path: str
+                       ) -> tuple[list[dict[str, Any]], str | None]:
+    """``_reduce_task`` for the driver: the split hub lists' new heads (the ranges' ``new_heads``,
+    in range order, as their ``new_ids``) go to ``new_heads_path`` (None when there are none)
+    instead of back to the driver, which gets sizes, ids and file names only."""
+    res = _reduce_task(ranges, runs, heads_path, dim, cap, vec_files, out, split, balance,
+                       seed, limit)
+    new = [r.pop("new_heads") for r in res]
+    if not sum(len(x) for x in new):
+        return res, None
+    np.save(new_heads_path, np.concatenate(new).astype(np.float32, copy=False))
+    return res, new_heads_path
 
 
 # -- the driver ---------------------------------------------------------------------------------
