@@ -343,13 +343,18 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
             rounds += 1
             starts = [a for a, _ in ray.get(tracker.states.remote([s.path for s in pending]))]
             retry: dict[str, str] = {}
+
+            def note(r: dict[str, Any], retry: dict[str, str] = retry) -> None:
+                """Keep only the shards to run again (O(shards), not every batch's result)."""
+                if "retry" in r:
+                    retry[r["shard"]] = r["retry"]
+
             try:
-                res, _ = map_shards(pending, dim, ingest_block, {
+                map_shards(pending, dim, ingest_block, {
                     "offsets": [s.offset for s in pending], "sink_spec": sink_spec,
                     "tracker": tracker, "opts": opts, "round_id": f"{job}-{rounds}"},
                     batch_rows=int(batch_rows), columns=columns, starts=starts,
-                    concurrency=workers, retry=read_retry)
-                retry = {r["shard"]: r["retry"] for r in res if "retry" in r}
+                    concurrency=workers, on_result=note, retry=read_retry)
             except Exception as e:  # a task failed for good: every unfinished shard again
                 retry = {s.path: f"{type(e).__name__}: {e}" for s in pending}
             again, finished = [], []
