@@ -166,6 +166,7 @@ def test_planning_retries_a_transient_header_error(src):
     testing.inject(d / "s2.npy", after=0, times=-1, kind="missing")  # ... for good
     shards, rejected = plan(discover(testing.uri(d)), retry=RETRY)
     assert [os.path.basename(s.path) for s in shards] == ["s0.npy", "s3.npy"]
+    assert [s.size for s in shards] == [npy_byte(ROWS)] * 2  # asked once, kept for the reads
     assert testing.fired(d / "s0.npy") == 1
     assert testing.fired(d / "s1.npy") == RETRY.attempts and testing.fired(d / "s2.npy") == 1
     assert [(os.path.basename(r["file"]), r["row"]) for r in rejected] == [("s1.npy", 0),

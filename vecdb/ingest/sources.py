@@ -126,13 +126,15 @@ DEFAULT_COLUMNS = Columns()
 @dataclass(frozen=True)
 class Shard:
     """One input file with its planned row range in the job (``offset`` = global row number of
-    its first row)."""
+    its first row) and its size in bytes at planning (``size``; a remote shard's reads use it
+    instead of asking the store again)."""
 
     path: str
     kind: str
     rows: int
     offset: int
     dim: int | None
+    size: int | None = None
 
 
 @dataclass
@@ -280,6 +282,12 @@ def _take(mm: Any, a: int, b: int) -> tuple[Any, int | None]:
         return e.records, a + len(e.records)
 
 
+def _size(path: str, size: int | None) -> int:
+    """``size`` (known from planning) for a URI, else the file's size now (a local file is
+    memory-mapped: its current size is what can be mapped)."""
+    return size if size is not None and is_uri(path) else file_size(path)
+
+
 def _has_glob(s: str) -> bool:
     return any(c in s for c in "*?[")
 
@@ -351,8 +359,8 @@ def discover(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[st
 
 
 # -- per-format headers -------------------------------------------------------------------------
-def _npy_header(path: str) -> tuple[tuple[int, ...], np.dtype, int, int]:
-    """(shape, dtype, data offset, complete rows actually present)."""
+def _npy_header(path: str, size: int | None = None) -> tuple[tuple[int, ...], np.dtype, int, int]:
+    """(shape, dtype, data offset, complete rows actually present); ``size``: see ``_size``."""
     with open_input(path) as f:
         try:
             version = np.lib.format.read_magic(f)
@@ -368,16 +376,17 @@ def _npy_header(path: str) -> tuple[tuple[int, ...], np.dtype, int, int]:
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
         raise ShardError(f"{path}: expected a numeric array, got dtype {dtype}")
     rowbytes = max(1, shape[1] * dtype.itemsize)
-    present = min(shape[0], (file_size(path) - off) // rowbytes)
+    present = min(shape[0], (_size(path, size) - off) // rowbytes)
     return shape, dtype, off, present
 
 
 _VECS = {"fvecs": np.dtype("<f4"), "bvecs": np.dtype("u1"), "ivecs": np.dtype("<i4")}
 
 
-def _vecs_header(path: str, kind: str) -> tuple[int, int, int]:
-    """(dim, complete records, record bytes) of an .fvecs/.bvecs/.ivecs file."""
-    size = file_size(path)
+def _vecs_header(path: str, kind: str, size: int | None = None) -> tuple[int, int, int, int]:
+    """(dim, complete records, record bytes, file bytes) of an .fvecs/.bvecs/.ivecs file;
+    ``size``: see ``_size``."""
+    size = _size(path, size)
     if size < 4:
         raise ShardError(f"{path}: empty or truncated (no dimension header)")
     with open_input(path) as f:
@@ -385,7 +394,7 @@ def _vecs_header(path: str, kind: str) -> tuple[int, int, int]:
     if dim <= 0 or dim > 1 << 20:
         raise ShardError(f"{path}: row 0: bad dimension header {dim}")
     rec = 4 + dim * _VECS[kind].itemsize
-    return dim, size // rec, rec
+    return dim, size // rec, rec, size
 
 
 def _parquet_file(path: str):
@@ -401,32 +410,39 @@ def _parquet_file(path: str):
         raise ShardError(f"{path}: not a readable Parquet file ({e})") from None
 
 
-def shard_info(path: str, columns: Columns = Columns()) -> tuple[str, int, int | None, list[dict]]:
-    """(kind, planned rows, dim if known from the header, header-level problems) of ``path``.
-    Planned rows count what the header promises; a truncation is a reported problem."""
+def _shard_info(path: str, columns: Columns
+                ) -> tuple[str, int, int | None, list[dict], int | None]:
+    """``shard_info`` and the file's size in bytes (asked once; None for Parquet)."""
     kind = _kind(path)
     problems: list[dict] = []
     if kind == "npy":
-        shape, _, _, present = _npy_header(path)
+        size = file_size(path)
+        shape, _, _, present = _npy_header(path, size)
         if present < shape[0]:
             problems.append({"file": path, "row": int(present),
                              "error": f"truncated: header says {shape[0]} rows, file holds "
                                       f"{present} complete rows"})
-        return kind, int(shape[0]), int(shape[1]), problems
+        return kind, int(shape[0]), int(shape[1]), problems, size
     if kind in _VECS:
-        dim, n, rec = _vecs_header(path, kind)
-        if file_size(path) % rec:
+        dim, n, rec, size = _vecs_header(path, kind)
+        if size % rec:
             problems.append({"file": path, "row": int(n),
-                             "error": f"truncated: {file_size(path) % rec} trailing bytes "
+                             "error": f"truncated: {size % rec} trailing bytes "
                                       f"after {n} complete records"})
-        return kind, int(n), dim, problems
+        return kind, int(n), dim, problems, size
     pf = _parquet_file(path)
     if columns.vector not in pf.schema_arrow.names:
         raise ShardError(f"{path}: no vector column {columns.vector!r} "
                          f"(columns: {', '.join(pf.schema_arrow.names)})")
     t = pf.schema_arrow.field(columns.vector).type
     dim = int(t.list_size) if hasattr(t, "list_size") else None  # fixed-size list: in the schema
-    return kind, int(pf.metadata.num_rows), dim, problems
+    return kind, int(pf.metadata.num_rows), dim, problems, None
+
+
+def shard_info(path: str, columns: Columns = Columns()) -> tuple[str, int, int | None, list[dict]]:
+    """(kind, planned rows, dim if known from the header, header-level problems) of ``path``.
+    Planned rows count what the header promises; a truncation is a reported problem."""
+    return _shard_info(path, columns)[:4]
 
 
 def _with_retry(fn: Any, retry: Retry) -> Any:
@@ -454,11 +470,11 @@ def plan(files: Sequence[str], columns: Columns = Columns(), retry: Retry = DEFA
     off = 0
     for p in files:
         try:
-            kind, rows, dim, _ = _with_retry(lambda p=p: shard_info(p, columns), retry)
+            kind, rows, dim, _, size = _with_retry(lambda p=p: _shard_info(p, columns), retry)
         except (ShardError, OSError) as e:
             rejected.append({"file": p, "row": 0, "error": str(e)})
             continue
-        shards.append(Shard(p, kind, rows, off, dim))
+        shards.append(Shard(p, kind, rows, off, dim, size))
         off += rows
     return shards, rejected
 
@@ -533,7 +549,7 @@ def _cut_error(path: str, row: int, promised: int) -> dict[str, Any]:
 
 
 def _read_npy(shard: Shard, dim, batch_rows: int, start: int, end: int) -> Iterator[Batch]:
-    shape, dtype, off, present = _npy_header(shard.path)
+    shape, dtype, off, present = _npy_header(shard.path, shard.size)
     _check_dim(shard, dim, shape[1])
     row = np.dtype((dtype, (shape[1],)))
     mm = _records(shard.path, row, off, present) if present else np.zeros((0, shape[1]), dtype)
@@ -558,8 +574,7 @@ def _read_npy(shard: Shard, dim, batch_rows: int, start: int, end: int) -> Itera
 
 
 def _read_vecs(shard: Shard, dim, batch_rows: int, start: int, end: int) -> Iterator[Batch]:
-    d, n, rec = _vecs_header(shard.path, shard.kind)
-    size = file_size(shard.path)
+    d, n, rec, size = _vecs_header(shard.path, shard.kind, shard.size)
     _check_dim(shard, dim, d)
     vt = _VECS[shard.kind]
     rt = np.dtype([("dim", "<i4"), ("v", vt, (d,))])
