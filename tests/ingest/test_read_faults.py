@@ -243,3 +243,17 @@ def test_online_transient_error_exactly_once_and_persistent_error_reported(ray_l
         assert np.array_equal(col.get(ids, tenant="t").vectors, want)
     finally:
         db.close()
+
+
+def test_cli_online_read_attempts(ray_local, src, tmp_path, capsys):
+    from vecdb.ingest.cli import main
+
+    d, _ = src
+    testing.inject(d / "s1.npy", after=npy_byte(250), times=-1)  # persistent
+    rc = main(["online", testing.uri(d), "--collection", "c", "--data", str(tmp_path / "db"),
+               "--tenant", "t", "--batch", "100", "--create-dim", str(DIM),
+               "--state", str(tmp_path / "job.json"), "--read-attempts", "2"])
+    assert rc == 3 and testing.fired(d / "s1.npy") == 2
+    err = capsys.readouterr().err
+    assert f"rejected: {testing.uri(d / 's1.npy')}: row 200: " in err
+    assert "read failed after 2 attempts" in err
