@@ -10,6 +10,8 @@ def ray_local():
     ray = pytest.importorskip("ray")
     from vecdb.ingest.online import init_ray
 
-    init_ray(num_cpus=2)
+    # every worker registers the fault-injecting ``faulty://`` filesystem (test_read_faults)
+    init_ray(num_cpus=2, runtime_env={"worker_process_setup_hook":
+                                      "vecdb.ingest.testing.register"})
     yield ray
     ray.shutdown()

@@ -4,7 +4,7 @@
 
     online  SOURCE --collection C (--data DIR | --address HOST:PORT [--api-key K])
             [--tenant T] [--workers N] [--batch 5000] [--state FILE] [--id-start N]
-            [--create-dim D --metric l2 --index hnsw]
+            [--create-dim D --metric l2 --index hnsw] [--read-attempts 5]
     bulk    SOURCE --out DIR [--index spann|curator] [--dim D] [--metric l2] [--tenant T]
             [--params JSON]
             [--sample-rows N] [--batch N] [--memory-mb M] [--fill 0.8] [--search-ef EF]
@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--metric", default="l2")
     o.add_argument("--index", default="flat")
     o.add_argument("--index-params", default="{}")
+    o.add_argument("--read-attempts", type=int, default=5,
+                   help="tries at one row of a transient read error (connection reset, timeout) "
+                        "before the shard is given up and reported (default 5)")
     b = sub.add_parser("bulk", help="offline SPANN (or Curator) build into SST files")
     b.add_argument("source", nargs="+")
     b.add_argument("--out", required=True)
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.cmd == "online":
             from vecdb.ingest.online import run_online
+            from vecdb.ingest.sources import Retry
 
             create = None
             if a.create_dim:
@@ -97,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             r = run_online(a.source, a.collection, data=a.data, address=a.address,
                            api_key=a.api_key, tenant=a.tenant, workers=a.workers,
                            batch_rows=a.batch, state_path=a.state, id_start=a.id_start,
-                           create=create, ray_address=a.ray_address)
+                           create=create, ray_address=a.ray_address,
+                           read_retry=Retry(attempts=a.read_attempts))
             print(f"ingested {r['rows_written']:,} rows into {a.collection!r} "
                   f"({r['rows_per_s']:,.0f} rows/s); state: {r['state_path']}")
             return _report_errors(r["errors"])

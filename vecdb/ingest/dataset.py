@@ -20,7 +20,8 @@ start     int64                       the batch's first file row (rows ``[start,
 end       int64                       good and bad; an online job acknowledges ``end``)
 vector    fixed_size_list<float32>    the vector (zeros in error rows)
 error     string                      null for a good row; else why the row was rejected
-failed    bool                        the whole shard is unusable (``error`` says why; row 0)
+failed    bool                        the shard is unusable from ``row`` on (``error`` says why;
+                                      row 0 for a bad header, else the first row not read)
 id        uint64                      Parquet ``id`` column, when the shard has one
 tenant    string                      Parquet ``tenant`` column, when the shard has one
 acl       list<string>                Parquet ``acl`` column, when the shard has one
@@ -28,8 +29,13 @@ payload   string                      Parquet ``payload``, as JSON, when the sha
 ========  ==========================  ===========================================================
 
 Bad rows travel as error rows (file + row + reason), a bad shard as one ``failed`` row: they
-never stop the other shards' tasks. ``pieces(table)`` turns a block (or several merged, or part
-of one: Ray Data may re-chunk) back into ``sources.Batch`` objects.
+never stop the other shards' tasks. A transient read error part-way through a shard is retried
+inside the read task from the first row not yet delivered (``sources.read_batches``, bounded by
+``Retry``); only when its attempts run out does the shard end with a ``failed`` row at that row
+(the blocks before it stand). The read task itself never raises for a read error, so Ray Data's
+own task retries (unbounded for a dead worker) never re-run a range because of one.
+``pieces(table)`` turns a block (or several merged, or part of one: Ray Data may re-chunk)
+back into ``sources.Batch`` objects.
 
 Local paths are opened with numpy memory maps (npy, vecs) and pyarrow (Parquet); URIs
 (``s3://``, ``gs://``, ``hdfs://``, ``file://``, fsspec protocols) through pyarrow's filesystems
@@ -49,7 +55,16 @@ from typing import Any
 import numpy as np
 
 from vecdb.errors import InvalidArgument
-from vecdb.ingest.sources import DEFAULT_COLUMNS, Batch, Columns, Shard, ShardError, read_batches
+from vecdb.ingest.sources import (
+    DEFAULT_COLUMNS,
+    DEFAULT_RETRY,
+    Batch,
+    Columns,
+    Retry,
+    Shard,
+    ShardError,
+    read_batches,
+)
 
 try:  # Ray Data is the optional [ingest] extra; without it this module still gives the codecs
     from ray.data import Datasource as _Base
@@ -93,10 +108,11 @@ def batch_table(b: Batch, shard: int, dim: int):
     return pa.table(cols)
 
 
-def failed_table(shard: Shard, index: int, start: int, error: str, dim: int):
-    """The one-row block that reports shard ``shard`` as unusable."""
+def failed_table(shard: Shard, index: int, start: int, error: str, dim: int, row: int = 0):
+    """The one-row block that reports shard ``shard`` as unusable from file row ``row`` on
+    (0: the whole shard; else the first row its read task did not deliver)."""
     b = Batch(shard.path, start, start, np.zeros(0, np.int64), np.zeros((0, dim), np.float32),
-              errors=[{"file": shard.path, "row": 0, "error": error}])
+              errors=[{"file": shard.path, "row": int(row), "error": error}])
     t = batch_table(b, index, dim)
     import pyarrow as pa
 
@@ -184,26 +200,30 @@ def pieces(table) -> list[Piece]:
 
 # -- the datasource -----------------------------------------------------------------------------
 def _read_range(shard: Shard, index: int, dim: int, batch_rows: int, start: int, end: int,
-                columns: Columns) -> Iterator[Any]:
-    """Body of one read task: blocks of rows ``[start, end)`` of ``shard``; a ShardError becomes
-    a ``failed`` block (the task, and the job, go on)."""
+                columns: Columns, retry: Retry = DEFAULT_RETRY) -> Iterator[Any]:
+    """Body of one read task: blocks of rows ``[start, end)`` of ``shard``. Transient read errors
+    are retried by ``read_batches`` (``retry``); a ShardError (a bad header, or a read that
+    failed for good, ``ShardReadError``, at its first unread row) becomes a ``failed`` block
+    after the blocks already delivered: the task, and the job, go on."""
     try:
-        for b in read_batches(shard, dim, batch_rows, start, columns, end):
+        for b in read_batches(shard, dim, batch_rows, start, columns, end, retry):
             if len(b) or b.errors:
                 yield batch_table(b, index, dim)
-    except (ShardError, OSError) as e:
-        yield failed_table(shard, index, start, str(e), dim)
+    except ShardError as e:
+        row = getattr(e, "row", 0)
+        yield failed_table(shard, index, max(start, row), str(e), dim, row)
 
 
 class ShardDatasource(_Base):
     """Ray Data datasource over planned shards (``sources.plan``): one read task per shard, or
     per ``rows_per_task`` rows of a shard; each task yields one block per batch of
     ``batch_rows`` rows (see the module doc for the block's columns). ``starts``: per shard, the
-    first row to read (a resumed job's acknowledged offsets; default 0)."""
+    first row to read (a resumed job's acknowledged offsets; default 0). ``retry``: how
+    transient read errors are retried inside a task (``sources.Retry``)."""
 
     def __init__(self, shards: Sequence[Shard], dim: int, batch_rows: int = 10_000,
                  columns: Columns = DEFAULT_COLUMNS, rows_per_task: int | None = None,
-                 starts: Sequence[int] | None = None) -> None:
+                 starts: Sequence[int] | None = None, retry: Retry = DEFAULT_RETRY) -> None:
         if _Base is object:
             raise ImportError("ray[data] is needed for ShardDatasource (pip install "
                               "'vecdb[ingest]')")
@@ -222,6 +242,7 @@ class ShardDatasource(_Base):
         self.columns = columns
         self.rows_per_task = rows_per_task
         self.starts = [0] * len(self.shards) if starts is None else [int(s) for s in starts]
+        self.retry = retry
 
     def get_name(self) -> str:
         return "VecdbShards"
@@ -257,14 +278,15 @@ class ShardDatasource(_Base):
                 {"per_task_row_limit": per_task_row_limit}
             tasks.append(ReadTask(
                 lambda s=s, i=i, lo=lo, hi=hi: _read_range(s, i, self.dim, self.batch_rows,
-                                                           lo, hi, self.columns),
+                                                           lo, hi, self.columns, self.retry),
                 meta, **extra))
         return tasks
 
 
 def read_shards(shards: Sequence[Shard], dim: int, batch_rows: int = 10_000,
                 columns: Columns = DEFAULT_COLUMNS, rows_per_task: int | None = None,
-                starts: Sequence[int] | None = None, concurrency: int | None = None):
+                starts: Sequence[int] | None = None, concurrency: int | None = None,
+                retry: Retry = DEFAULT_RETRY):
     """A Ray ``Dataset`` of the shards (``ShardDatasource``), one block per read task's batch.
     ``override_num_blocks`` is the task count: otherwise Ray Data would cut every task's output
     into more blocks to reach its default parallelism, and stop fusing what follows.
@@ -272,7 +294,7 @@ def read_shards(shards: Sequence[Shard], dim: int, batch_rows: int = 10_000,
     must be given the same)."""
     import ray
 
-    src = ShardDatasource(shards, dim, batch_rows, columns, rows_per_task, starts)
+    src = ShardDatasource(shards, dim, batch_rows, columns, rows_per_task, starts, retry)
     return ray.data.read_datasource(src, override_num_blocks=max(1, len(src.ranges())),
                                     compute=_compute(concurrency), num_cpus=1)
 
@@ -304,12 +326,13 @@ def map_shards(shards: Sequence[Shard], dim: int, fn: Callable[..., Any],
                kwargs: dict[str, Any], batch_rows: int = 10_000,
                columns: Columns = DEFAULT_COLUMNS, rows_per_task: int | None = None,
                starts: Sequence[int] | None = None, concurrency: int | None = None,
-               progress: bool = False, on_result: Callable[[Any], Any] | None = None
-               ) -> tuple[list[Any], dict[str, Any]]:
+               progress: bool = False, on_result: Callable[[Any], Any] | None = None,
+               retry: Retry = DEFAULT_RETRY) -> tuple[list[Any], dict[str, Any]]:
     """Run ``fn(piece, **kwargs)`` on every batch of the shards with Ray Data: read and map
     fused into one task per read task (the vectors never enter the object store; ``fn`` must
     return small results: paths, counts, errors). ``starts``, ``rows_per_task``: see
-    ``ShardDatasource``; ``concurrency``: tasks at a time (default: as many as the CPUs allow).
+    ``ShardDatasource``; ``concurrency``: tasks at a time (default: as many as the CPUs allow);
+    ``retry``: transient read errors (see the module doc).
     Ray Data re-runs a task whose worker died (``fn`` must be idempotent per piece).
     The results stream back as the tasks finish; ``on_result(r)`` (optional) sees each one as
     it arrives and returns what to keep (e.g. ``r`` without the arrays it folded in; ``None``
@@ -323,7 +346,7 @@ def map_shards(shards: Sequence[Shard], dim: int, fn: Callable[..., Any],
     ctx.enable_progress_bars = bool(progress)
     ctx.print_on_execution_start = bool(progress)
     ds = read_shards(shards, dim, batch_rows, columns, rows_per_task, starts,
-                     concurrency).map_batches(
+                     concurrency, retry).map_batches(
         _apply, fn_kwargs={"fn": fn, "kwargs": kwargs}, batch_size=None,
         batch_format="pyarrow", zero_copy_batch=True, compute=_compute(concurrency),
         num_cpus=1)

@@ -19,6 +19,10 @@ running collection.
   again: harmless, every write is an upsert by a deterministic id (the Parquet ``id`` column, or
   ``id_start`` + the row's global row number). Acknowledgements never move backwards.
 - Bad shards and rows are recorded in the state (file, row, reason) and skipped.
+- Read errors: a transient one (connection reset, timeout, ...) is retried inside the read task
+  from the first row not yet delivered (``read_retry``: bounded attempts with back-off); a shard
+  whose attempts run out, or that hits a permanent error (missing object, permission denied), is
+  recorded as failed at its first unread row, and the rows acknowledged before it stand.
 - The same code runs on a Ray cluster: pass ``ray_address=`` (the state file must then be on a
   path the driver can write; the shards on storage every node can read).
 """
@@ -40,7 +44,9 @@ from vecdb.ingest.dataset import map_shards
 from vecdb.ingest.sinks import EmbeddedSink, GrpcSink, write_batch
 from vecdb.ingest.sources import (
     DEFAULT_COLUMNS,
+    DEFAULT_RETRY,
     Columns,
+    Retry,
     Shard,
     check_dim,
     discover,
@@ -50,14 +56,19 @@ from vecdb.ingest.sources import (
 from vecdb.ingest.state import JobState, Progress
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Start (or join, with ``address``) Ray once per process; quiet, no dashboard."""
+def init_ray(address: str | None = None, num_cpus: int | None = None,
+             runtime_env: dict[str, Any] | None = None) -> None:
+    """Start (or join, with ``address``) Ray once per process; quiet, no dashboard.
+    ``runtime_env``: Ray's, for the job's workers (e.g. a ``worker_process_setup_hook`` that
+    registers an fsspec filesystem, as the tests do with ``vecdb.ingest.testing``)."""
     import ray
 
     if ray.is_initialized():
         return
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                           "ignore_reinit_error": True, "configure_logging": False}
+    if runtime_env:
+        kw["runtime_env"] = runtime_env
     if address:
         ray.init(address=address, **kw)
     else:
@@ -108,9 +119,9 @@ class _Tracker:
         if done:
             self._save()
 
-    def fail_shard(self, path: str, error: str) -> None:
+    def fail_shard(self, path: str, error: str, row: int | None = None) -> None:
         with self._lock:
-            self.state.fail_shard(path, error)
+            self.state.fail_shard(path, error, row)
             self._seq += 1
         self._save()
 
@@ -219,8 +230,8 @@ def ingest_block(piece: Any, *, offsets: list[int], sink_spec: dict[str, Any], t
             _STOPPED.add(key)
     if key in _STOPPED:
         return {"shard": b.shard, "written": 0, "skipped": True}
-    if piece.failed:
-        ray.get(tracker.fail_shard.remote(b.shard, piece.failed))
+    if piece.failed:  # a bad header (row 0), or a read that failed for good at its first unread row
+        ray.get(tracker.fail_shard.remote(b.shard, piece.failed, piece.errors[0]["row"]))
         return {"shard": b.shard, "written": 0, "failed": piece.failed}
     errors = list(b.errors)
     good = 0
@@ -257,6 +268,7 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
                ray_address: str | None = None, progress: bool = True,
                status_path: str | None = None, max_task_retries: int = 3,
                engine_options: dict[str, Any] | None = None,
+               read_retry: Retry = DEFAULT_RETRY,
                _crash: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stream the shards of ``source`` into ``collection`` with ``workers`` parallel Ray workers.
 
@@ -265,7 +277,8 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
     ``id_start`` + global row number. ``state_path`` (default ``<collection>.ingest-state.json``
     next to the first shard, or in the working folder when the source is a URI) makes the job
     resumable; ``status_path`` gets the progress JSON. ``create``:
-    dict(dim, metric, index, params) to create the collection if missing.
+    dict(dim, metric, index, params) to create the collection if missing. ``read_retry``: how
+    transient read errors (planning and reading) are retried (``sources.Retry``).
     Returns a report: rows_total, rows_written, errors (file, row, error), elapsed_s, rows_per_s,
     cpu_s (CPU seconds of this process tree while streaming: driver, Ray, workers, the embedded
     sink actor; see ``vecdb.ingest.cpu``; a remote server's CPU is not in it), sink_batches
@@ -278,7 +291,7 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
     if not isinstance(workers, int) or workers < 1:
         raise InvalidArgument(f"workers must be a positive integer, got {workers!r}")
     files = discover(source)
-    shards, rejected = plan(files, columns)
+    shards, rejected = plan(files, columns, read_retry)
     # default state: next to the first shard, or in the working folder for a URI source
     state_path = state_path or os.path.join(
         os.getcwd() if is_uri(files[0]) else os.path.dirname(files[0]),
@@ -330,13 +343,18 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
             rounds += 1
             starts = [a for a, _ in ray.get(tracker.states.remote([s.path for s in pending]))]
             retry: dict[str, str] = {}
+
+            def note(r: dict[str, Any], retry: dict[str, str] = retry) -> None:
+                """Keep only the shards to run again (O(shards), not every batch's result)."""
+                if "retry" in r:
+                    retry[r["shard"]] = r["retry"]
+
             try:
-                res, _ = map_shards(pending, dim, ingest_block, {
+                map_shards(pending, dim, ingest_block, {
                     "offsets": [s.offset for s in pending], "sink_spec": sink_spec,
                     "tracker": tracker, "opts": opts, "round_id": f"{job}-{rounds}"},
                     batch_rows=int(batch_rows), columns=columns, starts=starts,
-                    concurrency=workers)
-                retry = {r["shard"]: r["retry"] for r in res if "retry" in r}
+                    concurrency=workers, on_result=note, retry=read_retry)
             except Exception as e:  # a task failed for good: every unfinished shard again
                 retry = {s.path: f"{type(e).__name__}: {e}" for s in pending}
             again, finished = [], []

@@ -18,7 +18,13 @@ Validation never poisons other shards:
 - wrong dimension (header or a record's own dim prefix) -> the shard is rejected (``ShardError``,
   raised when it is opened) and reported; the other shards go on;
 - non-finite rows -> those rows are skipped and reported (``BatchError`` entries: file, row, why);
-- a truncated file -> the complete rows before the cut are read, the cut is reported at its row.
+- a truncated file -> the complete rows before the cut are read, the cut is reported at its row
+  (also when a remote object turns out shorter than its header promised part-way through: a data
+  error, not retried);
+- a transient read error (an ``OSError`` other than a missing file or a denied permission:
+  connection reset, timeout, ...) -> retried at the row where it stopped, with bounded attempts
+  and back-off (``Retry``): every row once, no gaps. Only when the attempts run out (or the error
+  is permanent) is the shard given up: ``ShardReadError`` names the file and the first unread row.
 
 Parquet columns: ``vector`` (fixed-size list or list of float, or binary of dim x float32 LE),
 optional ``id`` (integer), ``tenant`` (owner tenant name), ``acl`` (list of tenant names granted
@@ -31,8 +37,10 @@ import fnmatch
 import glob
 import json
 import os
+import random
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +54,59 @@ EXTENSIONS = (".npy", ".fvecs", ".bvecs", ".ivecs", ".parquet", ".pq")
 
 class ShardError(InvalidArgument):
     """A whole shard is unreadable (wrong dim, bad header): reported, the job goes on."""
+
+
+class ShardReadError(ShardError):
+    """Reading a shard stopped for good at file row ``row`` (a permanent error such as a missing
+    object, or a transient one whose retries ran out); the rows before ``row`` were delivered."""
+
+    def __init__(self, path: str, row: int, message: str) -> None:
+        super().__init__(f"{path}: row {row}: {message}")
+        self.path, self.row = path, int(row)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How transient read errors are retried: at most ``attempts`` tries at one position (a
+    delivered batch starts the count again), sleeping a jittered ``backoff_s``, doubled after
+    each failure up to ``max_backoff_s``, between them."""
+
+    attempts: int = 5
+    backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or \
+                self.attempts < 1:
+            raise InvalidArgument(f"Retry.attempts must be a positive int, got {self.attempts!r}")
+        if not self.backoff_s >= 0 or not self.max_backoff_s >= 0:
+            raise InvalidArgument("Retry back-off times must be >= 0")
+
+    def sleep(self, failures: int) -> None:
+        """Wait before the try that follows the ``failures``-th consecutive failure."""
+        d = min(self.backoff_s * 2 ** (failures - 1), self.max_backoff_s)
+        time.sleep(d * (0.5 + random.random()))
+
+
+DEFAULT_RETRY = Retry()
+
+# an OSError of these kinds would fail again: not retried
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def is_transient(e: BaseException) -> bool:
+    """Whether a read error is worth retrying: an ``OSError`` (connection reset, timeout, a
+    storage service's 5xx, ...) other than a missing file or a denied permission."""
+    return isinstance(e, OSError) and not isinstance(e, _PERMANENT)
+
+
+class _ShortRead(Exception):
+    """A ranged read got fewer bytes than the file's header promised: ``records`` are the
+    complete records it did get."""
+
+    def __init__(self, records: np.ndarray) -> None:
+        super().__init__("short read")
+        self.records = records
 
 
 @dataclass(frozen=True)
@@ -65,13 +126,15 @@ DEFAULT_COLUMNS = Columns()
 @dataclass(frozen=True)
 class Shard:
     """One input file with its planned row range in the job (``offset`` = global row number of
-    its first row)."""
+    its first row) and its size in bytes at planning (``size``; a remote shard's reads use it
+    instead of asking the store again)."""
 
     path: str
     kind: str
     rows: int
     offset: int
     dim: int | None
+    size: int | None = None
 
 
 @dataclass
@@ -198,8 +261,8 @@ class _RemoteRows:
             return np.zeros(0, dtype=self.dtype)
         size = self.dtype.itemsize
         raw = self.f.read_at((b - a) * size, self.offset + a * size)
-        if len(raw) != (b - a) * size:
-            raise OSError(f"short read: {len(raw)} of {(b - a) * size} bytes")
+        if len(raw) != (b - a) * size:  # the object ends early: a data error, not transient
+            raise _ShortRead(np.frombuffer(raw[: len(raw) // size * size], dtype=self.dtype))
         return np.frombuffer(raw, dtype=self.dtype)
 
 
@@ -208,6 +271,21 @@ def _records(path: str, dtype: np.dtype, offset: int, n: int):
     if is_uri(path):
         return _RemoteRows(path, dtype, offset, n)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(n,))
+
+
+def _take(mm: Any, a: int, b: int) -> tuple[Any, int | None]:
+    """Records ``[a, b)`` of ``mm`` and, when the file ended before ``b`` (a remote object
+    shorter than its header promised), the row where it ended (else None)."""
+    try:
+        return mm[a:b], None
+    except _ShortRead as e:
+        return e.records, a + len(e.records)
+
+
+def _size(path: str, size: int | None) -> int:
+    """``size`` (known from planning) for a URI, else the file's size now (a local file is
+    memory-mapped: its current size is what can be mapped)."""
+    return size if size is not None and is_uri(path) else file_size(path)
 
 
 def _has_glob(s: str) -> bool:
@@ -281,15 +359,15 @@ def discover(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[st
 
 
 # -- per-format headers -------------------------------------------------------------------------
-def _npy_header(path: str) -> tuple[tuple[int, ...], np.dtype, int, int]:
-    """(shape, dtype, data offset, complete rows actually present)."""
+def _npy_header(path: str, size: int | None = None) -> tuple[tuple[int, ...], np.dtype, int, int]:
+    """(shape, dtype, data offset, complete rows actually present); ``size``: see ``_size``."""
     with open_input(path) as f:
         try:
             version = np.lib.format.read_magic(f)
             read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                     else np.lib.format.read_array_header_2_0)
             shape, fortran, dtype = read(f)
-        except (ValueError, OSError) as e:
+        except ValueError as e:  # an OSError is a read error (retried if transient)
             raise ShardError(f"{path}: not a valid .npy file ({e})") from None
         off = f.tell()
     if fortran or len(shape) != 2:
@@ -298,16 +376,17 @@ def _npy_header(path: str) -> tuple[tuple[int, ...], np.dtype, int, int]:
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
         raise ShardError(f"{path}: expected a numeric array, got dtype {dtype}")
     rowbytes = max(1, shape[1] * dtype.itemsize)
-    present = min(shape[0], (file_size(path) - off) // rowbytes)
+    present = min(shape[0], (_size(path, size) - off) // rowbytes)
     return shape, dtype, off, present
 
 
 _VECS = {"fvecs": np.dtype("<f4"), "bvecs": np.dtype("u1"), "ivecs": np.dtype("<i4")}
 
 
-def _vecs_header(path: str, kind: str) -> tuple[int, int, int]:
-    """(dim, complete records, record bytes) of an .fvecs/.bvecs/.ivecs file."""
-    size = file_size(path)
+def _vecs_header(path: str, kind: str, size: int | None = None) -> tuple[int, int, int, int]:
+    """(dim, complete records, record bytes, file bytes) of an .fvecs/.bvecs/.ivecs file;
+    ``size``: see ``_size``."""
+    size = _size(path, size)
     if size < 4:
         raise ShardError(f"{path}: empty or truncated (no dimension header)")
     with open_input(path) as f:
@@ -315,7 +394,7 @@ def _vecs_header(path: str, kind: str) -> tuple[int, int, int]:
     if dim <= 0 or dim > 1 << 20:
         raise ShardError(f"{path}: row 0: bad dimension header {dim}")
     rec = 4 + dim * _VECS[kind].itemsize
-    return dim, size // rec, rec
+    return dim, size // rec, rec, size
 
 
 def _parquet_file(path: str):
@@ -323,51 +402,79 @@ def _parquet_file(path: str):
 
     try:
         return pq.ParquetFile(open_input(path) if is_uri(path) else path)
+    except OSError as e:
+        if is_uri(path) and is_transient(e):  # perhaps the network: the caller may retry
+            raise
+        raise ShardError(f"{path}: not a readable Parquet file ({e})") from None
     except Exception as e:  # pyarrow raises several types for corrupt files
         raise ShardError(f"{path}: not a readable Parquet file ({e})") from None
 
 
-def shard_info(path: str, columns: Columns = Columns()) -> tuple[str, int, int | None, list[dict]]:
-    """(kind, planned rows, dim if known from the header, header-level problems) of ``path``.
-    Planned rows count what the header promises; a truncation is a reported problem."""
+def _shard_info(path: str, columns: Columns
+                ) -> tuple[str, int, int | None, list[dict], int | None]:
+    """``shard_info`` and the file's size in bytes (asked once; None for Parquet)."""
     kind = _kind(path)
     problems: list[dict] = []
     if kind == "npy":
-        shape, _, _, present = _npy_header(path)
+        size = file_size(path)
+        shape, _, _, present = _npy_header(path, size)
         if present < shape[0]:
             problems.append({"file": path, "row": int(present),
                              "error": f"truncated: header says {shape[0]} rows, file holds "
                                       f"{present} complete rows"})
-        return kind, int(shape[0]), int(shape[1]), problems
+        return kind, int(shape[0]), int(shape[1]), problems, size
     if kind in _VECS:
-        dim, n, rec = _vecs_header(path, kind)
-        if file_size(path) % rec:
+        dim, n, rec, size = _vecs_header(path, kind)
+        if size % rec:
             problems.append({"file": path, "row": int(n),
-                             "error": f"truncated: {file_size(path) % rec} trailing bytes "
+                             "error": f"truncated: {size % rec} trailing bytes "
                                       f"after {n} complete records"})
-        return kind, int(n), dim, problems
+        return kind, int(n), dim, problems, size
     pf = _parquet_file(path)
     if columns.vector not in pf.schema_arrow.names:
         raise ShardError(f"{path}: no vector column {columns.vector!r} "
                          f"(columns: {', '.join(pf.schema_arrow.names)})")
     t = pf.schema_arrow.field(columns.vector).type
     dim = int(t.list_size) if hasattr(t, "list_size") else None  # fixed-size list: in the schema
-    return kind, int(pf.metadata.num_rows), dim, problems
+    return kind, int(pf.metadata.num_rows), dim, problems, None
 
 
-def plan(files: Sequence[str], columns: Columns = Columns()
+def shard_info(path: str, columns: Columns = Columns()) -> tuple[str, int, int | None, list[dict]]:
+    """(kind, planned rows, dim if known from the header, header-level problems) of ``path``.
+    Planned rows count what the header promises; a truncation is a reported problem."""
+    return _shard_info(path, columns)[:4]
+
+
+def _with_retry(fn: Any, retry: Retry) -> Any:
+    """``fn()``, tried again after a transient ``OSError`` (``retry``); the last error is
+    raised, saying how many attempts were made."""
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return fn()
+        except OSError as e:
+            if not is_transient(e) or tries >= retry.attempts:
+                if tries == 1:
+                    raise
+                raise OSError(f"{e} (after {tries} attempts)") from e
+            retry.sleep(tries)
+
+
+def plan(files: Sequence[str], columns: Columns = Columns(), retry: Retry = DEFAULT_RETRY
          ) -> tuple[list[Shard], list[dict[str, Any]]]:
-    """Shards with their global row offsets, and the shards rejected at planning (reported)."""
+    """Shards with their global row offsets, and the shards rejected at planning (reported).
+    A transient error reading a header is retried (``retry``) before the shard is rejected."""
     shards: list[Shard] = []
     rejected: list[dict[str, Any]] = []
     off = 0
     for p in files:
         try:
-            kind, rows, dim, _ = shard_info(p, columns)
+            kind, rows, dim, _, size = _with_retry(lambda p=p: _shard_info(p, columns), retry)
         except (ShardError, OSError) as e:
             rejected.append({"file": p, "row": 0, "error": str(e)})
             continue
-        shards.append(Shard(p, kind, rows, off, dim))
+        shards.append(Shard(p, kind, rows, off, dim, size))
         off += rows
     return shards, rejected
 
@@ -387,10 +494,16 @@ def _check_dim(shard: Shard, dim: int | None, got: int) -> None:
 
 
 def read_batches(shard: Shard, dim: int | None, batch_rows: int = 10_000, start: int = 0,
-                 columns: Columns = Columns(), end: int | None = None) -> Iterator[Batch]:
+                 columns: Columns = Columns(), end: int | None = None,
+                 retry: Retry = DEFAULT_RETRY) -> Iterator[Batch]:
     """Stream rows ``[start, end)`` (default: to the shard's end) of ``shard`` in batches of at
     most ``batch_rows``. Problems at the shard's end (a truncation) are reported by the batch
     that reaches it, so disjoint ranges of one shard report each problem once.
+
+    A transient read error (``is_transient``) re-opens the shard and goes on from the first row
+    not yet delivered (the end of the last batch yielded: no row twice, none skipped), at most
+    ``retry.attempts`` tries per position. Permanent errors, and transient ones whose attempts
+    ran out, raise ``ShardReadError`` with that row.
 
     Memory: one batch (npy/fvecs are memory-mapped; Parquet is read record batch by record batch).
     Raises ``ShardError`` at the first batch if the whole shard is unusable (wrong dim).
@@ -398,6 +511,27 @@ def read_batches(shard: Shard, dim: int | None, batch_rows: int = 10_000, start:
     if batch_rows < 1:
         raise InvalidArgument("batch_rows must be >= 1")
     end = shard.rows if end is None else min(int(end), shard.rows)
+    pos, failures = start, 0
+    while True:
+        try:
+            for b in _read_from(shard, dim, batch_rows, pos, columns, end):
+                yield b
+                pos, failures = max(pos, b.end), 0
+            return
+        except OSError as e:
+            failures += 1
+            why = f"{type(e).__name__}: {e}"
+            if not is_transient(e):
+                raise ShardReadError(shard.path, pos, why) from None
+            if failures >= retry.attempts:
+                raise ShardReadError(shard.path, pos, f"read failed after {failures} attempts "
+                                                      f"({why})") from None
+            retry.sleep(failures)
+
+
+def _read_from(shard: Shard, dim: int | None, batch_rows: int, start: int, columns: Columns,
+               end: int) -> Iterator[Batch]:
+    """One attempt of ``read_batches``: open the shard and read ``[start, end)``."""
     if shard.kind == "npy":
         yield from _read_npy(shard, dim, batch_rows, start, end)
     elif shard.kind in _VECS:
@@ -406,8 +540,16 @@ def read_batches(shard: Shard, dim: int | None, batch_rows: int = 10_000, start:
         yield from _read_parquet(shard, dim, batch_rows, start, columns, end)
 
 
+def _cut_error(path: str, row: int, promised: int) -> dict[str, Any]:
+    """The error of a file that ended at ``row`` part-way through a read (a data error: the
+    rows before it are kept, the shard is not read further, and it is not retried)."""
+    return {"file": path, "row": int(row),
+            "error": f"truncated: the file ends at row {row} though it promised {promised} rows "
+                     f"(rows {row}..{promised - 1} missing)"}
+
+
 def _read_npy(shard: Shard, dim, batch_rows: int, start: int, end: int) -> Iterator[Batch]:
-    shape, dtype, off, present = _npy_header(shard.path)
+    shape, dtype, off, present = _npy_header(shard.path, shard.size)
     _check_dim(shard, dim, shape[1])
     row = np.dtype((dtype, (shape[1],)))
     mm = _records(shard.path, row, off, present) if present else np.zeros((0, shape[1]), dtype)
@@ -415,47 +557,58 @@ def _read_npy(shard: Shard, dim, batch_rows: int, start: int, end: int) -> Itera
         e = min(s + batch_rows, end)
         errors: list[dict] = []
         hi = min(e, present)
-        X = np.asarray(mm[s:hi], dtype=np.float32) if hi > s else np.zeros((0, shape[1]),
-                                                                          dtype=np.float32)
-        if hi < e and s <= present < e:
+        chunk, cut = _take(mm, s, hi) if hi > s else (np.zeros((0, shape[1]), dtype), None)
+        X = np.asarray(chunk, dtype=np.float32).reshape(-1, shape[1])
+        if cut is not None:
+            hi = cut
+            errors.append(_cut_error(shard.path, cut, shape[0]))
+        elif hi < e and s <= present < e:
             errors.append({"file": shard.path, "row": int(present),
                            "error": f"truncated: rows {present}..{shard.rows - 1} missing"})
         ok = _finite_rows(shard.path, s, X, errors)
         rows = np.arange(s, hi, dtype=np.int64)[ok]
         yield Batch(shard.path, s, e, rows, np.ascontiguousarray(X[ok]), errors=errors)
+        if cut is not None:
+            return
     del mm
 
 
 def _read_vecs(shard: Shard, dim, batch_rows: int, start: int, end: int) -> Iterator[Batch]:
-    d, n, rec = _vecs_header(shard.path, shard.kind)
+    d, n, rec, size = _vecs_header(shard.path, shard.kind, shard.size)
     _check_dim(shard, dim, d)
     vt = _VECS[shard.kind]
     rt = np.dtype([("dim", "<i4"), ("v", vt, (d,))])
     mm = _records(shard.path, rt, 0, n) if n else None
-    truncated = file_size(shard.path) % rec != 0
+    # a partial last record, or a local file that lost records since it was planned
+    truncated = size % rec != 0 or n < shard.rows
+    why = "truncated: incomplete last record" if size % rec else \
+        f"truncated: the file holds {n} records, {shard.rows} when the job was planned"
     end = min(end, n)
     if start >= end:
         if truncated and start == n:
             yield Batch(shard.path, n, n, np.zeros(0, dtype=np.int64),
                         np.zeros((0, d), dtype=np.float32),
-                        errors=[{"file": shard.path, "row": int(n),
-                                 "error": "truncated: incomplete last record"}])
+                        errors=[{"file": shard.path, "row": int(n), "error": why}])
         return
     for s in range(start, end, batch_rows):
         e = min(s + batch_rows, end)
         errors: list[dict] = []
-        chunk = mm[s:e]
+        chunk, cut = _take(mm, s, e)
+        k = len(chunk)
         good_dim = np.asarray(chunk["dim"] == d)
         for i in np.flatnonzero(~good_dim)[:1000].tolist():
             errors.append({"file": shard.path, "row": s + i,
                            "error": f"record dimension {int(chunk['dim'][i])}, expected {d}"})
-        X = np.asarray(chunk["v"], dtype=np.float32).reshape(e - s, d)
-        if truncated and e == n:
-            errors.append({"file": shard.path, "row": int(n),
-                           "error": "truncated: incomplete last record"})
+        X = np.asarray(chunk["v"], dtype=np.float32).reshape(k, d)
+        if cut is not None:
+            errors.append(_cut_error(shard.path, cut, shard.rows))
+        elif truncated and e == n:
+            errors.append({"file": shard.path, "row": int(n), "error": why})
         ok = _finite_rows(shard.path, s, X, errors) & good_dim
-        rows = np.arange(s, e, dtype=np.int64)[ok]
+        rows = np.arange(s, s + k, dtype=np.int64)[ok]
         yield Batch(shard.path, s, e, rows, np.ascontiguousarray(X[ok]), errors=errors)
+        if cut is not None:
+            return
 
 
 def _vector_column(col, path: str, first_row: int, dim, errors: list[dict]

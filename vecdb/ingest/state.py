@@ -114,10 +114,12 @@ class JobState:
             s["done"] = True
             s["acked"] = max(int(s["acked"]), int(s["rows"]))
 
-    def fail_shard(self, path: str, error: str) -> None:
-        """The whole shard is unusable: record it and mark it done (it is not retried)."""
+    def fail_shard(self, path: str, error: str, row: int | None = None) -> None:
+        """The shard is unusable from file row ``row`` on (default: its acknowledged offset):
+        record it and mark it done (it is not retried)."""
         s = self.data["shards"][path]
-        s["errors"].append({"file": path, "row": int(s["acked"]), "error": error})
+        s["errors"].append({"file": path, "row": int(s["acked"] if row is None else row),
+                            "error": error})
         s["done"] = True
 
     def dumps(self) -> str:

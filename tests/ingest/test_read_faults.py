@@ -1,0 +1,259 @@
+"""Read errors in ingestion sources, injected with the ``faulty://`` filesystem
+(``vecdb.ingest.testing``): a transient error part-way through a shard is retried from the row
+where it stopped (every row exactly once), a persistent one gives the shard up at its first
+unread row while the other shards complete, and a permanent error or a truncation is not
+retried."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import vecdb
+from vecdb.errors import InvalidArgument
+from vecdb.ingest import testing
+from vecdb.ingest.sources import (
+    Columns,
+    Retry,
+    ShardError,
+    ShardReadError,
+    discover,
+    is_transient,
+    plan,
+    read_batches,
+)
+
+pytest.importorskip("fsspec")
+testing.register()
+
+ROWS, DIM = 600, 8
+RETRY = Retry(attempts=3, backoff_s=0.01)  # fast: the tests wait for every back-off
+NPY_HEADER = 128  # bytes before the rows of an .npy written by np.save (version 1.0)
+
+
+def npy_byte(row: int) -> int:
+    """Byte offset of ``row`` in the .npy shards of these tests."""
+    return NPY_HEADER + row * DIM * 4
+
+
+def write_fvecs(path, X) -> None:
+    rec = np.empty(len(X), dtype=[("d", "<i4"), ("v", "<f4", (X.shape[1],))])
+    rec["d"], rec["v"] = X.shape[1], X
+    rec.tofile(path)
+
+
+@pytest.fixture
+def src(tmp_path):
+    """Four .npy shards of ROWS rows (global row g holds the vector g * ones + column index)."""
+    d = tmp_path / "src"
+    d.mkdir()
+    X = (np.arange(4 * ROWS, dtype=np.float32)[:, None] * 1.0
+         + np.arange(DIM, dtype=np.float32)[None, :] / 16)
+    for i in range(4):
+        np.save(d / f"s{i}.npy", X[i * ROWS:(i + 1) * ROWS])
+    return d, X
+
+
+def read(shard, batch=100, start=0, columns=None):
+    """(rows, vectors, errors) of every batch ``read_batches`` delivers before it stops, and the
+    error it stopped with (None when it read to the end)."""
+    rows, vecs, errs, stop = [], [], [], None
+    try:
+        for b in read_batches(shard, DIM, batch, start, columns or Columns(), retry=RETRY):
+            rows.append(b.rows)
+            vecs.append(b.vectors)
+            errs += b.errors
+    except ShardError as e:
+        stop = e
+    return (np.concatenate(rows) if rows else np.zeros(0, np.int64),
+            np.concatenate(vecs) if vecs else np.zeros((0, DIM), np.float32), errs, stop)
+
+
+# -- sources: the retry loop itself (no Ray) ----------------------------------------------------
+@pytest.mark.parametrize("kind", ["reset", "timeout", "oserror"])
+def test_transient_error_mid_npy_is_retried_every_row_once(src, kind):
+    d, X = src
+    (shard, *_), rejected = plan(discover(testing.uri(d)))
+    testing.inject(d / "s0.npy", after=npy_byte(250), kind=kind)
+    rows, V, errs, stop = read(shard)
+    assert testing.fired(d / "s0.npy") == 1  # the fault really happened, part-way through
+    assert stop is None and not errs and not rejected
+    assert rows.tolist() == list(range(ROWS)) and np.array_equal(V, X[:ROWS])
+
+
+def test_transient_error_mid_fvecs_and_parquet_are_retried(src):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    d, X = src
+    write_fvecs(d / "v.fvecs", X[:ROWS])
+    t = pa.table({"vector": pa.FixedSizeListArray.from_arrays(pa.array(X[:ROWS].ravel()), DIM),
+                  "id": pa.array(np.arange(ROWS, dtype=np.int64) + 1000)})
+    pq.write_table(t, d / "p.parquet", row_group_size=100)
+    meta = pq.ParquetFile(d / "p.parquet").metadata
+    footer = os.path.getsize(d / "p.parquet") - meta.serialized_size - 8
+    shards, _ = plan([testing.uri(d / "v.fvecs"), testing.uri(d / "p.parquet")])
+    testing.inject(d / "v.fvecs", after=250 * (4 + 4 * DIM))
+    testing.inject(d / "p.parquet", after=footer // 2, until=footer)  # spare the footer
+    for shard, name in zip(shards, ["v.fvecs", "p.parquet"], strict=True):
+        rows, V, errs, stop = read(shard, batch=70)
+        assert testing.fired(d / name) == 1, name
+        assert stop is None and not errs
+        assert rows.tolist() == list(range(ROWS)) and np.array_equal(V, X[:ROWS]), name
+    ids = np.concatenate([b.ids for b in read_batches(shards[1], DIM, 70, retry=RETRY)])
+    assert ids.tolist() == list(range(1000, 1000 + ROWS))
+
+
+def test_persistent_error_gives_up_at_the_first_unread_row(src):
+    d, X = src
+    (shard, *_), _ = plan(discover(testing.uri(d)))
+    testing.inject(d / "s0.npy", after=npy_byte(250), times=-1)
+    rows, V, errs, stop = read(shard)
+    assert isinstance(stop, ShardReadError) and stop.row == 200  # batches of 100: 0..199 read
+    assert f"{shard.path}: row 200: read failed after 3 attempts (ConnectionResetError" in str(stop)
+    assert testing.fired(d / "s0.npy") == RETRY.attempts
+    assert rows.tolist() == list(range(200)) and np.array_equal(V, X[:200])
+    # a read resumed from row 100 of the same range still stops at 200 (and retries again)
+    rows, _, _, stop = read(shard, start=100)
+    assert rows.tolist() == list(range(100, 200)) and stop.row == 200
+
+
+@pytest.mark.parametrize("kind", ["missing", "permission"])
+def test_permanent_error_is_not_retried(src, kind):
+    d, _ = src
+    (shard, *_), _ = plan(discover(testing.uri(d)))
+    testing.inject(d / "s0.npy", after=npy_byte(250), times=-1, kind=kind)
+    rows, _, _, stop = read(shard)
+    assert testing.fired(d / "s0.npy") == 1
+    assert rows.tolist() == list(range(200)) and stop.row == 200
+    assert ("FileNotFoundError" if kind == "missing" else "PermissionError") in str(stop)
+    assert not is_transient(FileNotFoundError()) and is_transient(ConnectionResetError())
+
+
+def test_truncation_found_mid_way_keeps_the_rows_before_it_and_is_not_retried(src):
+    d, X = src
+    write_fvecs(d / "v.fvecs", X[:ROWS])
+    shards, _ = plan([testing.uri(d / "s0.npy"), testing.uri(d / "v.fvecs")])
+    testing.inject(d / "s0.npy", after=npy_byte(250) + 5, times=-1, kind="short")
+    testing.inject(d / "v.fvecs", after=250 * (4 + 4 * DIM) + 5, times=-1, kind="short")
+    for shard, name in zip(shards, ["s0.npy", "v.fvecs"], strict=True):
+        rows, V, errs, stop = read(shard)
+        assert stop is None and testing.fired(d / name) == 1, name  # no retry
+        assert rows.tolist() == list(range(250)) and np.array_equal(V, X[:250])
+        assert [(e["file"], e["row"]) for e in errs] == [(shard.path, 250)]
+        assert "truncated: the file ends at row 250 though it promised 600 rows" in \
+            errs[0]["error"]
+
+
+def test_local_fvecs_that_lost_records_since_planning_reports_them(src):
+    d, X = src
+    write_fvecs(d / "v.fvecs", X[:ROWS])
+    (shard,), _ = plan([str(d / "v.fvecs")])
+    write_fvecs(d / "v.fvecs", X[:450])  # rewritten shorter before the read
+    rows, _, errs, stop = read(shard)
+    assert stop is None and rows.tolist() == list(range(450))
+    assert [(e["row"], e["error"]) for e in errs] == [
+        (450, "truncated: the file holds 450 records, 600 when the job was planned")]
+
+
+def test_planning_retries_a_transient_header_error(src):
+    d, _ = src
+    testing.inject(d / "s0.npy", after=0)  # the header read fails once
+    testing.inject(d / "s1.npy", after=0, times=-1, kind="oserror")  # ... always
+    testing.inject(d / "s2.npy", after=0, times=-1, kind="missing")  # ... for good
+    shards, rejected = plan(discover(testing.uri(d)), retry=RETRY)
+    assert [os.path.basename(s.path) for s in shards] == ["s0.npy", "s3.npy"]
+    assert [s.size for s in shards] == [npy_byte(ROWS)] * 2  # asked once, kept for the reads
+    assert testing.fired(d / "s0.npy") == 1
+    assert testing.fired(d / "s1.npy") == RETRY.attempts and testing.fired(d / "s2.npy") == 1
+    assert [(os.path.basename(r["file"]), r["row"]) for r in rejected] == [("s1.npy", 0),
+                                                                           ("s2.npy", 0)]
+    assert "(after 3 attempts)" in rejected[0]["error"]
+    assert "after" not in rejected[1]["error"]
+
+
+def test_retry_arguments():
+    with pytest.raises(InvalidArgument, match="attempts"):
+        Retry(attempts=0)
+    with pytest.raises(InvalidArgument, match="back-off"):
+        Retry(backoff_s=-1)
+
+
+# -- the bulk map path: dataset.map_shards on Ray ------------------------------------------------
+def test_map_shards_retries_transient_errors_and_reports_lost_shards(ray_local, src):
+    from vecdb.ingest.dataset import map_shards
+
+    def _rows_of(piece):  # nested: pickled by value (the workers cannot import this module)
+        return {"shard": piece.shard, "rows": piece.batch.rows.tolist(),
+                "sum": float(piece.batch.vectors.sum()), "failed": piece.failed,
+                "errors": piece.errors}
+
+    d, X = src
+    shards, _ = plan(discover(testing.uri(d)))
+    testing.inject(d / "s0.npy", after=npy_byte(250))  # transient: once
+    testing.inject(d / "s1.npy", after=npy_byte(250), times=-1)  # persistent
+    testing.inject(d / "s2.npy", after=0, times=-1, kind="missing")  # gone before the first block
+    res, info = map_shards(shards, DIM, _rows_of, {}, batch_rows=100, retry=RETRY)
+    assert info["fused"]
+    rows = {i: sorted(x for r in res if r["shard"] == i for x in r["rows"]) for i in range(4)}
+    assert rows[0] == list(range(ROWS))  # every row exactly once (a duplicate would repeat)
+    assert rows[1] == list(range(200)) and rows[2] == [] and rows[3] == list(range(ROWS))
+    total = sum(r["sum"] for r in res)
+    assert total == pytest.approx(float(X[:ROWS].sum() + X[ROWS:ROWS + 200].sum()
+                                        + X[3 * ROWS:].sum()), rel=1e-6)
+    failed = sorted((r["shard"], r["errors"][0]["row"], r["failed"]) for r in res if r["failed"])
+    assert [(i, row) for i, row, _ in failed] == [(1, 200), (2, 0)]
+    assert "s1.npy: row 200: read failed after 3 attempts" in failed[0][2]
+    assert "FileNotFoundError" in failed[1][2]
+    assert testing.fired(d / "s0.npy") == 1 and testing.fired(d / "s1.npy") == RETRY.attempts
+    assert testing.fired(d / "s2.npy") == 1  # a missing object is not retried
+
+
+# -- the online path into an embedded sink ----------------------------------------------------
+def test_online_transient_error_exactly_once_and_persistent_error_reported(ray_local, src,
+                                                                           tmp_path):
+    from vecdb.ingest.online import run_online
+
+    d, X = src
+    testing.inject(d / "s0.npy", after=npy_byte(250))  # transient: once
+    testing.inject(d / "s1.npy", after=npy_byte(250), times=-1)  # persistent
+    testing.inject(d / "s2.npy", after=0, times=-1, kind="oserror")  # planning cannot read it
+    r = run_online(testing.uri(d), "c", data=str(tmp_path / "db"), tenant="t", workers=2,
+                   batch_rows=100, create={"dim": DIM}, progress=False,
+                   state_path=str(tmp_path / "job.json"), read_retry=RETRY)
+    errs = sorted((os.path.basename(e["file"]), e["row"]) for e in r["errors"])
+    assert errs == [("s1.npy", 200), ("s2.npy", 0)]
+    assert testing.fired(d / "s0.npy") == 1
+    # s0 whole, s1 up to its first unread row, s3 whole (ids = global row: s2 was not planned)
+    want = np.concatenate([X[:ROWS], X[ROWS:ROWS + 200], X[3 * ROWS:]])
+    want_ids = list(range(ROWS)) + list(range(ROWS, ROWS + 200)) + \
+        list(range(2 * ROWS, 3 * ROWS))
+    assert r["rows_written"] == len(want)
+    assert sum(rows for _, rows, _ in r["sink_batches"]) == len(want)  # no batch sent twice
+    st = json.load(open(r["state_path"]))
+    assert all(s["done"] for s in st["shards"].values())
+    db = vecdb.open(str(tmp_path / "db"))
+    try:
+        col = db.collection("c")
+        ids = col.ids("t")
+        assert ids.tolist() == want_ids
+        assert np.array_equal(col.get(ids, tenant="t").vectors, want)
+    finally:
+        db.close()
+
+
+def test_cli_online_read_attempts(ray_local, src, tmp_path, capsys):
+    from vecdb.ingest.cli import main
+
+    d, _ = src
+    testing.inject(d / "s1.npy", after=npy_byte(250), times=-1)  # persistent
+    rc = main(["online", testing.uri(d), "--collection", "c", "--data", str(tmp_path / "db"),
+               "--tenant", "t", "--batch", "100", "--create-dim", str(DIM),
+               "--state", str(tmp_path / "job.json"), "--read-attempts", "2"])
+    assert rc == 3 and testing.fired(d / "s1.npy") == 2
+    err = capsys.readouterr().err
+    assert f"rejected: {testing.uri(d / 's1.npy')}: row 200: " in err
+    assert "read failed after 2 attempts" in err
