@@ -1,8 +1,9 @@
 """Read errors in ingestion sources, injected with the ``faulty://`` filesystem
 (``vecdb.ingest.testing``): a transient error part-way through a shard is retried from the row
 where it stopped (every row exactly once), a persistent one gives the shard up at its first
-unread row while the other shards complete, and a permanent error or a truncation is not
-retried."""
+unread row while the other shards complete (the online job ends incomplete, and its rerun
+resumes the shard there), and a permanent error or a truncation is not retried (not by a rerun
+either)."""
 
 from __future__ import annotations
 
@@ -213,47 +214,146 @@ def test_map_shards_retries_transient_errors_and_reports_lost_shards(ray_local, 
 
 
 # -- the online path into an embedded sink ----------------------------------------------------
-def test_online_transient_error_exactly_once_and_persistent_error_reported(ray_local, src,
-                                                                           tmp_path):
+def online(d, tmp_path, **kw):
+    """One run of the online job over the shards of ``d`` (same database and state file)."""
     from vecdb.ingest.online import run_online
 
-    d, X = src
-    testing.inject(d / "s0.npy", after=npy_byte(250))  # transient: once
-    testing.inject(d / "s1.npy", after=npy_byte(250), times=-1)  # persistent
-    testing.inject(d / "s2.npy", after=0, times=-1, kind="oserror")  # planning cannot read it
-    r = run_online(testing.uri(d), "c", data=str(tmp_path / "db"), tenant="t", workers=2,
-                   batch_rows=100, create={"dim": DIM}, progress=False,
-                   state_path=str(tmp_path / "job.json"), read_retry=RETRY)
-    errs = sorted((os.path.basename(e["file"]), e["row"]) for e in r["errors"])
-    assert errs == [("s1.npy", 200), ("s2.npy", 0)]
-    assert testing.fired(d / "s0.npy") == 1
-    # s0 whole, s1 up to its first unread row, s3 whole (ids = global row: s2 was not planned)
-    want = np.concatenate([X[:ROWS], X[ROWS:ROWS + 200], X[3 * ROWS:]])
-    want_ids = list(range(ROWS)) + list(range(ROWS, ROWS + 200)) + \
-        list(range(2 * ROWS, 3 * ROWS))
-    assert r["rows_written"] == len(want)
-    assert sum(rows for _, rows, _ in r["sink_batches"]) == len(want)  # no batch sent twice
-    st = json.load(open(r["state_path"]))
-    assert all(s["done"] for s in st["shards"].values())
+    return run_online(testing.uri(d), "c", data=str(tmp_path / "db"), tenant="t", workers=2,
+                      batch_rows=100, create={"dim": DIM}, progress=False,
+                      state_path=str(tmp_path / "job.json"), read_retry=RETRY, **kw)
+
+
+def stored(tmp_path):
+    """(ids, vectors) of tenant ``t`` in collection ``c``."""
     db = vecdb.open(str(tmp_path / "db"))
     try:
         col = db.collection("c")
         ids = col.ids("t")
-        assert ids.tolist() == want_ids
-        assert np.array_equal(col.get(ids, tenant="t").vectors, want)
+        return ids.tolist(), col.get(ids, tenant="t").vectors
     finally:
         db.close()
 
 
-def test_cli_online_read_attempts(ray_local, src, tmp_path, capsys):
+def names(errors):
+    return sorted((os.path.basename(e["file"]), e["row"], bool(e.get("retryable")))
+                  for e in errors)
+
+
+def test_online_transient_error_exactly_once_and_a_given_up_shard_resumed_by_a_rerun(
+        ray_local, src, tmp_path):
+    d, X = src
+    testing.inject(d / "s0.npy", after=npy_byte(250))  # transient: once
+    testing.inject(d / "s1.npy", after=npy_byte(250), times=-1)  # the storage stays unreachable
+    testing.inject(d / "s2.npy", after=0, times=-1, kind="oserror")  # planning cannot read it
+    r = online(d, tmp_path)
+    # s1 given up at its first unread row (retryable), s2 rejected at planning (not retryable)
+    assert names(r["errors"]) == [("s1.npy", 200, True), ("s2.npy", 0, False)]
+    assert not r["complete"] and names(r["incomplete"]) == [("s1.npy", 200, True)]
+    assert "read failed after 3 attempts" in r["incomplete"][0]["error"]
+    assert testing.fired(d / "s0.npy") == 1
+    # the driver's transport rounds did not read the given-up shard again
+    assert testing.fired(d / "s1.npy") == RETRY.attempts
+    # s0 whole, s1 up to its first unread row, s3 whole (ids = global row: s2 was not planned)
+    want = np.concatenate([X[:ROWS], X[ROWS:ROWS + 200], X[3 * ROWS:]])
+    want_ids = list(range(ROWS)) + list(range(ROWS, ROWS + 200)) + \
+        list(range(2 * ROWS, 3 * ROWS))
+    assert r["rows_written"] == len(want) and r["rows_skipped"] == ROWS - 200
+    assert sum(rows for _, rows, _ in r["sink_batches"]) == len(want)  # no batch sent twice
+    st = json.load(open(r["state_path"]))
+    sh = {os.path.basename(k): v for k, v in st["shards"].items()}
+    assert [(n, sh[n]["done"], sh[n]["acked"]) for n in sorted(sh)] == [
+        ("s0.npy", True, ROWS), ("s1.npy", False, 200), ("s3.npy", True, ROWS)]
+    status = json.load(open(r["status_path"]))  # the final status says what is left, no ETA
+    assert (status["rows_done"], status["rows_total"], status["rows_skipped"]) == \
+        (len(want), 3 * ROWS, ROWS - 200)
+    assert status["finished"] and status["eta_s"] is None and not status["complete"]
+    assert names(status["incomplete"]) == [("s1.npy", 200, True)]
+    ids, V = stored(tmp_path)
+    assert ids == want_ids and np.array_equal(V, want)
+
+    # the storage answers again: the same job, same state, sends exactly s1's missing rows
+    testing.clear(d / "s1.npy")
+    r2 = online(d, tmp_path)
+    assert r2["resumed"] and r2["complete"] and r2["incomplete"] == []
+    assert names(r2["errors"]) == [("s2.npy", 0, False)]  # the planning reject stays reported
+    assert [rows for _, rows, _ in r2["sink_batches"]] == [100] * 4  # rows 200..599 of s1
+    assert r2["rows_written"] == len(want) + ROWS - 200 and r2["rows_skipped"] == 0
+    st = json.load(open(r2["state_path"]))
+    s1 = next(v for k, v in st["shards"].items() if k.endswith("s1.npy"))
+    assert s1["done"] and s1["acked"] == ROWS and s1["errors"] == []
+    assert [e["row"] for e in s1["resumed_errors"]] == [200]  # history of the first run
+    status = json.load(open(r2["status_path"]))
+    assert status["complete"] and status["eta_s"] == 0 and status["rows_done"] == 3 * ROWS
+    ids, V = stored(tmp_path)  # every id once, the vectors of their rows
+    assert ids == list(range(3 * ROWS))
+    assert np.array_equal(V, np.concatenate([X[:2 * ROWS], X[3 * ROWS:]]))
+    # a third run has nothing to do
+    r3 = online(d, tmp_path)
+    assert r3["complete"] and r3["sink_batches"] == []
+
+
+def test_online_permanent_read_errors_are_not_retried_by_a_rerun(ray_local, src, tmp_path):
+    """A missing object, a denied permission or a truncated file fails the same way again: the
+    shard is done (reported), the job complete, and a rerun does not read it (even once the
+    fault is gone)."""
+    d, X = src
+    testing.inject(d / "s0.npy", after=npy_byte(250), times=-1, kind="missing")
+    testing.inject(d / "s1.npy", after=npy_byte(250), times=-1, kind="permission")
+    testing.inject(d / "s2.npy", after=npy_byte(250) + 5, times=-1, kind="short")
+    r = online(d, tmp_path)
+    want = [("s0.npy", 200, False), ("s1.npy", 200, False), ("s2.npy", 250, False)]
+    assert names(r["errors"]) == want and r["complete"] and r["incomplete"] == []
+    assert "FileNotFoundError" in r["errors"][0]["error"]
+    assert "PermissionError" in r["errors"][1]["error"]
+    assert "truncated: the file ends at row 250" in r["errors"][2]["error"]
+    assert [testing.fired(d / f"s{i}.npy") for i in range(3)] == [1, 1, 1]
+    st = json.load(open(r["state_path"]))
+    assert all(s["done"] for s in st["shards"].values())
+    for i in range(3):
+        testing.clear(d / f"s{i}.npy")
+    r2 = online(d, tmp_path)
+    assert r2["resumed"] and r2["complete"] and r2["sink_batches"] == []
+    assert names(r2["errors"]) == want
+    ids, V = stored(tmp_path)
+    assert ids == list(range(200)) + list(range(ROWS, ROWS + 200)) + \
+        list(range(2 * ROWS, 2 * ROWS + 250)) + list(range(3 * ROWS, 4 * ROWS))
+    assert np.array_equal(V, np.concatenate([X[:200], X[ROWS:ROWS + 200],
+                                             X[2 * ROWS:2 * ROWS + 250], X[3 * ROWS:]]))
+
+
+def test_cli_online_read_attempts_incomplete_then_resumed(ray_local, src, tmp_path, capsys):
     from vecdb.ingest.cli import main
 
     d, _ = src
     testing.inject(d / "s1.npy", after=npy_byte(250), times=-1)  # persistent
-    rc = main(["online", testing.uri(d), "--collection", "c", "--data", str(tmp_path / "db"),
-               "--tenant", "t", "--batch", "100", "--create-dim", str(DIM),
-               "--state", str(tmp_path / "job.json"), "--read-attempts", "2"])
-    assert rc == 3 and testing.fired(d / "s1.npy") == 2
-    err = capsys.readouterr().err
-    assert f"rejected: {testing.uri(d / 's1.npy')}: row 200: " in err
-    assert "read failed after 2 attempts" in err
+    argv = ["online", testing.uri(d), "--collection", "c", "--data", str(tmp_path / "db"),
+            "--tenant", "t", "--batch", "100", "--create-dim", str(DIM),
+            "--state", str(tmp_path / "job.json"), "--read-attempts", "2"]
+    rc = main(argv)
+    assert rc == 4 and testing.fired(d / "s1.npy") == 2
+    out, err = capsys.readouterr()
+    assert "(incomplete)" in out
+    assert f"incomplete: {testing.uri(d / 's1.npy')}: from row 200: " in err
+    assert "read failed after 2 attempts" in err and "rejected:" not in err
+    assert "run the same command again" in err
+    testing.clear(d / "s1.npy")
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "(incomplete)" not in out and "incomplete:" not in err
+    assert stored(tmp_path)[0] == list(range(4 * ROWS))
+
+
+def test_failed_block_carries_retryable_through_the_codec(src):
+    import pyarrow as pa
+
+    from vecdb.ingest.dataset import batch_table, failed_table, pieces
+
+    d, _ = src
+    (shard, *_), _ = plan([str(d / "s0.npy")])
+    ok = next(read_batches(shard, DIM, 100))
+    for retryable in (False, True):
+        t = pa.concat_tables([batch_table(ok, 0, DIM),
+                       failed_table(shard, 0, 100, "gone", DIM, 100, retryable)])
+        p0, p1 = pieces(t)
+        assert p0.failed is None and not p0.retryable and len(p0.batch) == 100
+        assert p1.failed == "gone" and p1.retryable is retryable and p1.errors[0]["row"] == 100

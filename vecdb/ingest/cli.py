@@ -11,7 +11,10 @@
     import  --data DIR --collection C --bulk DIR        (the data folder must be stopped)
 
 Common: ``--ray-address`` to run on a Ray cluster instead of locally. Exit status 0 when every
-row was ingested, 3 when some rows or shards were rejected (they are listed), 1/2 on errors.
+row was ingested, 3 when some rows or shards were rejected (they are listed), 4 (online) when the
+job is incomplete: some shard's reads kept failing with transient errors (storage unreachable
+longer than ``--read-attempts`` lasted; listed as ``incomplete:``), and running the same command
+again (same ``--state``) resumes it from its acknowledged row; 1/2 on errors.
 """
 
 from __future__ import annotations
@@ -79,11 +82,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _report_errors(errors: list[dict]) -> int:
-    for e in errors[:50]:
+    """Print the rejected rows/shards and the incomplete (resumable) shards; returns the exit
+    status: 4 when a shard is incomplete (re-run to resume), else 3 when something was
+    rejected, else 0."""
+    final = [e for e in errors if not e.get("retryable")]
+    again = [e for e in errors if e.get("retryable")]
+    for e in final[:50]:
         print(f"rejected: {e['file']}: row {e['row']}: {e['error']}", file=sys.stderr)
-    if len(errors) > 50:
-        print(f"... and {len(errors) - 50} more (see the job state file)", file=sys.stderr)
-    return 3 if errors else 0
+    if len(final) > 50:
+        print(f"... and {len(final) - 50} more (see the job state file)", file=sys.stderr)
+    for e in again:  # at most one per shard
+        print(f"incomplete: {e['file']}: from row {e['row']}: {e['error']}", file=sys.stderr)
+    if again:
+        print(f"{len(again)} shard(s) incomplete (transient read errors): run the same command "
+              f"again, with the same state file, to resume them", file=sys.stderr)
+        return 4
+    return 3 if final else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                            create=create, ray_address=a.ray_address,
                            read_retry=Retry(attempts=a.read_attempts))
             print(f"ingested {r['rows_written']:,} rows into {a.collection!r} "
-                  f"({r['rows_per_s']:,.0f} rows/s); state: {r['state_path']}")
+                  f"({r['rows_per_s']:,.0f} rows/s){'' if r['complete'] else ' (incomplete)'}; "
+                  f"state: {r['state_path']}")
             return _report_errors(r["errors"])
         if a.cmd == "bulk" and a.index == "curator":
             from vecdb.ingest.bulk_curator import bulk_build_curator, main_summary

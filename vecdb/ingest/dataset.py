@@ -20,8 +20,10 @@ start     int64                       the batch's first file row (rows ``[start,
 end       int64                       good and bad; an online job acknowledges ``end``)
 vector    fixed_size_list<float32>    the vector (zeros in error rows)
 error     string                      null for a good row; else why the row was rejected
-failed    bool                        the shard is unusable from ``row`` on (``error`` says why;
-                                      row 0 for a bad header, else the first row not read)
+failed    int8                        0; else the shard is unusable from ``row`` on (``error``
+                                      says why; row 0 for a bad header, else the first row not
+                                      read): 1 for good, 2 retryable (transient read errors
+                                      outlasted the attempts: a later run may resume at ``row``)
 id        uint64                      Parquet ``id`` column, when the shard has one
 tenant    string                      Parquet ``tenant`` column, when the shard has one
 acl       list<string>                Parquet ``acl`` column, when the shard has one
@@ -92,7 +94,7 @@ def batch_table(b: Batch, shard: int, dim: int):
         "end": pa.array(np.full(n, b.end, np.int64)),
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), dim),
         "error": pa.array([None] * n_good + [str(e["error"]) for e in b.errors], pa.string()),
-        "failed": pa.array(np.zeros(n, bool)),
+        "failed": pa.array(np.zeros(n, np.int8)),
     }
     pad = [None] * len(err_rows)
     if b.ids is not None:
@@ -108,26 +110,35 @@ def batch_table(b: Batch, shard: int, dim: int):
     return pa.table(cols)
 
 
-def failed_table(shard: Shard, index: int, start: int, error: str, dim: int, row: int = 0):
+def failed_table(shard: Shard, index: int, start: int, error: str, dim: int, row: int = 0,
+                 retryable: bool = False):
     """The one-row block that reports shard ``shard`` as unusable from file row ``row`` on
-    (0: the whole shard; else the first row its read task did not deliver)."""
+    (0: the whole shard; else the first row its read task did not deliver); ``retryable``: the
+    cause was transient (``failed`` = 2), a later run may resume the shard at ``row``."""
     b = Batch(shard.path, start, start, np.zeros(0, np.int64), np.zeros((0, dim), np.float32),
               errors=[{"file": shard.path, "row": int(row), "error": error}])
     t = batch_table(b, index, dim)
     import pyarrow as pa
 
-    return t.set_column(t.schema.get_field_index("failed"), "failed", pa.array([True]))
+    return t.set_column(t.schema.get_field_index("failed"), "failed",
+                        pa.array([FAILED_RETRYABLE if retryable else FAILED], pa.int8()))
+
+
+FAILED, FAILED_RETRYABLE = 1, 2  # the ``failed`` column's codes (0: not failed)
 
 
 @dataclass
 class Piece:
     """One batch (or part of one) of one shard, decoded from a block: ``batch`` holds the good
-    rows, ``batch.errors`` the bad ones; ``failed`` is set when the whole shard is unusable."""
+    rows, ``batch.errors`` the bad ones; ``failed`` (the reason) is set when the shard is
+    unusable from ``errors[0]["row"]`` on, ``retryable`` when that was a transient read error
+    whose attempts ran out (a later run may resume there)."""
 
     shard: int
     batch: Batch
     failed: str | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
+    retryable: bool = False
 
 
 def _whole(col):
@@ -162,7 +173,8 @@ def pieces(table) -> list[Piece]:
     bad = _np(err.is_null()) == 0  # vectorised: a Python pass over every row cost ~3 us/row
     bad_at = np.flatnonzero(bad)
     err_text = err.take(pa.array(bad_at)).to_pylist() if len(bad_at) else []
-    failed_all = _np(table.column("failed")).astype(bool)
+    failed_code = _np(table.column("failed")).astype(np.int8)  # a bool column: old blocks
+    failed_all = failed_code != 0
     fcol = _whole(table.column("file"))
     end_all = _np(table.column("end"))
     names = table.schema.names
@@ -176,6 +188,7 @@ def pieces(table) -> list[Piece]:
                   for k, i in zip(range(i0, i1), bad_at[i0:i1].tolist(), strict=True)]
         fi = [i for i in bad_at[i0:i1].tolist() if failed_all[i]]
         failed = err_text[int(np.searchsorted(bad_at, fi[0]))] if fi else None
+        retryable = bool(fi) and int(failed_code[fi[0]]) == FAILED_RETRYABLE
         if i0 == i1:  # no bad row: the piece is a slice (no copy)
             gi: Any = slice(a, z)
         else:
@@ -194,7 +207,7 @@ def pieces(table) -> list[Piece]:
                   payloads=None if payloads is None else
                   [None if p is None else json.loads(p) for p in payloads],
                   errors=errors)
-        out.append(Piece(int(shard[a]), b, failed, errors))
+        out.append(Piece(int(shard[a]), b, failed, errors, retryable))
     return out
 
 
@@ -211,7 +224,8 @@ def _read_range(shard: Shard, index: int, dim: int, batch_rows: int, start: int,
                 yield batch_table(b, index, dim)
     except ShardError as e:
         row = getattr(e, "row", 0)
-        yield failed_table(shard, index, max(start, row), str(e), dim, row)
+        yield failed_table(shard, index, max(start, row), str(e), dim, row,
+                           getattr(e, "retryable", False))
 
 
 class ShardDatasource(_Base):

@@ -20,9 +20,13 @@ running collection.
   ``id_start`` + the row's global row number). Acknowledgements never move backwards.
 - Bad shards and rows are recorded in the state (file, row, reason) and skipped.
 - Read errors: a transient one (connection reset, timeout, ...) is retried inside the read task
-  from the first row not yet delivered (``read_retry``: bounded attempts with back-off); a shard
-  whose attempts run out, or that hits a permanent error (missing object, permission denied), is
-  recorded as failed at its first unread row, and the rows acknowledged before it stand.
+  from the first row not yet delivered (``read_retry``: bounded attempts with back-off). A shard
+  that hits a permanent error (missing object, permission denied) is recorded as failed at its
+  first unread row (done: a re-run would fail the same way). A shard whose transient attempts run
+  out is *given up* for this run: recorded at its first unread row with ``"retryable": true``,
+  not done, not tried again by this run's rounds; the job ends *incomplete* (the report's
+  ``incomplete``, the CLI's exit status 4) and running it again with the same state file resumes
+  the shard from its acknowledged offset. Either way the rows acknowledged before it stand.
 - The same code runs on a Ray cluster: pass ``ray_address=`` (the state file must then be on a
   path the driver can write; the shards on storage every node can read).
 """
@@ -125,6 +129,18 @@ class _Tracker:
             self._seq += 1
         self._save()
 
+    def give_up(self, path: str, error: str, row: int | None = None) -> None:
+        """The shard's transient read errors outlasted the retries: not done, a rerun resumes it."""
+        with self._lock:
+            self.state.give_up(path, error, row)
+            self._seq += 1
+        self._save()
+
+    def given_up(self, paths: list[str]) -> list[bool]:
+        """Whether each shard in ``paths`` was given up on transient read errors."""
+        with self._lock:
+            return [self.state.gave_up(p) for p in paths]
+
     def attempt(self, path: str, round_id: str) -> int:
         """Count a task starting on shard ``path`` in round ``round_id`` (Ray Data re-runs a
         task whose worker died); returns the count."""
@@ -149,7 +165,8 @@ class _Tracker:
         with self._lock:
             return {"rows_acked": st.rows_acked(), "rows_total": st.rows_total(),
                     "rows_written": sum(int(s["good"]) for s in st.data["shards"].values()),
-                    "errors": st.errors(), "resumed": st.resumed}
+                    "rows_skipped": st.rows_skipped(), "errors": st.errors(),
+                    "incomplete": st.incomplete(), "resumed": st.resumed}
 
     def flush(self) -> None:
         """Write any unsaved acknowledgements now and stop the saver thread."""
@@ -230,6 +247,9 @@ def ingest_block(piece: Any, *, offsets: list[int], sink_spec: dict[str, Any], t
             _STOPPED.add(key)
     if key in _STOPPED:
         return {"shard": b.shard, "written": 0, "skipped": True}
+    if piece.failed and piece.retryable:  # transient errors outlasted the retries: a rerun resumes
+        ray.get(tracker.give_up.remote(b.shard, piece.failed, piece.errors[0]["row"]))
+        return {"shard": b.shard, "written": 0, "failed": piece.failed, "retryable": True}
     if piece.failed:  # a bad header (row 0), or a read that failed for good at its first unread row
         ray.get(tracker.fail_shard.remote(b.shard, piece.failed, piece.errors[0]["row"]))
         return {"shard": b.shard, "written": 0, "failed": piece.failed}
@@ -279,7 +299,10 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
     resumable; ``status_path`` gets the progress JSON. ``create``:
     dict(dim, metric, index, params) to create the collection if missing. ``read_retry``: how
     transient read errors (planning and reading) are retried (``sources.Retry``).
-    Returns a report: rows_total, rows_written, errors (file, row, error), elapsed_s, rows_per_s,
+    Returns a report: rows_total, rows_written, errors (file, row, error), complete (False when
+    some shard was given up on transient read errors: ``incomplete`` lists them, file, first
+    unread row, error, and running the job again with the same state resumes them), rows_skipped
+    (rows not read: failed or given-up shards), elapsed_s, rows_per_s,
     cpu_s (CPU seconds of this process tree while streaming: driver, Ray, workers, the embedded
     sink actor; see ``vecdb.ingest.cpu``; a remote server's CPU is not in it), sink_batches
     (embedded sink only: (start s, rows, seconds) of each upsert, the server side per batch).
@@ -323,6 +346,7 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
     summary0 = ray.get(tracker.summary.remote())
     prog = Progress(summary0["rows_total"], status_path, done=summary0["rows_acked"],
                     stream=__import__("sys").stderr if progress else None)
+    prog.skipped = summary0["rows_skipped"]
     pending = [s for s, (_, done) in zip(shards, ray.get(tracker.states.remote(
         [s.path for s in shards])), strict=True) if not done]
     attempts: dict[str, int] = {}
@@ -330,7 +354,8 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
 
     def poll() -> None:  # progress while Ray Data runs a round
         while not stop.wait(0.5):
-            prog.update(ray.get(tracker.summary.remote())["rows_acked"])
+            sm = ray.get(tracker.summary.remote())
+            prog.update(sm["rows_acked"], skipped=sm["rows_skipped"])
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
@@ -358,9 +383,15 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
             except Exception as e:  # a task failed for good: every unfinished shard again
                 retry = {s.path: f"{type(e).__name__}: {e}" for s in pending}
             again, finished = [], []
-            states = ray.get(tracker.states.remote([s.path for s in pending]))
-            for s, (_, done) in zip(pending, states, strict=True):
+            paths = [s.path for s in pending]
+            states = ray.get(tracker.states.remote(paths))
+            given_up = ray.get(tracker.given_up.remote(paths))
+            for s, (acked, done), gave_up in zip(pending, states, given_up, strict=True):
                 if done:  # failed shard (reported)
+                    continue
+                if gave_up:  # transient read errors outlasted the retries: the next run's
+                    if acked >= s.rows:  # (a re-run task of the round read it all after all)
+                        finished.append(s.path)
                     continue
                 if s.path not in retry:
                     finished.append(s.path)
@@ -378,10 +409,11 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
         poller.join()
         ray.get(tracker.flush.remote())
         sm = ray.get(tracker.summary.remote())
-        prog.update(sm["rows_acked"])
+        prog.update(sm["rows_acked"], skipped=sm["rows_skipped"])
         el = time.perf_counter() - t0
         cpu_s = cpu.cpu_between(c0, cpu.snapshot())
-        snap = prog.close(errors=len(sm["errors"]))
+        snap = prog.close(errors=len(sm["errors"]), complete=not sm["incomplete"],
+                          incomplete=sm["incomplete"])
         sink_batches = [] if sink_actor is None else \
             ray.get(sink_actor.call.remote("batch_timings"))
     finally:
@@ -396,7 +428,9 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
         finally:
             ray.kill(tracker)
     return {"rows_total": sm["rows_total"], "rows_acked": sm["rows_acked"],
-            "rows_written": sm["rows_written"], "errors": sm["errors"], "elapsed_s": el,
+            "rows_written": sm["rows_written"], "errors": sm["errors"],
+            "complete": not sm["incomplete"], "incomplete": sm["incomplete"],
+            "rows_skipped": sm["rows_skipped"], "elapsed_s": el,
             "cpu_s": cpu_s,
             "rows_per_s": snap["rows_per_s"], "resumed": sm["resumed"], "workers": workers,
             "state_path": state_path, "status_path": status_path, "sink_batches": sink_batches}

@@ -24,7 +24,8 @@ Validation never poisons other shards:
 - a transient read error (an ``OSError`` other than a missing file or a denied permission:
   connection reset, timeout, ...) -> retried at the row where it stopped, with bounded attempts
   and back-off (``Retry``): every row once, no gaps. Only when the attempts run out (or the error
-  is permanent) is the shard given up: ``ShardReadError`` names the file and the first unread row.
+  is permanent) is the shard given up: ``ShardReadError`` names the file and the first unread row,
+  and says (``retryable``) whether a later run of the job may resume it there.
 
 Parquet columns: ``vector`` (fixed-size list or list of float, or binary of dim x float32 LE),
 optional ``id`` (integer), ``tenant`` (owner tenant name), ``acl`` (list of tenant names granted
@@ -57,12 +58,14 @@ class ShardError(InvalidArgument):
 
 
 class ShardReadError(ShardError):
-    """Reading a shard stopped for good at file row ``row`` (a permanent error such as a missing
-    object, or a transient one whose retries ran out); the rows before ``row`` were delivered."""
+    """Reading a shard stopped at file row ``row`` (a permanent error such as a missing object,
+    or a transient one whose retries ran out); the rows before ``row`` were delivered.
+    ``retryable``: the error was transient (the storage may answer later), so a later run of the
+    job may resume the shard at ``row``; a permanent one would fail the same way again."""
 
-    def __init__(self, path: str, row: int, message: str) -> None:
+    def __init__(self, path: str, row: int, message: str, retryable: bool = False) -> None:
         super().__init__(f"{path}: row {row}: {message}")
-        self.path, self.row = path, int(row)
+        self.path, self.row, self.retryable = path, int(row), bool(retryable)
 
 
 @dataclass(frozen=True)
@@ -503,7 +506,7 @@ def read_batches(shard: Shard, dim: int | None, batch_rows: int = 10_000, start:
     A transient read error (``is_transient``) re-opens the shard and goes on from the first row
     not yet delivered (the end of the last batch yielded: no row twice, none skipped), at most
     ``retry.attempts`` tries per position. Permanent errors, and transient ones whose attempts
-    ran out, raise ``ShardReadError`` with that row.
+    ran out (``retryable``: a later run may resume there), raise ``ShardReadError`` with that row.
 
     Memory: one batch (npy/fvecs are memory-mapped; Parquet is read record batch by record batch).
     Raises ``ShardError`` at the first batch if the whole shard is unusable (wrong dim).
@@ -525,7 +528,7 @@ def read_batches(shard: Shard, dim: int | None, batch_rows: int = 10_000, start:
                 raise ShardReadError(shard.path, pos, why) from None
             if failures >= retry.attempts:
                 raise ShardReadError(shard.path, pos, f"read failed after {failures} attempts "
-                                                      f"({why})") from None
+                                                      f"({why})", retryable=True) from None
             retry.sleep(failures)
 
 

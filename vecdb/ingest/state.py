@@ -7,6 +7,13 @@ by the sink) and the bad rows found so far. A restarted job skips acknowledged r
 rest; rows that were written but not yet recorded are sent again, which is harmless because every
 write is an upsert by a deterministic id (idempotent). Hence: every vector exactly once.
 
+A shard is ``done`` when read to its end or failed for good (a permanent problem: re-running
+cannot fix it). A shard whose reads kept failing with *transient* errors (the storage was
+unreachable longer than the retries lasted) is *given up* for this run only: its error carries
+``"retryable": true`` and it stays not done, so the job ends incomplete and the next run of it
+resumes the shard from its acknowledged offset (that run moves the old error to the shard's
+``resumed_errors``, a history, out of the job's errors).
+
 ``status.json`` (next to the state) is for humans and dashboards: rows done/total, rows/s, ETA,
 errors; the same line is printed on the terminal.
 """
@@ -71,6 +78,12 @@ class JobState:
         for s in shards:
             self.data["shards"].setdefault(s.path, {"rows": s.rows, "acked": 0, "good": 0,
                                                     "done": False, "errors": []})
+        if self.resumed:  # shards given up on transient errors are tried again by this run
+            for sh in self.data["shards"].values():
+                old = [e for e in sh["errors"] if e.get("retryable")]
+                if old and not sh["done"]:
+                    sh["errors"] = [e for e in sh["errors"] if not e.get("retryable")]
+                    sh.setdefault("resumed_errors", []).extend(old)
         known = {(r["file"], r["error"]) for r in self.data["rejected"]}
         for r in rejected:
             if (r["file"], r["error"]) not in known:
@@ -91,11 +104,30 @@ class JobState:
         return sum(int(s["rows"]) for s in self.data["shards"].values())
 
     def errors(self) -> list[dict[str, Any]]:
-        """Every reported problem: rejected shards, then bad rows, by file and row."""
+        """Every reported problem: rejected shards, then bad rows, by file and row (a shard given
+        up on transient errors: its error has ``"retryable": true``)."""
         out = list(self.data["rejected"])
         for s in self.data["shards"].values():
             out += s["errors"]
         return out
+
+    def gave_up(self, path: str) -> bool:
+        """Whether shard ``path`` was given up on transient read errors (not done: a later run
+        resumes it)."""
+        s = self.data["shards"][path]
+        return not s["done"] and any(e.get("retryable") for e in s["errors"])
+
+    def incomplete(self) -> list[dict[str, Any]]:
+        """The shards given up on transient errors: their error (file, first unread row,
+        reason, ``retryable``), in shard order."""
+        return [e for p, s in self.data["shards"].items() if self.gave_up(p)
+                for e in s["errors"] if e.get("retryable")]
+
+    def rows_skipped(self) -> int:
+        """Rows this run will not read: the unacknowledged rows of shards failed for good or
+        given up (so rows_total - rows_acked - rows_skipped is what is left to do)."""
+        return sum(max(0, int(s["rows"]) - int(s["acked"]))
+                   for p, s in self.data["shards"].items() if s["done"] or self.gave_up(p))
 
     # -- updates --------------------------------------------------------------------------
     def ack(self, path: str, end: int, good: int, errors: Sequence[dict[str, Any]] = (),
@@ -113,6 +145,10 @@ class JobState:
         if done:
             s["done"] = True
             s["acked"] = max(int(s["acked"]), int(s["rows"]))
+            old = [e for e in s["errors"] if e.get("retryable")]
+            if old:  # given up, yet read to its end after all (a re-run task): not an error
+                s["errors"] = [e for e in s["errors"] if not e.get("retryable")]
+                s.setdefault("resumed_errors", []).extend(old)
 
     def fail_shard(self, path: str, error: str, row: int | None = None) -> None:
         """The shard is unusable from file row ``row`` on (default: its acknowledged offset):
@@ -121,6 +157,16 @@ class JobState:
         s["errors"].append({"file": path, "row": int(s["acked"] if row is None else row),
                             "error": error})
         s["done"] = True
+
+    def give_up(self, path: str, error: str, row: int | None = None) -> None:
+        """Reading shard ``path`` failed at file row ``row`` (default: its acknowledged offset)
+        with transient errors that outlasted the retries: record it as ``retryable`` and leave
+        the shard not done, so that the next run of the job resumes it."""
+        s = self.data["shards"][path]
+        e = {"file": path, "row": int(s["acked"] if row is None else row), "error": error,
+             "retryable": True}
+        if e not in s["errors"]:  # a re-run task of the same round gives up the same way
+            s["errors"].append(e)
 
     def dumps(self) -> str:
         """The state as the JSON text ``save`` writes (taken under the caller's lock, written
@@ -134,7 +180,9 @@ class JobState:
 
 
 class Progress:
-    """Rows/s and ETA on the terminal (one line, at most every ``every_s``) and in a JSON file."""
+    """Rows/s and ETA on the terminal (one line, at most every ``every_s``) and in a JSON file.
+    ``skipped``: rows that will not be read (failed or given-up shards), left out of the ETA;
+    after ``close`` the ETA is 0 when every row was done, else None (nothing more will come)."""
 
     def __init__(self, total: int, status_path: str | None = None, done: int = 0,
                  every_s: float = 1.0, stream=sys.stderr, label: str = "ingest") -> None:
@@ -148,17 +196,29 @@ class Progress:
         self.stream = stream
         self.label = label
         self.extra: dict[str, Any] = {}
+        self.skipped = 0
+        self.closed = False
 
     def snapshot(self) -> dict[str, Any]:
+        """The status: rows done/total/skipped, rows/s, elapsed, ETA (see the class doc)."""
         el = max(time.monotonic() - self.t0, 1e-9)
         rate = (self.done - self.start_done) / el
-        left = self.total - self.done
+        left = max(self.total - self.done - self.skipped, 0)
+        if self.closed:
+            eta = 0.0 if self.done >= self.total else None
+        else:
+            eta = left / rate if rate > 0 else (0.0 if left == 0 else None)
         return {"label": self.label, "rows_done": self.done, "rows_total": self.total,
-                "rows_per_s": rate, "elapsed_s": el,
-                "eta_s": left / rate if rate > 0 else None, "time": time.time(), **self.extra}
+                "rows_skipped": self.skipped, "rows_per_s": rate, "elapsed_s": el,
+                "eta_s": eta, "finished": self.closed, "time": time.time(), **self.extra}
 
-    def update(self, done: int, force: bool = False, **extra: Any) -> None:
+    def update(self, done: int, force: bool = False, skipped: int | None = None,
+               **extra: Any) -> None:
+        """Set the rows done (and skipped); print and write the status at most every
+        ``every_s`` (``force``: now)."""
         self.done = int(done)
+        if skipped is not None:
+            self.skipped = int(skipped)
         self.extra.update(extra)
         now = time.monotonic()
         if not force and now - self.last < self.every_s:
@@ -175,6 +235,8 @@ class Progress:
             write_json_atomic(self.status_path, s)
 
     def close(self, **extra: Any) -> dict[str, Any]:
+        """Print and write the final status (``extra``: more fields for it); returns it."""
+        self.closed = True
         self.update(self.done, force=True, **extra)
         if self.stream is not None:
             print(file=self.stream, flush=True)

@@ -1,0 +1,79 @@
+"""JobState: a shard given up on transient read errors stays not done (the next run resumes it,
+and its old error leaves the job's errors); a shard failed for good is done; state files written
+before ``retryable`` existed still load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vecdb.errors import FailedPrecondition
+from vecdb.ingest.sources import Shard
+from vecdb.ingest.state import JobState, Progress
+
+SHARDS = [Shard("/x/a.npy", "npy", 100, 0, 4), Shard("/x/b.npy", "npy", 50, 100, 4),
+          Shard("/x/c.npy", "npy", 30, 150, 4)]
+
+
+def test_given_up_shard_stays_pending_and_a_reload_resumes_it(tmp_path):
+    path = str(tmp_path / "st.json")
+    st = JobState(path, SHARDS, {"job": 1})
+    st.ack("/x/a.npy", 40, 40)
+    st.give_up("/x/a.npy", "row 40: read failed after 3 attempts", 40)
+    st.give_up("/x/a.npy", "row 40: read failed after 3 attempts", 40)  # a re-run task: once
+    st.ack("/x/b.npy", 20, 20)
+    st.fail_shard("/x/b.npy", "row 20: FileNotFoundError")
+    st.ack("/x/c.npy", 30, 30, done=True)
+    assert (st.done("/x/a.npy"), st.gave_up("/x/a.npy")) == (False, True)
+    assert (st.done("/x/b.npy"), st.gave_up("/x/b.npy")) == (True, False)
+    assert st.incomplete() == [{"file": "/x/a.npy", "row": 40, "retryable": True,
+                                "error": "row 40: read failed after 3 attempts"}]
+    assert [e["row"] for e in st.errors()] == [40, 20]
+    assert st.rows_skipped() == 60 + 30  # a's rows 40.., b's rows 20..
+    st.save()
+
+    again = JobState(path, SHARDS, {"job": 1})  # the next run of the job
+    assert again.resumed and again.acked("/x/a.npy") == 40 and not again.done("/x/a.npy")
+    assert not again.gave_up("/x/a.npy") and again.incomplete() == []
+    assert [e["row"] for e in again.errors()] == [20]  # b's stays: not retried
+    assert again.data["shards"]["/x/a.npy"]["resumed_errors"][0]["row"] == 40
+    assert again.rows_skipped() == 30
+    again.ack("/x/a.npy", 100, 60, done=True)
+    assert again.rows_acked() == 100 + 20 + 30
+
+
+def test_a_given_up_shard_read_to_its_end_after_all_is_not_an_error(tmp_path):
+    st = JobState(str(tmp_path / "st.json"), SHARDS[:1], {"job": 1})
+    st.give_up("/x/a.npy", "read failed", 10)
+    st.ack("/x/a.npy", 100, 100, done=True)
+    assert st.errors() == [] and st.incomplete() == [] and st.rows_skipped() == 0
+
+
+def test_state_file_of_the_previous_format_loads(tmp_path):
+    path = tmp_path / "st.json"
+    old = {"version": 1, "fingerprint": {"job": 1}, "created": 1.0, "rejected": [],
+           "shards": {"/x/a.npy": {"rows": 100, "acked": 40, "good": 40, "done": True,
+                                   "errors": [{"file": "/x/a.npy", "row": 40,
+                                               "error": "read failed after 5 attempts"}]},
+                      "/x/b.npy": {"rows": 50, "acked": 10, "good": 10, "done": False,
+                                   "errors": []}}}
+    path.write_text(json.dumps(old))
+    st = JobState(str(path), SHARDS[:2], {"job": 1})
+    # a shard the old code gave up is done there (it cannot tell why): left as it was
+    assert st.resumed and st.done("/x/a.npy") and st.acked("/x/b.npy") == 10
+    assert [e["row"] for e in st.errors()] == [40] and st.incomplete() == []
+    with pytest.raises(FailedPrecondition):
+        JobState(str(path), SHARDS[:2], {"job": 2})
+
+
+def test_progress_eta_leaves_out_skipped_rows_and_ends_with_none_when_incomplete(tmp_path):
+    p = Progress(100, str(tmp_path / "status.json"), stream=None)
+    p.update(40, skipped=60)
+    assert p.snapshot()["eta_s"] == 0.0  # nothing left that will be read
+    snap = p.close(complete=False)
+    assert snap["finished"] and snap["eta_s"] is None and snap["rows_skipped"] == 60
+    assert json.load(open(tmp_path / "status.json"))["eta_s"] is None
+    q = Progress(10, None, stream=None)
+    q.update(10)
+    assert q.close()["eta_s"] == 0.0
