@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _why(e: dict) -> str:
+    """The error's reason without the "file: row N: " it may start with (printed before it)."""
+    head = f"{e['file']}: row {e['row']}: "
+    return e["error"][len(head):] if e["error"].startswith(head) else e["error"]
+
+
 def _report_errors(errors: list[dict]) -> int:
     """Print the rejected rows/shards and the incomplete (resumable) shards; returns the exit
     status: 4 when a shard is incomplete (re-run to resume), else 3 when something was
@@ -88,11 +94,11 @@ def _report_errors(errors: list[dict]) -> int:
     final = [e for e in errors if not e.get("retryable")]
     again = [e for e in errors if e.get("retryable")]
     for e in final[:50]:
-        print(f"rejected: {e['file']}: row {e['row']}: {e['error']}", file=sys.stderr)
+        print(f"rejected: {e['file']}: row {e['row']}: {_why(e)}", file=sys.stderr)
     if len(final) > 50:
         print(f"... and {len(final) - 50} more (see the job state file)", file=sys.stderr)
     for e in again:  # at most one per shard
-        print(f"incomplete: {e['file']}: from row {e['row']}: {e['error']}", file=sys.stderr)
+        print(f"incomplete: {e['file']}: from row {e['row']}: {_why(e)}", file=sys.stderr)
     if again:
         print(f"{len(again)} shard(s) incomplete (transient read errors): run the same command "
               f"again, with the same state file, to resume them", file=sys.stderr)

@@ -226,10 +226,12 @@ class Progress:
         self.last = now
         s = self.snapshot()
         if self.stream is not None:
-            eta = "?" if s["eta_s"] is None else f"{s['eta_s']:.0f}s"
+            eta = "ETA ?" if s["eta_s"] is None else f"ETA {s['eta_s']:.0f}s"
+            if s["finished"] and s["rows_done"] < s["rows_total"]:
+                eta = f"stopped, {s['rows_total'] - s['rows_done']:,} rows not ingested"
             pct = 100.0 * s["rows_done"] / max(s["rows_total"], 1)
             print(f"\r{self.label}: {s['rows_done']:,}/{s['rows_total']:,} rows ({pct:5.1f}%) "
-                  f"{s['rows_per_s']:,.0f} rows/s ETA {eta}   ", end="", file=self.stream,
+                  f"{s['rows_per_s']:,.0f} rows/s {eta}   ", end="", file=self.stream,
                   flush=True)
         if self.status_path:
             write_json_atomic(self.status_path, s)
