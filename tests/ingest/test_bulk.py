@@ -149,6 +149,34 @@ def test_duplicate_ids_refused(ray_local, tmp_path):
                        tmp_path / f"d{j}.parquet")
     with pytest.raises(InvalidArgument, match="duplicate ids"):
         bulk_build_spann(str(tmp_path), str(tmp_path / "out"), params=PARAMS, progress=False)
+    assert not _samplers()  # the build raised after its DriverMemory started: stopped anyway
+
+
+def _samplers() -> list:
+    """Live ``DriverMemory`` sampling threads."""
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "driver-memory" and t.is_alive()]
+
+
+def test_import_that_raises_leaves_no_sampler_thread(built):
+    """``import_bulk`` stops its ``DriverMemory`` thread however it fails: no manifest, a data
+    folder locked by another open, a collection that exists (raised after the sampler started);
+    the exception's traceback (kept here by pytest.raises) must not keep a sampler alive."""
+    tmp = built[0]
+    with pytest.raises(FailedPrecondition, match="manifest"):
+        import_bulk(str(tmp / "data"), "x", str(tmp / "nowhere"))
+    assert not _samplers()
+    with pytest.raises(AlreadyExists):
+        import_bulk(str(tmp / "data"), "bulk", str(tmp / "out"))
+    assert not _samplers()
+    db = vecdb.open(str(tmp / "data"))
+    try:
+        with pytest.raises(FailedPrecondition):
+            import_bulk(str(tmp / "data"), "x", str(tmp / "out"))
+        assert not _samplers()
+    finally:
+        db.close()
 
 
 def test_cli_bulk_then_import(ray_local, tmp_path, capsys):

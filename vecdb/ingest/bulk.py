@@ -53,6 +53,7 @@ import json
 import os
 import resource
 import shutil
+import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -98,15 +99,8 @@ def current_rss() -> int:
 def anon_rss() -> int:
     """This process's anonymous (private, heap) RSS now in bytes: RSS without the file pages it
     maps, which the page cache shares between processes and can drop (0 where /proc is
-    missing)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    missing). ``rss_parts()["anon"]``."""
+    return rss_parts().get("anon", 0)
 
 
 def memory_now() -> dict[str, int]:
@@ -148,11 +142,10 @@ class DriverMemory:
     thread samples them every ``interval`` seconds (the kernel keeps a peak of the total only,
     VmHWM), so a stage's peak of each part is known, not just of the sum. ``lap()`` returns the
     peaks since the previous lap (each part's own maximum, plus the sum at its largest sample)
-    and starts the next."""
+    and starts the next. A context manager: ``with DriverMemory() as m`` stops the thread however
+    the block ends (a build or import that raises leaves no sampler behind)."""
 
     def __init__(self, interval: float = 0.02) -> None:
-        import threading
-
         self.interval = interval
         self._lock = threading.Lock()
         self._peak: dict[str, int] = {}
@@ -167,11 +160,13 @@ class DriverMemory:
         self._thread.start()
 
     def _sample(self) -> None:
-        p = rss_parts()
-        if not p:
-            return
-        p["sum"] = p.get("anon", 0) + p.get("file", 0) + p.get("shmem", 0)
+        # read /proc under the lock: a sample read before a ``lap`` and folded after it would
+        # put memory of the ended stage into the next one's peaks
         with self._lock:
+            p = rss_parts()
+            if not p:
+                return
+            p["sum"] = p.get("anon", 0) + p.get("file", 0) + p.get("shmem", 0)
             for k, v in p.items():
                 if v > self._peak.get(k, -1):
                     self._peak[k] = v
@@ -194,9 +189,15 @@ class DriverMemory:
         return out
 
     def close(self) -> None:
-        """Stop the sampling thread."""
+        """Stop the sampling thread (idempotent); ``lap`` still works, sampling on the call."""
         self._stop.set()
         self._thread.join()
+
+    def __enter__(self) -> DriverMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def reset_peak_rss() -> None:
@@ -1267,191 +1268,190 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
     reset_peak_rss()
-    dmem = DriverMemory()  # each stage's driver peak split into anon / file / shmem
-    if sample_rows is None:
-        sample_rows = sample_rows_for(cfg, total)
-    p = min(1.0, sample_rows / max(1, total))
-    sample_dir = os.path.join(out, "sample")
-    sample, n_good, errors, failed, names, sample_rss = sample_stage(
-        shards, dim, metric, p, cfg["seed"], batch_rows, columns, rejected, tenant,
-        folder=sample_dir)
-    n_sample = sum(n for _, n in sample)
-    sample_driver_rss = _rss()
-    sample_driver_mem = dmem.lap()
-    reset_peak_rss()
-    t1 = time.perf_counter()
-    c1 = cpu.snapshot()
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    heads_path = os.path.join(out, "heads.npy")  # every later stage's tasks memory-map it
-    train = train_heads_file(sample, n_good, cfg, sample_dir, heads_path,
-                             head_vectors=head_vectors, groups=4 * cpus, train_rows=train_rows)
-    shutil.rmtree(sample_dir, ignore_errors=True)
-    n_heads = train.pop("heads")  # the driver knows how many heads, never their vectors
-    t2 = time.perf_counter()
-    # the head graph and the head groups: Ray tasks (in parallel) reading heads.npy, so their
-    # build transients (~1-2 KB per head) never sit in the driver
-    graph_path = groups_path = None
-    index_tasks = {}
-    if head_kind(cfg, n_heads) == "hnsw":
-        graph_path = os.path.join(out, "heads.hnsw")
-        index_tasks["graph"] = ray.remote(num_cpus=1)(_head_graph_task).remote(
-            heads_path, metric, cfg, graph_path, cpus)
-        if head_search == "groups":  # (a flat head set is scanned exactly)
-            groups_path = os.path.join(out, "heads.groups")
-            index_tasks["groups"] = ray.remote(num_cpus=1)(_head_groups_task).remote(
-                heads_path, metric_code(metric), group_size(n_heads, probes), probes,
-                cfg["balance"], cfg["seed"], groups_path)
-    index_res = {k: ray.get(v) for k, v in index_tasks.items()}
-    t3 = time.perf_counter()
-    c2 = cpu.snapshot()
-    stages["sample"] = {"seconds": t1 - t0, "rows": n_sample, "files": len(sample),
-                        "cpu_seconds": cpu.cpu_between(c0, c1),
-                        "worker_peak_rss": sample_rss, "driver_peak_rss": sample_driver_rss,
-                        "driver_memory": sample_driver_mem}
-    stages["heads"] = {"seconds": time.perf_counter() - t1, "heads": int(n_heads),
-                       "cluster_seconds": t2 - t1, "index_seconds": t3 - t2,
-                       "graph_seconds": index_res.get("graph", {}).get("seconds", 0.0),
-                       "groups_seconds": index_res.get("groups", {}).get("seconds", 0.0),
-                       "index_task_peak_rss": max((r["rss"] for r in index_res.values()),
-                                                  default=0),
-                       "cpu_seconds": cpu.cpu_between(c1, c2),
-                       "driver_peak_rss": _rss(), "driver_memory": dmem.lap(),
-                       "heads_bytes": int(n_heads) * dim * 4, **train}
-    reset_peak_rss()
-    log(f"{n_heads} heads from a {stages['sample']['rows']}-row sample "
-        f"({stages['sample']['seconds'] + stages['heads']['seconds']:.1f}s)")
-    tenant_ids = {t: i for i, t in enumerate(sorted(names))}
+    with DriverMemory() as dmem:  # each stage's driver peak split into anon / file / shmem
+        if sample_rows is None:
+            sample_rows = sample_rows_for(cfg, total)
+        p = min(1.0, sample_rows / max(1, total))
+        sample_dir = os.path.join(out, "sample")
+        sample, n_good, errors, failed, names, sample_rss = sample_stage(
+            shards, dim, metric, p, cfg["seed"], batch_rows, columns, rejected, tenant,
+            folder=sample_dir)
+        n_sample = sum(n for _, n in sample)
+        sample_driver_rss = _rss()
+        sample_driver_mem = dmem.lap()
+        reset_peak_rss()
+        t1 = time.perf_counter()
+        c1 = cpu.snapshot()
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        heads_path = os.path.join(out, "heads.npy")  # every later stage's tasks memory-map it
+        train = train_heads_file(sample, n_good, cfg, sample_dir, heads_path,
+                                 head_vectors=head_vectors, groups=4 * cpus, train_rows=train_rows)
+        shutil.rmtree(sample_dir, ignore_errors=True)
+        n_heads = train.pop("heads")  # the driver knows how many heads, never their vectors
+        t2 = time.perf_counter()
+        # the head graph and the head groups: Ray tasks (in parallel) reading heads.npy, so their
+        # build transients (~1-2 KB per head) never sit in the driver
+        graph_path = groups_path = None
+        index_tasks = {}
+        if head_kind(cfg, n_heads) == "hnsw":
+            graph_path = os.path.join(out, "heads.hnsw")
+            index_tasks["graph"] = ray.remote(num_cpus=1)(_head_graph_task).remote(
+                heads_path, metric, cfg, graph_path, cpus)
+            if head_search == "groups":  # (a flat head set is scanned exactly)
+                groups_path = os.path.join(out, "heads.groups")
+                index_tasks["groups"] = ray.remote(num_cpus=1)(_head_groups_task).remote(
+                    heads_path, metric_code(metric), group_size(n_heads, probes), probes,
+                    cfg["balance"], cfg["seed"], groups_path)
+        index_res = {k: ray.get(v) for k, v in index_tasks.items()}
+        t3 = time.perf_counter()
+        c2 = cpu.snapshot()
+        stages["sample"] = {"seconds": t1 - t0, "rows": n_sample, "files": len(sample),
+                            "cpu_seconds": cpu.cpu_between(c0, c1),
+                            "worker_peak_rss": sample_rss, "driver_peak_rss": sample_driver_rss,
+                            "driver_memory": sample_driver_mem}
+        stages["heads"] = {"seconds": time.perf_counter() - t1, "heads": int(n_heads),
+                           "cluster_seconds": t2 - t1, "index_seconds": t3 - t2,
+                           "graph_seconds": index_res.get("graph", {}).get("seconds", 0.0),
+                           "groups_seconds": index_res.get("groups", {}).get("seconds", 0.0),
+                           "index_task_peak_rss": max((r["rss"] for r in index_res.values()),
+                                                      default=0),
+                           "cpu_seconds": cpu.cpu_between(c1, c2),
+                           "driver_peak_rss": _rss(), "driver_memory": dmem.lap(),
+                           "heads_bytes": int(n_heads) * dim * 4, **train}
+        reset_peak_rss()
+        log(f"{n_heads} heads from a {stages['sample']['rows']}-row sample "
+            f"({stages['sample']['seconds'] + stages['heads']['seconds']:.1f}s)")
+        tenant_ids = {t: i for i, t in enumerate(sorted(names))}
 
-    # (2) map: assign + vectors/acl/payload SSTs + runs
-    t0 = time.perf_counter()
-    c0 = cpu.snapshot()
-    todo = [s for s in shards if s.path not in failed]
-    hist = np.zeros(n_heads, dtype=np.int64)
-    prim = np.zeros(n_heads, dtype=np.int64)
+        # (2) map: assign + vectors/acl/payload SSTs + runs
+        t0 = time.perf_counter()
+        c0 = cpu.snapshot()
+        todo = [s for s in shards if s.path not in failed]
+        hist = np.zeros(n_heads, dtype=np.int64)
+        prim = np.zeros(n_heads, dtype=np.int64)
 
-    agg: dict[str, Any] = {"split": {}, "seconds": 0.0, "rss": 0, "mem": {}}
+        agg: dict[str, Any] = {"split": {}, "seconds": 0.0, "rss": 0, "mem": {}}
 
-    def fold(r: dict[str, Any]) -> dict[str, Any]:
-        """Add a batch's list-size counts and its timings/memory to the totals as it arrives
-        (the driver keeps O(H), not one sparse histogram per batch) and keep only what later
-        steps read (file names, counts, the id-check sample: ~1-2 KB per batch)."""
-        np.add.at(hist, r["hist"][0], r["hist"][1])
-        np.add.at(prim, r["prim"][0], r["prim"][1])
-        del r["hist"], r["prim"]
-        for k, v in r.pop("split").items():
-            agg["split"][k] = agg["split"].get(k, 0.0) + v
-        agg["seconds"] += r.pop("seconds")
-        agg["rss"] = max(agg["rss"], r.pop("rss"))
-        for k, v in r.pop("mem", {}).items():  # each batch's worker memory after its search
-            agg["mem"][k] = max(agg["mem"].get(k, 0), v)
-        return r
+        def fold(r: dict[str, Any]) -> dict[str, Any]:
+            """Add a batch's list-size counts and its timings/memory to the totals as it arrives
+            (the driver keeps O(H), not one sparse histogram per batch) and keep only what later
+            steps read (file names, counts, the id-check sample: ~1-2 KB per batch)."""
+            np.add.at(hist, r["hist"][0], r["hist"][1])
+            np.add.at(prim, r["prim"][0], r["prim"][1])
+            del r["hist"], r["prim"]
+            for k, v in r.pop("split").items():
+                agg["split"][k] = agg["split"].get(k, 0.0) + v
+            agg["seconds"] += r.pop("seconds")
+            agg["rss"] = max(agg["rss"], r.pop("rss"))
+            for k, v in r.pop("mem", {}).items():  # each batch's worker memory after its search
+                agg["mem"][k] = max(agg["mem"].get(k, 0), v)
+            return r
 
-    res, rd = map_shards(todo, dim, _map_block, {
-        "offsets": [s.offset for s in todo], "dim": dim, "metric": metric, "cfg": cfg,
-        "tenant_ids": tenant_ids, "tenant": tenant, "id_start": id_start, "out": out,
-        "graph_path": graph_path, "search_ef": search_ef or cfg["head_ef"],
-        "groups_path": groups_path}, batch_rows=batch_rows, columns=columns, on_result=fold)
-    res.sort(key=lambda r: r.get("offset", -1))  # key order of the SST files
-    runs, sst = [], {f: [] for f in FAMILIES}
-    maps = [r["maps"] for r in res if "maps" in r]
-    rows = 0
-    for r in res:
-        if "failed" in r:  # unreadable now though it sampled: reported like the Curator build
-            errors += r["errors"][-1:]
-            continue
-        runs += r["runs"]
-        rows += r["good"]
-        for f, path in r["sst"].items():
-            sst[f].append(path)
-    ids_check = check_unique_ids(res, memory_bytes)
-    shutil.rmtree(os.path.join(out, "ids"), ignore_errors=True)
-    vec_files = sorted((r["offset"], r["vec_file"]) for r in res if "vec_file" in r)
-    stages["map"] = {"seconds": time.perf_counter() - t0, "rows": rows,
-                     "cpu_seconds": cpu.cpu_between(c0, cpu.snapshot()),
-                     "assignments": int(hist.sum()), "tasks": len(todo), "batches": len(res),
-                     "task_seconds": agg["seconds"], "task_split": agg["split"],
-                     "worker_peak_rss": agg["rss"],
-                     # each batch's worker memory after its search: largest per field
-                     "worker_memory": agg["mem"],
-                     "ray_data": {"operators": rd["operators"], "fused": rd["fused"]},
-                     "id_check": ids_check}
-    log(f"map: {rows} rows -> {int(hist.sum())} assignments in {len(runs)} runs "
-        f"({stages['map']['seconds']:.1f}s)")
-    del res
+        res, rd = map_shards(todo, dim, _map_block, {
+            "offsets": [s.offset for s in todo], "dim": dim, "metric": metric, "cfg": cfg,
+            "tenant_ids": tenant_ids, "tenant": tenant, "id_start": id_start, "out": out,
+            "graph_path": graph_path, "search_ef": search_ef or cfg["head_ef"],
+            "groups_path": groups_path}, batch_rows=batch_rows, columns=columns, on_result=fold)
+        res.sort(key=lambda r: r.get("offset", -1))  # key order of the SST files
+        runs, sst = [], {f: [] for f in FAMILIES}
+        maps = [r["maps"] for r in res if "maps" in r]
+        rows = 0
+        for r in res:
+            if "failed" in r:  # unreadable now though it sampled: reported like the Curator build
+                errors += r["errors"][-1:]
+                continue
+            runs += r["runs"]
+            rows += r["good"]
+            for f, path in r["sst"].items():
+                sst[f].append(path)
+        ids_check = check_unique_ids(res, memory_bytes)
+        shutil.rmtree(os.path.join(out, "ids"), ignore_errors=True)
+        vec_files = sorted((r["offset"], r["vec_file"]) for r in res if "vec_file" in r)
+        stages["map"] = {"seconds": time.perf_counter() - t0, "rows": rows,
+                         "cpu_seconds": cpu.cpu_between(c0, cpu.snapshot()),
+                         "assignments": int(hist.sum()), "tasks": len(todo), "batches": len(res),
+                         "task_seconds": agg["seconds"], "task_split": agg["split"],
+                         "worker_peak_rss": agg["rss"],
+                         # each batch's worker memory after its search: largest per field
+                         "worker_memory": agg["mem"],
+                         "ray_data": {"operators": rd["operators"], "fused": rd["fused"]},
+                         "id_check": ids_check}
+        log(f"map: {rows} rows -> {int(hist.sum())} assignments in {len(runs)} runs "
+            f"({stages['map']['seconds']:.1f}s)")
+        del res
 
-    # (3) reduce: group by list id, cap, postings SSTs
-    stages["map"]["driver_peak_rss"] = _rss()
-    stages["map"]["driver_memory"] = dmem.lap()
-    reset_peak_rss()
-    t0 = time.perf_counter()
-    c0 = cpu.snapshot()
-    # per assignment: the run slice, its sorted copy, the mask; the record and its bytes
-    rowbytes = run_dtype().itemsize * 3 + 2 * (12 + 4 * dim)
-    cap = max(1, int(fill * cfg["posting_limit"]))
-    ranges = _ranges(hist, max(1, memory_bytes // rowbytes), reduce_tasks or max(2, cpus))
-    # hub lists: more nearest-list records than posting_limit -> split into ~cap-sized parts
-    over = np.flatnonzero(prim > cfg["posting_limit"]) if split_hubs else np.zeros(0, np.int64)
-    parts = 4 * (-(-prim[over] // cap)) + 4  # ids reserved per hub list (unused ones: gaps)
-    first = n_heads + np.cumsum(parts) - parts  # new ids, after every original id
-    plan_all = {int(h): (int(f), int(k)) for h, f, k in zip(over, first, parts, strict=True)}
-    # consecutive ranges per task (each task maps the files once for all of its ranges)
-    groups = _groups(hist, ranges, reduce_tasks or 2 * cpus)
-    hist = prim = np.zeros(0, np.int64)  # the per-head counts (16 B/head) end with the plan
-    red_t = ray.remote(num_cpus=1)(_reduce_group_task)
-    res, added = [], []  # added: the files of the split hub lists' new heads (one per task)
-    for rs, f in ray.get([
-            red_t.remote(g, runs, heads_path, dim, cap, vec_files, out,
-                         {h: v for h, v in plan_all.items() if g[0][0] <= h < g[-1][1]},
-                         cfg["balance"], cfg["seed"], cfg["posting_limit"],
-                         os.path.join(out, "runs", f"new-heads-{i:06d}.npy"))
-            for i, g in enumerate(groups)]):
-        res += rs
-        if f is not None:
-            added.append(f)
-    del plan_all
-    sizes = np.zeros(n_heads, dtype=np.int64)  # records per list: SPANN's list sizes
-    new_ids, new_sizes = [], []
-    for r in res:
-        sst["postings"] += r["files"]
-        sizes[r["lo"]:r["lo"] + len(r["sizes"])] = r["sizes"]
-        new_ids.append(r["new_ids"])
-        new_sizes.append(r["new_sizes"])
-        del r["sizes"]  # folded into ``sizes``
-    keep_ids = np.flatnonzero(sizes >= 0)
-    list_ids = np.concatenate([keep_ids, *new_ids]).astype(np.int64)
-    np.save(os.path.join(out, "list_ids.npy"), list_ids)
-    n_heads = len(list_ids)
-    del list_ids
-    sizes = np.concatenate([sizes[keep_ids], *new_sizes]).astype(np.int64)
-    del keep_ids
-    np.save(os.path.join(out, "list_sizes.npy"), sizes)
-    del sizes
-    added_ids = np.concatenate(new_ids) if new_ids else np.zeros(0, np.int64)
-    t2 = time.perf_counter()
-    if head_kind(cfg, n_heads) != "hnsw":
-        graph_path = None
-    elif graph_path is not None and len(over):  # the head graph of the final heads (a task)
-        ray.get(ray.remote(num_cpus=1)(_head_graph_update_task).remote(
-            graph_path, over.astype(np.int64), added, added_ids))
+        # (3) reduce: group by list id, cap, postings SSTs
+        stages["map"]["driver_peak_rss"] = _rss()
+        stages["map"]["driver_memory"] = dmem.lap()
+        reset_peak_rss()
+        t0 = time.perf_counter()
+        c0 = cpu.snapshot()
+        # per assignment: the run slice, its sorted copy, the mask; the record and its bytes
+        rowbytes = run_dtype().itemsize * 3 + 2 * (12 + 4 * dim)
+        cap = max(1, int(fill * cfg["posting_limit"]))
+        ranges = _ranges(hist, max(1, memory_bytes // rowbytes), reduce_tasks or max(2, cpus))
+        # hub lists: more nearest-list records than posting_limit -> split into ~cap-sized parts
+        over = np.flatnonzero(prim > cfg["posting_limit"]) if split_hubs else np.zeros(0, np.int64)
+        parts = 4 * (-(-prim[over] // cap)) + 4  # ids reserved per hub list (unused ones: gaps)
+        first = n_heads + np.cumsum(parts) - parts  # new ids, after every original id
+        plan_all = {int(h): (int(f), int(k)) for h, f, k in zip(over, first, parts, strict=True)}
+        # consecutive ranges per task (each task maps the files once for all of its ranges)
+        groups = _groups(hist, ranges, reduce_tasks or 2 * cpus)
+        hist = prim = np.zeros(0, np.int64)  # the per-head counts (16 B/head) end with the plan
+        red_t = ray.remote(num_cpus=1)(_reduce_group_task)
+        res, added = [], []  # added: the files of the split hub lists' new heads (one per task)
+        for rs, f in ray.get([
+                red_t.remote(g, runs, heads_path, dim, cap, vec_files, out,
+                             {h: v for h, v in plan_all.items() if g[0][0] <= h < g[-1][1]},
+                             cfg["balance"], cfg["seed"], cfg["posting_limit"],
+                             os.path.join(out, "runs", f"new-heads-{i:06d}.npy"))
+                for i, g in enumerate(groups)]):
+            res += rs
+            if f is not None:
+                added.append(f)
+        del plan_all
+        sizes = np.zeros(n_heads, dtype=np.int64)  # records per list: SPANN's list sizes
+        new_ids, new_sizes = [], []
+        for r in res:
+            sst["postings"] += r["files"]
+            sizes[r["lo"]:r["lo"] + len(r["sizes"])] = r["sizes"]
+            new_ids.append(r["new_ids"])
+            new_sizes.append(r["new_sizes"])
+            del r["sizes"]  # folded into ``sizes``
+        keep_ids = np.flatnonzero(sizes >= 0)
+        list_ids = np.concatenate([keep_ids, *new_ids]).astype(np.int64)
+        np.save(os.path.join(out, "list_ids.npy"), list_ids)
+        n_heads = len(list_ids)
+        del list_ids
+        sizes = np.concatenate([sizes[keep_ids], *new_sizes]).astype(np.int64)
+        del keep_ids
+        np.save(os.path.join(out, "list_sizes.npy"), sizes)
+        del sizes
+        added_ids = np.concatenate(new_ids) if new_ids else np.zeros(0, np.int64)
+        t2 = time.perf_counter()
+        if head_kind(cfg, n_heads) != "hnsw":
+            graph_path = None
+        elif graph_path is not None and len(over):  # the head graph of the final heads (a task)
+            ray.get(ray.remote(num_cpus=1)(_head_graph_update_task).remote(
+                graph_path, over.astype(np.int64), added, added_ids))
 
-    stages["reduce"] = {"seconds": time.perf_counter() - t0, "tasks": len(groups),
-                        "ranges": len(ranges),
-                        "cpu_seconds": cpu.cpu_between(c0, cpu.snapshot()),
-                        "hub_lists_split": int(len(over)), "parts_made": int(len(added_ids)),
-                        "graph_update_seconds": time.perf_counter() - t2,
-                        "records": sum(r["records"] for r in res),
-                        "dropped_by_cap": sum(r["dropped"] for r in res),
-                        "max_task_rows": max((r["rows"] for r in res), default=0),
-                        "task_split": {k: sum(r["split"][k] for r in res)
-                                       for k in (res[0]["split"] if res else {})},
-                        "task_split_cpu": {k: sum(r["split_cpu"][k] for r in res)
-                                           for k in (res[0]["split_cpu"] if res else {})},
-                        "worker_peak_rss": max((r["rss"] for r in res), default=0),
-                        # without the mapped run/vector file pages (shared page cache)
-                        "worker_peak_rss_anon": max((r["rss_anon"] for r in res), default=0)}
-    stages["reduce"]["driver_peak_rss"] = _rss()
-    stages["reduce"]["driver_memory"] = dmem.lap()
-    dmem.close()
+        stages["reduce"] = {"seconds": time.perf_counter() - t0, "tasks": len(groups),
+                            "ranges": len(ranges),
+                            "cpu_seconds": cpu.cpu_between(c0, cpu.snapshot()),
+                            "hub_lists_split": int(len(over)), "parts_made": int(len(added_ids)),
+                            "graph_update_seconds": time.perf_counter() - t2,
+                            "records": sum(r["records"] for r in res),
+                            "dropped_by_cap": sum(r["dropped"] for r in res),
+                            "max_task_rows": max((r["rows"] for r in res), default=0),
+                            "task_split": {k: sum(r["split"][k] for r in res)
+                                           for k in (res[0]["split"] if res else {})},
+                            "task_split_cpu": {k: sum(r["split_cpu"][k] for r in res)
+                                               for k in (res[0]["split_cpu"] if res else {})},
+                            "worker_peak_rss": max((r["rss"] for r in res), default=0),
+                            # without the mapped run/vector file pages (shared page cache)
+                            "worker_peak_rss_anon": max((r["rss_anon"] for r in res), default=0)}
+        stages["reduce"]["driver_peak_rss"] = _rss()
+        stages["reduce"]["driver_memory"] = dmem.lap()
     log(f"reduce: {stages['reduce']['records']} records in {len(ranges)} ranges, "
         f"{len(groups)} tasks "
         f"({stages['reduce']['seconds']:.1f}s)")
@@ -1498,7 +1498,7 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
     reset_peak_rss()
-    dmem = DriverMemory()
+    dmem = None
     phases: dict[str, int] = {"start_rss": current_rss()}
     check_collection_name(collection)
     try:
@@ -1508,6 +1508,7 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
         raise FailedPrecondition(f"{out}: no bulk build manifest ({e})") from None
     db = vecdb.open(data, **options)
     try:
+        dmem = DriverMemory()  # closed below however the import ends
         if db.has_collection(collection):
             raise AlreadyExists(f"collection {collection!r} already exists in {data}")
         kind = man.get("kind", "spann")
@@ -1525,7 +1526,8 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
         size = folder_bytes(os.path.join(db.path, "collections", collection))
     finally:
         db.close()
-        dmem.close()
+        if dmem is not None:
+            dmem.close()
     phases["checkpoint_reopen_peak_rss"] = _rss()
     phases["end_rss"] = current_rss()
     return {"rows": man["rows"], "seconds": time.perf_counter() - t0, "disk_bytes": size,
