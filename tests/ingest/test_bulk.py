@@ -3,6 +3,8 @@ same parameters (exact ground truth), tenants/ACLs/payloads from Parquet, reopen
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -544,3 +546,45 @@ def test_duplicate_id_check_runs_in_id_ranges(ray_local, tmp_path):
     assert inner["ids_rows"] == 2 and inner["ids_dup"].tolist() == [7]
     with pytest.raises(InvalidArgument, match=r"\[7\]"):
         check_unique_ids(res + [inner])
+
+
+def test_head_tasks_keep_their_inputs_until_their_outputs_are_saved(tmp_path, monkeypatch):
+    """A head-training task Ray retries must find its inputs: ``_part_task`` and ``_label_task``
+    remove their input files only after their outputs are saved (a failure before leaves them),
+    and ``_gather_heads_task`` removes none (the driver does, after it returned); its heads.npy
+    is byte for byte what ``np.save`` writes, however the parts are cut into chunks."""
+    import vecdb.ingest.bulk as bulk
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((600, 8)).astype(np.float32)
+    files = []
+    for i, (a, b) in enumerate(((0, 250), (250, 600))):
+        np.save(tmp_path / f"s{i}.npy", X[a:b])
+        files.append((str(tmp_path / f"s{i}.npy"), b - a))
+
+    def boom(*a, **kw):
+        raise RuntimeError("worker died")
+
+    for task, args in ((bulk._part_task, (50, 1.0, 0, "member", str(tmp_path / "h.npy"))),
+                       (bulk._label_task, (3, 1.0, 0, str(tmp_path / "l0")))):
+        with monkeypatch.context() as m:
+            m.setattr(bulk, "_save_parts" if task is bulk._label_task else "_leaf_heads", boom)
+            with pytest.raises(RuntimeError):
+                task(files, *args)
+        assert all(os.path.exists(p) for p, _ in files)  # the retry's inputs are there
+    r = bulk._label_task(files, 3, 1.0, 0, str(tmp_path / "l0"))
+    assert not any(os.path.exists(p) for p, _ in files)  # consumed once the parts are saved
+    parts = [p for p in r["parts"] if p is not None]
+    assert sum(n for _, n in parts) == 600
+    heads = []
+    for i, part in enumerate(parts):
+        h = bulk._part_task([part], 50, 1.0, i, "member", str(tmp_path / f"h{i}.npy"))
+        assert not os.path.exists(part[0]) and h["heads"] == len(np.load(h["file"]))
+        heads.append((h["file"], h["heads"]))
+    want = np.concatenate([np.load(f) for f, _ in heads])
+    np.save(tmp_path / "want.npy", want)
+    for chunk in (1, 3, 10_000):  # a retried gather rewrites the same file from the same parts
+        g = bulk._gather_heads_task(heads, str(tmp_path / "heads.npy"), chunk=chunk)
+        assert g["heads"] == len(want)
+        assert (tmp_path / "heads.npy").read_bytes() == (tmp_path / "want.npy").read_bytes()
+        assert all(os.path.exists(f) for f, _ in heads)

@@ -502,8 +502,9 @@ def _save_parts(rows_of: np.ndarray, lab: np.ndarray, k: int,
 
 def _load_files(files: list[tuple[str, int]]) -> np.ndarray:
     """The rows of sample/part ``files`` (``[(path, rows)]``) in one float32 array filled in
-    place (no list of arrays plus their concatenation: 1x, not 2x, the rows at the peak); the
-    files are removed as they are read."""
+    place (no list of arrays plus their concatenation: 1x, not 2x, the rows at the peak). The
+    files stay: the calling task removes them (``_remove_files``) once its outputs are saved, so
+    a task Ray retries after a crash still finds its inputs."""
     first = np.load(files[0][0], mmap_mode="r")
     S = np.empty((sum(n for _, n in files), first.shape[1]), dtype=np.float32)
     del first
@@ -511,47 +512,50 @@ def _load_files(files: list[tuple[str, int]]) -> np.ndarray:
     for path, n in files:
         S[at:at + n] = np.load(path)
         at += n
-        os.remove(path)
     return S
+
+
+def _remove_files(files: Sequence[tuple[str, int]]) -> None:
+    """Remove the ``[(path, rows)]`` files a task or stage has consumed."""
+    for path, _ in files:
+        os.remove(path)
 
 
 def _part_task(files: list[tuple[str, int]], leaf: int, lam: float, seed: int,
                head_vectors: str, heads_file: str) -> dict[str, Any]:
-    """The sub-tree of one part that fits a task (``train_rows``): load its files (removed
-    afterwards) and write its heads (``_leaf_heads``) to ``heads_file``. Returns the file and
-    the number of heads, not the heads: the driver never holds head vectors."""
+    """The sub-tree of one part that fits a task (``train_rows``): load its files (removed once
+    the heads are saved) and write its heads (``_leaf_heads``) to ``heads_file``. Returns the
+    file and the number of heads, not the heads: the driver never holds head vectors."""
     reset_peak_rss()
     S = _load_files(files)
     H = _leaf_heads(S, leaf, lam, seed, head_vectors)
     np.save(heads_file, np.ascontiguousarray(H, dtype=np.float32))
+    _remove_files(files)
     return {"file": heads_file, "heads": len(H), "rows": len(S), "rss": _rss()}
 
 
 def _gather_heads_task(parts: list[tuple[str, int]], path: str,
                        chunk: int = 65_536) -> dict[str, Any]:
     """``path`` (``heads.npy``): the part files' heads (``[(file, heads)]``) one after another,
-    copied ``chunk`` heads at a time into the memory-mapped output (the same .npy ``np.save``
-    writes); the part files are removed once it is written. A task, so the driver never holds the
-    heads; the task holds ``chunk`` heads, plus the pages of the output it wrote (clean once
-    flushed)."""
+    as the .npy ``np.save`` writes: the header, then each part read through a memory map and
+    written ``chunk`` heads at a time. A task, so the driver never holds the heads; the task
+    holds one ``chunk`` copy plus the clean, mapped pages of the part file it reads (not the
+    output's: written, not mapped). The part files stay (a retried task finds them): the driver
+    removes them once this task returned."""
     reset_peak_rss()
     first = np.load(parts[0][0], mmap_mode="r")
     n, dim = sum(k for _, k in parts), first.shape[1]
     del first
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
-    at = 0
-    for f, k in parts:
-        a = np.load(f, mmap_mode="r")
-        assert a.shape == (k, dim), (f, a.shape, k)
-        for s in range(0, k, chunk):
-            e = min(k, s + chunk)
-            out[at + s:at + e] = a[s:e]
-        at += k
-        del a
-    out.flush()
-    del out
-    for f, _ in parts:  # only once heads.npy is whole: a retried task finds its inputs
-        os.remove(f)
+    with open(path, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, {
+            "descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+            "shape": (n, dim)})
+        for f, k in parts:
+            a = np.load(f, mmap_mode="r")
+            assert a.shape == (k, dim), (f, a.shape, k)
+            for s in range(0, k, chunk):
+                out.write(np.ascontiguousarray(a[s:min(k, s + chunk)], dtype="<f4").tobytes())
+            del a
     return {"heads": n, "rss": _rss()}
 
 
@@ -559,13 +563,16 @@ def _label_task(files: list[tuple[str, int]], k: int, lam: float, seed: int,
                 prefix: str) -> dict[str, Any]:
     """The hierarchy's first level when the whole sample fits one task (``train_rows``): SPANN's
     balanced k-means labels of every row are the parts (as the in-driver build did, same seed),
-    one file per part (``prefix-<part>.npy``, rows in sample order); the inputs are removed."""
+    one file per part (``prefix-<part>.npy``, rows in sample order); the inputs are removed
+    once the parts are saved."""
     from vecdb.index._spann_parts import balanced_kmeans
 
     reset_peak_rss()
     S = _load_files(files)
     lab = balanced_kmeans(S, k, lam, np.random.default_rng(seed))
-    return {"parts": _save_parts(S, lab, k, prefix), "rows": len(S), "rss": _rss()}
+    parts = _save_parts(S, lab, k, prefix)
+    _remove_files(files)
+    return {"parts": parts, "rows": len(S), "rss": _rss()}
 
 
 def train_heads(files: list[tuple[str, int]], n_total: int, cfg: dict[str, Any], folder: str,
@@ -583,14 +590,14 @@ def train_heads(files: list[tuple[str, int]], n_total: int, cfg: dict[str, Any],
 
 
 def train_heads_file(files: list[tuple[str, int]], n_total: int, cfg: dict[str, Any],
-                     folder: str, path: str, *, head_vectors: str = "member", groups: int = 1,
+                     folder: str, heads_path: str, *, head_vectors: str = "member", groups: int = 1,
                      train_rows: int = TRAIN_ROWS) -> dict[str, Any]:
-    """Heads [H, dim] written to ``path`` (a float32 .npy) from the sample ``files``
+    """Heads [H, dim] written to ``heads_path`` (a float32 .npy) from the sample ``files``
     (``[(path, rows)]``, drawn from ``n_total`` valid rows) with SPANN's build functions:
     balanced hierarchical k-means down to leaves of SPANN's leaf size scaled by the sampling
     rate (``_leaf_size``), one head per leaf (``_leaf_heads``), on Ray tasks. Each part's task
     writes its heads to a file and a last task (``_gather_heads_task``) joins them into
-    ``path``: the driver gets file names and counts, never head vectors (it held ~0.5 KB per
+    ``heads_path``: the driver gets file names and counts, never head vectors (it held ~0.5 KB per
     head for 128 dims, plus Ray's copy of each part's result, when the tasks returned them).
 
     No process holds more than ``train_rows`` sample rows: the hierarchy's first level
@@ -678,8 +685,9 @@ def train_heads_file(files: list[tuple[str, int]], n_total: int, cfg: dict[str, 
         level += 1
     res = ray.get(leaves)  # in the order of ``leaves``: the heads' order (list ids)
     rss += [r["rss"] for r in res]
-    g = ray.get(ray.remote(num_cpus=1)(_gather_heads_task).remote(
-        [(r["file"], r["heads"]) for r in res], path))
+    head_files = [(r["file"], r["heads"]) for r in res]
+    g = ray.get(ray.remote(num_cpus=1)(_gather_heads_task).remote(head_files, heads_path))
+    _remove_files(head_files)  # only now: a retried gather task reads them again
     rss.append(g["rss"])
     return {"heads": int(g["heads"]), "parts": len(res), "levels": level,
             "largest_part_rows": largest, "largest_split_sample": drawn,
