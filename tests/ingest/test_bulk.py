@@ -56,6 +56,11 @@ def test_bulk_recall_matches_serial_build(built):
     heads = man["stages"]["heads"]  # the sample (~10k rows) trained in parts of <= 2000 rows
     assert heads["parts"] >= 5 and heads["largest_part_rows"] <= 2000
     assert man["stages"]["sample"]["files"] == 4 and not (tmp / "out" / "sample").exists()
+    for mem in [man["stages"][s]["driver_memory"] for s in ("sample", "heads", "map", "reduce")
+                ] + [imp["driver_memory"]]:  # each stage's driver peak, split (DriverMemory)
+        assert set(mem) == {"anon", "file", "shmem", "sum"} and mem["anon"] > 0
+        assert max(mem["anon"], mem["file"], mem["shmem"]) <= mem["sum"] <= (
+            mem["anon"] + mem["file"] + mem["shmem"])
     db = vecdb.open(str(tmp / "data"))
     try:
         bulk = db.collection("bulk")
@@ -260,6 +265,15 @@ def test_hub_lists_are_split_before_import(ray_local, tmp_path):
             assert max(len(s) for s in lists.values()) <= params["posting_limit"]
             r = recall_at_k(col.search(Q, K, tenant="t", params={"max_lists": 32}).ids, gt, K)
             assert r > 0.8, r
+            if not _:  # each split part's head in the updated graph is the reduce's (H record)
+                from vecdb.index.hnsw import HNSWIndex
+
+                hv = {int.from_bytes(k[1:], "big"): np.frombuffer(v, np.float32)
+                      for k, v in idx.store.iterate("postings", prefix=b"H")}
+                new = sorted(h for h in hv if h >= man["stages"]["heads"]["heads"])
+                assert len(new) == red["parts_made"]
+                g = HNSWIndex.load(str(tmp_path / "out" / "heads.hnsw"))
+                assert np.array_equal(g.vectors(np.array(new)), np.stack([hv[h] for h in new]))
             col.upsert(np.arange(10**6 + _ * 10, 10**6 + _ * 10 + 10), Q[:10], tenant="t")
         finally:
             db.close()
@@ -309,8 +323,10 @@ def test_driver_never_gets_head_vectors_back(ray_local, tmp_path, monkeypatch):
     assert {r.tobytes() for r in heads} <= {r.tobytes() for r in X}  # member heads: data rows
     returned = [r for x in got for r in _float_rows(x, 16)]
     assert len(got) > 5 and not any(r in rows for r in returned), len(returned)
-    assert not list((tmp_path / "out").glob("heads-part-*")) and not (tmp_path / "out" /
-                                                                      "runs").exists()
+    out = tmp_path / "out"
+    left = [p.name for g in ("heads-part-*", "heads-trained*", "new-heads-*") for p in
+            out.rglob(g)]
+    assert not left and not (out / "runs").exists() and not (out / "sample").exists(), left
 
 
 @pytest.mark.parametrize("kw", [{"head_search": "hnsw"}, {"probes": 0}, {"head_vectors": "mean"},
@@ -516,6 +532,26 @@ def test_reduce_task_over_many_ranges_writes_what_one_task_per_range_writes(tmp_
     pads = raw.reshape(-1, record_dtype(dim).itemsize)[:, 9:12]
     assert not pads.any()  # split parts included: no uninitialised bytes on disk
     assert all(r["ver"].min() == 1 for r in recs)
+    # the driver's variant: the new heads go to a file (the ranges' new_heads joined in order),
+    # or none when no list is split
+    from vecdb.ingest.bulk import _reduce_group_task
+
+    for plan in (split, None):
+        got = []
+        for i, g in enumerate(groups):
+            out = tmp_path / f"grp-{plan is None}-{i}"
+            (out / "sst").mkdir(parents=True)
+            res, f = _reduce_group_task(g, runs, str(tmp_path / "heads.npy"), dim, 20, vec_files,
+                                        str(out), plan, 1.0, 0, 30, str(out / "new.npy"))
+            assert all("new_heads" not in r for r in res)
+            want = [r["new_heads"] for r in rb if g[0][0] <= r["lo"] < g[-1][1]]
+            if plan is None or not sum(len(x) for x in want):
+                assert f is None and not (out / "new.npy").exists()
+            else:
+                assert f == str(out / "new.npy")
+                assert np.array_equal(np.load(f), np.concatenate(want))
+                got.append(f)
+        assert len(got) == (1 if plan else 0)  # list 7 is in one group
 
 
 def test_duplicate_id_check_runs_in_id_ranges(ray_local, tmp_path):

@@ -268,21 +268,21 @@ def _head_groups_task(heads_path: str, code: int, size: int, probes: int, balanc
     return {"seconds": time.perf_counter() - t0, "rss": _rss()}
 
 
-def _head_graph_update_task(path: str, removed: np.ndarray, added: np.ndarray | list[str],
+def _head_graph_update_task(path: str, removed: np.ndarray, added: list[str],
                             added_ids: np.ndarray) -> dict[str, Any]:
-    """The saved head graph without the split hub lists' heads and with their parts' heads
-    ``added`` (an array, or the reduce tasks' new-head files in ``added_ids`` order), in a
-    task: the driver never loads the graph nor the new heads."""
+    """The saved head graph without the split hub lists' heads and with their parts' heads (the
+    reduce tasks' new-head files ``added``, joined in order, are the heads of ``added_ids``), in
+    a task: the driver never loads the graph nor the new heads."""
     from vecdb.index.hnsw import HNSWIndex
 
     reset_peak_rss()
-    if isinstance(added, list):
-        added = (np.concatenate([np.load(f) for f in added]) if added
-                 else np.zeros((0, 0), np.float32))
-    assert len(added) == len(added_ids), (len(added), len(added_ids))
+    heads = [np.load(f) for f in added]
+    n = sum(len(h) for h in heads)
+    assert n == len(added_ids), (n, len(added_ids))
     g = HNSWIndex.load(path)
     g.remove(removed)
-    g.add(np.ascontiguousarray(added, dtype=np.float32), slots=added_ids)
+    if n:
+        g.add(np.ascontiguousarray(np.concatenate(heads), dtype=np.float32), slots=added_ids)
     g.save(path)
     return {"rss": _rss()}
 
