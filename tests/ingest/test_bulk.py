@@ -624,3 +624,66 @@ def test_head_tasks_keep_their_inputs_until_their_outputs_are_saved(tmp_path, mo
         assert g["heads"] == len(want)
         assert (tmp_path / "heads.npy").read_bytes() == (tmp_path / "want.npy").read_bytes()
         assert all(os.path.exists(f) for f, _ in heads)
+
+
+def test_bench_memory_summary_and_results_name(monkeypatch):
+    """bench.bulk's memory summary carries each stage's driver anon/file/shmem split where the
+    stage has one (old runs and stages without it are left out, not zero-filled), subtracts the
+    index state from the import only; ``--no-baselines`` runs default to their own results name
+    (never over bulk.json, which the README quotes)."""
+    import argparse
+
+    for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "RAY_DEDUP_LOGS"):
+        monkeypatch.delenv(k, raising=False)  # bench.bulk sets them on import: restored after
+    from bench.bulk import memory_summary, results_name
+
+    mem = {"anon": 50, "file": 30, "shmem": 2, "sum": 80}
+    stages = {"sample": {"driver_peak_rss": 100, "driver_memory": mem, "worker_peak_rss": 7},
+              "heads": {"driver_peak_rss": 120},  # a run from before the split
+              "map": {"driver_peak_rss": 110, "driver_memory": {}, "worker_peak_rss": 9,
+                      "worker_memory": {"anon": 4, "shared": 5}},
+              "import": {"driver_peak_rss": 1000, "driver_memory": {**mem, "anon": 900}}}
+    s = memory_summary(stages, {"bytes": 600})
+    assert s["driver_memory"] == {"sample": mem, "import": {**mem, "anon": 900}}
+    assert s["driver_peak_rss"] == {"sample": 100, "heads": 120, "map": 110, "import": 1000}
+    assert s["driver_peak_minus_index_state"] == {"sample": 100, "heads": 120, "map": 110,
+                                                  "import": 400}
+    assert s["driver_overhead_max"] == 400 and s["worker_private_peak"] == {"sample": 7, "map": 4}
+    assert s["map_worker_shared"] == 5
+
+    def ns(**kw):
+        return argparse.Namespace(**{"name": None, "smoke": False, "no_baselines": False, **kw})
+
+    assert results_name(ns()) == "bulk" and results_name(ns(smoke=True)) == "bulk-smoke"
+    assert results_name(ns(no_baselines=True)) == "bulk-nobaselines"
+    assert results_name(ns(no_baselines=True, smoke=True)) == "bulk-nobaselines-smoke"
+    assert results_name(ns(no_baselines=True, name="before-1m")) == "before-1m"
+
+
+def test_head_graph_update_task_joins_new_head_files_in_order(tmp_path):
+    """The graph-update task removes the split lists' heads and adds the reduce tasks' new-head
+    files joined in order as ``added_ids``; with no file it only removes (no empty add)."""
+    from vecdb.index.hnsw import HNSWIndex
+    from vecdb.ingest.bulk import _head_graph_update_task
+
+    rng = np.random.default_rng(3)
+    H = rng.standard_normal((20, 8)).astype(np.float32)
+    g = HNSWIndex(8, "l2", M=8, ef_construction=50, seed=0, max_elements=30)
+    g.add(H, slots=np.arange(20, dtype=np.int64))
+    path = str(tmp_path / "g.hnsw")
+    g.save(path)
+    _head_graph_update_task(path, np.array([3], np.int64), [], np.zeros(0, np.int64))
+    g = HNSWIndex.load(path)
+    assert len(g) == 19 and np.array_equal(g.vectors(np.array([0, 19])), H[[0, 19]])
+    new = [rng.standard_normal((n, 8)).astype(np.float32) for n in (2, 1)]
+    files = []
+    for i, a in enumerate(new):
+        np.save(tmp_path / f"new-{i}.npy", a)
+        files.append(str(tmp_path / f"new-{i}.npy"))
+    _head_graph_update_task(path, np.array([5, 6], np.int64), files,
+                            np.array([20, 21, 22], np.int64))
+    g = HNSWIndex.load(path)
+    assert len(g) == 20
+    assert np.array_equal(g.vectors(np.array([20, 21, 22])), np.concatenate(new))
+    with pytest.raises(AssertionError):  # the files' heads must match the ids
+        _head_graph_update_task(path, np.zeros(0, np.int64), files, np.array([23], np.int64))

@@ -3,7 +3,7 @@ atomically into a stopped data folder.
 
 ::
 
-    shards --(1) sample tasks--> sample files (~10 rows per head) --> train_heads, Ray tasks:
+    shards --(1) sample tasks--> sample files (~10 rows per head) --> train_heads_file, Ray tasks:
                balanced k-means levels on <= train_rows drawn rows, route tasks split the files
                into parts of <= train_rows rows, hierarchical_balanced_clusters per part -->
                heads.npy; two parallel Ray tasks: head HNSW + HeadGroups (memory-mappable)
@@ -31,7 +31,7 @@ codec. So the imported collection is what ``SPANNIndex`` + the engine would have
 takes online updates afterwards (splits, merges) like any other SPANN collection.
 
 Memory: every stage streams. A sample task holds its shard's sample rows; a head-training task
-at most ``train_rows`` sample rows (the sample stays in files; ``train_heads``); a map task one
+at most ``train_rows`` sample rows (the sample stays in files; ``train_heads_file``); a map task one
 batch (``batch_rows``) plus search buffers, the heads and head groups memory-mapped (one
 page-cache copy per machine); a reduce task one list-id range at a time whose rows fit
 ``memory_bytes``; the duplicate-id check (``check_unique_ids``) one id range per task. The driver
@@ -1230,7 +1230,8 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     near-exact: at 235k heads probes 8 found the exact nearest head of 96% of vectors, 6 of 94%,
     at the same cost, bench/results/heads.json) or ``"graph"`` (the head HNSW with beam
     ``search_ef``, default the collection's ``head_ef``, as SPANN's own build).
-    ``head_vectors``: ``"centroid"`` (default) or ``"member"`` (see ``train_heads``).
+    ``head_vectors``: ``"member"`` (default; SPANN's nearest-member heads) or ``"centroid"``
+    (see ``train_heads_file``).
     ``split_hubs``: lists whose
     nearest-list records alone exceed ``posting_limit`` are split into ``cap``-sized parts with
     new heads before import (see ``_reduce_task``).
