@@ -1507,7 +1507,7 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
     reset_peak_rss()
-    dmem = None
+    dmem: DriverMemory | None = None
     phases: dict[str, int] = {"start_rss": current_rss()}
     check_collection_name(collection)
     try:
