@@ -275,10 +275,12 @@ def private_peak(st: dict) -> int:
 
 
 def memory_summary(stages: dict, state: dict) -> dict:
-    """Per-stage peak RSS of the driver and of the tasks, and the driver's peak minus the index
-    state it holds in that stage: none before the import (since session 13 the driver keeps the
-    heads memory-mapped and builds no head graph or groups), the whole collection's state during
-    the import. That difference is the overhead that must not grow with N."""
+    """Per-stage peak RSS of the driver (also split into anon / file / shmem where the stage
+    records ``driver_memory``) and of the tasks, and the driver's peak minus the index state it
+    holds in that stage: none before the import (the driver holds no head vectors, neither in
+    memory nor mapped: tasks write and read heads.npy, and build the head graph and groups),
+    the whole collection's state during the import. That difference is the overhead that must
+    not grow with N."""
     drv = {k: v["driver_peak_rss"] for k, v in stages.items() if v.get("driver_peak_rss")}
     over = {k: v - (state["bytes"] if k == "import" else 0) for k, v in drv.items()}
     return {"driver_peak_rss": drv,
@@ -294,6 +296,16 @@ def memory_summary(stages: dict, state: dict) -> dict:
                 "shared", 0),
             "index_state": state, "driver_peak_minus_index_state": over,
             "driver_overhead_max": max(over.values(), default=0)}
+
+
+def results_name(a: argparse.Namespace) -> str:
+    """The results name under bench/results: ``--name``, else bulk[-smoke], or
+    bulk-nobaselines[-smoke] with ``--no-baselines`` (whose JSON has no online figures: it must
+    not overwrite bulk.json, which the README quotes)."""
+    if a.name:
+        return a.name
+    base = "bulk-nobaselines" if a.no_baselines else "bulk"
+    return f"{base}-smoke" if a.smoke else base
 
 
 def extrapolate(stages: dict, n: int, dim: int, bytes_per_vec: float, head_ratio: float,
@@ -675,7 +687,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--nq", type=int, default=1000)
     ap.add_argument("--tmp", default=None)
     ap.add_argument("--name", default=None,
-                    help="results name under bench/results (default bulk, bulk-smoke)")
+                    help="results name under bench/results (default bulk, bulk-smoke; "
+                         "bulk-nobaselines[-smoke] with --no-baselines)")
     ap.add_argument("--probes", type=int, default=8, help="HeadGroups probes of the map stage")
     ap.add_argument("--head-search", default="groups", choices=("groups", "graph"))
     ap.add_argument("--index", default="spann", choices=("spann", "curator"),
@@ -849,7 +862,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{t['hours']:7.1f} h, disk {t['disk_TB']:.2f} TB, driver "
                   f"{t['driver_GB']:.1f} GB RAM (index state {t['index_state_GB']:.1f} GB), "
                   f"each task <= {t['task_peak_GB']:.1f} GB")
-        name = a.name or ("bulk-smoke" if a.smoke else "bulk")
+        name = results_name(a)
         write_results(name, rec_rows, {"summary": summary, "stages": stages,
                                        "online": fresh1 + fresh2,
                                        "online_into_imported": into1 + into2,

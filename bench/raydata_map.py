@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         _spann_config,
         sample_rows_for,
         sample_stage,
-        train_heads,
+        train_heads_file,
     )
     from vecdb.ingest.dataset import map_shards
     from vecdb.ingest.heads import HeadGroups, group_size
@@ -140,11 +140,12 @@ def main(argv: list[str] | None = None) -> None:
         os.makedirs(sample_dir)
         sample, n_good, *_ = sample_stage(shards, a.dim, "l2", p, cfg["seed"], a.batch,
                                           DEFAULT_COLUMNS, [], "t", folder=sample_dir)
-        heads, _ = train_heads(sample, n_good, cfg, sample_dir, groups=8)
-        del sample
         build = os.path.join(tmp, "build")
         os.makedirs(build)
-        np.save(os.path.join(build, "heads.npy"), heads)
+        heads_path = os.path.join(build, "heads.npy")  # copied into each run's out
+        train_heads_file(sample, n_good, cfg, sample_dir, heads_path, groups=8)
+        del sample
+        heads = np.load(heads_path)  # for the head groups and the core-tasks mode's ray.put
         groups_path = os.path.join(build, "heads.groups.npz")
         HeadGroups.build(heads, metric_code("l2"), group_size(len(heads), a.probes), a.probes,
                          cfg["balance"], cfg["seed"]).save(groups_path)

@@ -3,6 +3,8 @@ same parameters (exact ground truth), tenants/ACLs/payloads from Parquet, reopen
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -54,6 +56,11 @@ def test_bulk_recall_matches_serial_build(built):
     heads = man["stages"]["heads"]  # the sample (~10k rows) trained in parts of <= 2000 rows
     assert heads["parts"] >= 5 and heads["largest_part_rows"] <= 2000
     assert man["stages"]["sample"]["files"] == 4 and not (tmp / "out" / "sample").exists()
+    for mem in [man["stages"][s]["driver_memory"] for s in ("sample", "heads", "map", "reduce")
+                ] + [imp["driver_memory"]]:  # each stage's driver peak, split (DriverMemory)
+        assert set(mem) == {"anon", "file", "shmem", "sum"} and mem["anon"] > 0
+        assert max(mem["anon"], mem["file"], mem["shmem"]) <= mem["sum"] <= (
+            mem["anon"] + mem["file"] + mem["shmem"])
     db = vecdb.open(str(tmp / "data"))
     try:
         bulk = db.collection("bulk")
@@ -149,6 +156,34 @@ def test_duplicate_ids_refused(ray_local, tmp_path):
                        tmp_path / f"d{j}.parquet")
     with pytest.raises(InvalidArgument, match="duplicate ids"):
         bulk_build_spann(str(tmp_path), str(tmp_path / "out"), params=PARAMS, progress=False)
+    assert not _samplers()  # the build raised after its DriverMemory started: stopped anyway
+
+
+def _samplers() -> list:
+    """Live ``DriverMemory`` sampling threads."""
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "driver-memory" and t.is_alive()]
+
+
+def test_import_that_raises_leaves_no_sampler_thread(built):
+    """``import_bulk`` stops its ``DriverMemory`` thread however it fails: no manifest, a data
+    folder locked by another open, a collection that exists (raised after the sampler started);
+    the exception's traceback (kept here by pytest.raises) must not keep a sampler alive."""
+    tmp = built[0]
+    with pytest.raises(FailedPrecondition, match="manifest"):
+        import_bulk(str(tmp / "data"), "x", str(tmp / "nowhere"))
+    assert not _samplers()
+    with pytest.raises(AlreadyExists):
+        import_bulk(str(tmp / "data"), "bulk", str(tmp / "out"))
+    assert not _samplers()
+    db = vecdb.open(str(tmp / "data"))
+    try:
+        with pytest.raises(FailedPrecondition):
+            import_bulk(str(tmp / "data"), "x", str(tmp / "out"))
+        assert not _samplers()
+    finally:
+        db.close()
 
 
 def test_cli_bulk_then_import(ray_local, tmp_path, capsys):
@@ -230,6 +265,15 @@ def test_hub_lists_are_split_before_import(ray_local, tmp_path):
             assert max(len(s) for s in lists.values()) <= params["posting_limit"]
             r = recall_at_k(col.search(Q, K, tenant="t", params={"max_lists": 32}).ids, gt, K)
             assert r > 0.8, r
+            if not _:  # each split part's head in the updated graph is the reduce's (H record)
+                from vecdb.index.hnsw import HNSWIndex
+
+                hv = {int.from_bytes(k[1:], "big"): np.frombuffer(v, np.float32)
+                      for k, v in idx.store.iterate("postings", prefix=b"H")}
+                new = sorted(h for h in hv if h >= man["stages"]["heads"]["heads"])
+                assert len(new) == red["parts_made"]
+                g = HNSWIndex.load(str(tmp_path / "out" / "heads.hnsw"))
+                assert np.array_equal(g.vectors(np.array(new)), np.stack([hv[h] for h in new]))
             col.upsert(np.arange(10**6 + _ * 10, 10**6 + _ * 10 + 10), Q[:10], tenant="t")
         finally:
             db.close()
@@ -279,8 +323,10 @@ def test_driver_never_gets_head_vectors_back(ray_local, tmp_path, monkeypatch):
     assert {r.tobytes() for r in heads} <= {r.tobytes() for r in X}  # member heads: data rows
     returned = [r for x in got for r in _float_rows(x, 16)]
     assert len(got) > 5 and not any(r in rows for r in returned), len(returned)
-    assert not list((tmp_path / "out").glob("heads-part-*")) and not (tmp_path / "out" /
-                                                                      "runs").exists()
+    out = tmp_path / "out"
+    left = [p.name for g in ("heads-part-*", "heads-trained*", "new-heads-*") for p in
+            out.rglob(g)]
+    assert not left and not (out / "runs").exists() and not (out / "sample").exists(), left
 
 
 @pytest.mark.parametrize("kw", [{"head_search": "hnsw"}, {"probes": 0}, {"head_vectors": "mean"},
@@ -486,6 +532,26 @@ def test_reduce_task_over_many_ranges_writes_what_one_task_per_range_writes(tmp_
     pads = raw.reshape(-1, record_dtype(dim).itemsize)[:, 9:12]
     assert not pads.any()  # split parts included: no uninitialised bytes on disk
     assert all(r["ver"].min() == 1 for r in recs)
+    # the driver's variant: the new heads go to a file (the ranges' new_heads joined in order),
+    # or none when no list is split
+    from vecdb.ingest.bulk import _reduce_group_task
+
+    for plan in (split, None):
+        got = []
+        for i, g in enumerate(groups):
+            out = tmp_path / f"grp-{plan is None}-{i}"
+            (out / "sst").mkdir(parents=True)
+            res, f = _reduce_group_task(g, runs, str(tmp_path / "heads.npy"), dim, 20, vec_files,
+                                        str(out), plan, 1.0, 0, 30, str(out / "new.npy"))
+            assert all("new_heads" not in r for r in res)
+            want = [r["new_heads"] for r in rb if g[0][0] <= r["lo"] < g[-1][1]]
+            if plan is None or not sum(len(x) for x in want):
+                assert f is None and not (out / "new.npy").exists()
+            else:
+                assert f == str(out / "new.npy")
+                assert np.array_equal(np.load(f), np.concatenate(want))
+                got.append(f)
+        assert len(got) == (1 if plan else 0)  # list 7 is in one group
 
 
 def test_duplicate_id_check_runs_in_id_ranges(ray_local, tmp_path):
@@ -516,3 +582,108 @@ def test_duplicate_id_check_runs_in_id_ranges(ray_local, tmp_path):
     assert inner["ids_rows"] == 2 and inner["ids_dup"].tolist() == [7]
     with pytest.raises(InvalidArgument, match=r"\[7\]"):
         check_unique_ids(res + [inner])
+
+
+def test_head_tasks_keep_their_inputs_until_their_outputs_are_saved(tmp_path, monkeypatch):
+    """A head-training task Ray retries must find its inputs: ``_part_task`` and ``_label_task``
+    remove their input files only after their outputs are saved (a failure before leaves them),
+    and ``_gather_heads_task`` removes none (the driver does, after it returned); its heads.npy
+    is byte for byte what ``np.save`` writes, however the parts are cut into chunks."""
+    import vecdb.ingest.bulk as bulk
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((600, 8)).astype(np.float32)
+    files = []
+    for i, (a, b) in enumerate(((0, 250), (250, 600))):
+        np.save(tmp_path / f"s{i}.npy", X[a:b])
+        files.append((str(tmp_path / f"s{i}.npy"), b - a))
+
+    def boom(*a, **kw):
+        raise RuntimeError("worker died")
+
+    for task, args in ((bulk._part_task, (50, 1.0, 0, "member", str(tmp_path / "h.npy"))),
+                       (bulk._label_task, (3, 1.0, 0, str(tmp_path / "l0")))):
+        with monkeypatch.context() as m:
+            m.setattr(bulk, "_save_parts" if task is bulk._label_task else "_leaf_heads", boom)
+            with pytest.raises(RuntimeError):
+                task(files, *args)
+        assert all(os.path.exists(p) for p, _ in files)  # the retry's inputs are there
+    r = bulk._label_task(files, 3, 1.0, 0, str(tmp_path / "l0"))
+    assert not any(os.path.exists(p) for p, _ in files)  # consumed once the parts are saved
+    parts = [p for p in r["parts"] if p is not None]
+    assert sum(n for _, n in parts) == 600
+    heads = []
+    for i, part in enumerate(parts):
+        h = bulk._part_task([part], 50, 1.0, i, "member", str(tmp_path / f"h{i}.npy"))
+        assert not os.path.exists(part[0]) and h["heads"] == len(np.load(h["file"]))
+        heads.append((h["file"], h["heads"]))
+    want = np.concatenate([np.load(f) for f, _ in heads])
+    np.save(tmp_path / "want.npy", want)
+    for chunk in (1, 3, 10_000):  # a retried gather rewrites the same file from the same parts
+        g = bulk._gather_heads_task(heads, str(tmp_path / "heads.npy"), chunk=chunk)
+        assert g["heads"] == len(want)
+        assert (tmp_path / "heads.npy").read_bytes() == (tmp_path / "want.npy").read_bytes()
+        assert all(os.path.exists(f) for f, _ in heads)
+
+
+def test_bench_memory_summary_and_results_name(monkeypatch):
+    """bench.bulk's memory summary carries each stage's driver anon/file/shmem split where the
+    stage has one (old runs and stages without it are left out, not zero-filled), subtracts the
+    index state from the import only; ``--no-baselines`` runs default to their own results name
+    (never over bulk.json, which the README quotes)."""
+    import argparse
+
+    for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "RAY_DEDUP_LOGS"):
+        monkeypatch.delenv(k, raising=False)  # bench.bulk sets them on import: restored after
+    from bench.bulk import memory_summary, results_name
+
+    mem = {"anon": 50, "file": 30, "shmem": 2, "sum": 80}
+    stages = {"sample": {"driver_peak_rss": 100, "driver_memory": mem, "worker_peak_rss": 7},
+              "heads": {"driver_peak_rss": 120},  # a run from before the split
+              "map": {"driver_peak_rss": 110, "driver_memory": {}, "worker_peak_rss": 9,
+                      "worker_memory": {"anon": 4, "shared": 5}},
+              "import": {"driver_peak_rss": 1000, "driver_memory": {**mem, "anon": 900}}}
+    s = memory_summary(stages, {"bytes": 600})
+    assert s["driver_memory"] == {"sample": mem, "import": {**mem, "anon": 900}}
+    assert s["driver_peak_rss"] == {"sample": 100, "heads": 120, "map": 110, "import": 1000}
+    assert s["driver_peak_minus_index_state"] == {"sample": 100, "heads": 120, "map": 110,
+                                                  "import": 400}
+    assert s["driver_overhead_max"] == 400 and s["worker_private_peak"] == {"sample": 7, "map": 4}
+    assert s["map_worker_shared"] == 5
+
+    def ns(**kw):
+        return argparse.Namespace(**{"name": None, "smoke": False, "no_baselines": False, **kw})
+
+    assert results_name(ns()) == "bulk" and results_name(ns(smoke=True)) == "bulk-smoke"
+    assert results_name(ns(no_baselines=True)) == "bulk-nobaselines"
+    assert results_name(ns(no_baselines=True, smoke=True)) == "bulk-nobaselines-smoke"
+    assert results_name(ns(no_baselines=True, name="before-1m")) == "before-1m"
+
+
+def test_head_graph_update_task_joins_new_head_files_in_order(tmp_path):
+    """The graph-update task removes the split lists' heads and adds the reduce tasks' new-head
+    files joined in order as ``added_ids``; with no file it only removes (no empty add)."""
+    from vecdb.index.hnsw import HNSWIndex
+    from vecdb.ingest.bulk import _head_graph_update_task
+
+    rng = np.random.default_rng(3)
+    H = rng.standard_normal((20, 8)).astype(np.float32)
+    g = HNSWIndex(8, "l2", M=8, ef_construction=50, seed=0, max_elements=30)
+    g.add(H, slots=np.arange(20, dtype=np.int64))
+    path = str(tmp_path / "g.hnsw")
+    g.save(path)
+    _head_graph_update_task(path, np.array([3], np.int64), [], np.zeros(0, np.int64))
+    g = HNSWIndex.load(path)
+    assert len(g) == 19 and np.array_equal(g.vectors(np.array([0, 19])), H[[0, 19]])
+    new = [rng.standard_normal((n, 8)).astype(np.float32) for n in (2, 1)]
+    files = []
+    for i, a in enumerate(new):
+        np.save(tmp_path / f"new-{i}.npy", a)
+        files.append(str(tmp_path / f"new-{i}.npy"))
+    _head_graph_update_task(path, np.array([5, 6], np.int64), files,
+                            np.array([20, 21, 22], np.int64))
+    g = HNSWIndex.load(path)
+    assert len(g) == 20
+    assert np.array_equal(g.vectors(np.array([20, 21, 22])), np.concatenate(new))
+    with pytest.raises(AssertionError):  # the files' heads must match the ids
+        _head_graph_update_task(path, np.zeros(0, np.int64), files, np.array([23], np.int64))

@@ -3,7 +3,7 @@ atomically into a stopped data folder.
 
 ::
 
-    shards --(1) sample tasks--> sample files (~10 rows per head) --> train_heads, Ray tasks:
+    shards --(1) sample tasks--> sample files (~10 rows per head) --> train_heads_file, Ray tasks:
                balanced k-means levels on <= train_rows drawn rows, route tasks split the files
                into parts of <= train_rows rows, hierarchical_balanced_clusters per part -->
                heads.npy; two parallel Ray tasks: head HNSW + HeadGroups (memory-mappable)
@@ -31,7 +31,7 @@ codec. So the imported collection is what ``SPANNIndex`` + the engine would have
 takes online updates afterwards (splits, merges) like any other SPANN collection.
 
 Memory: every stage streams. A sample task holds its shard's sample rows; a head-training task
-at most ``train_rows`` sample rows (the sample stays in files; ``train_heads``); a map task one
+at most ``train_rows`` sample rows (the sample stays in files; ``train_heads_file``); a map task one
 batch (``batch_rows``) plus search buffers, the heads and head groups memory-mapped (one
 page-cache copy per machine); a reduce task one list-id range at a time whose rows fit
 ``memory_bytes``; the duplicate-id check (``check_unique_ids``) one id range per task. The driver
@@ -53,6 +53,7 @@ import json
 import os
 import resource
 import shutil
+import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -98,15 +99,8 @@ def current_rss() -> int:
 def anon_rss() -> int:
     """This process's anonymous (private, heap) RSS now in bytes: RSS without the file pages it
     maps, which the page cache shares between processes and can drop (0 where /proc is
-    missing)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    missing). ``rss_parts()["anon"]``."""
+    return rss_parts().get("anon", 0)
 
 
 def memory_now() -> dict[str, int]:
@@ -148,11 +142,10 @@ class DriverMemory:
     thread samples them every ``interval`` seconds (the kernel keeps a peak of the total only,
     VmHWM), so a stage's peak of each part is known, not just of the sum. ``lap()`` returns the
     peaks since the previous lap (each part's own maximum, plus the sum at its largest sample)
-    and starts the next."""
+    and starts the next. A context manager: ``with DriverMemory() as m`` stops the thread however
+    the block ends (a build or import that raises leaves no sampler behind)."""
 
     def __init__(self, interval: float = 0.02) -> None:
-        import threading
-
         self.interval = interval
         self._lock = threading.Lock()
         self._peak: dict[str, int] = {}
@@ -167,11 +160,13 @@ class DriverMemory:
         self._thread.start()
 
     def _sample(self) -> None:
-        p = rss_parts()
-        if not p:
-            return
-        p["sum"] = p.get("anon", 0) + p.get("file", 0) + p.get("shmem", 0)
+        # read /proc under the lock: a sample read before a ``lap`` and folded after it would
+        # put memory of the ended stage into the next one's peaks
         with self._lock:
+            p = rss_parts()
+            if not p:
+                return
+            p["sum"] = p.get("anon", 0) + p.get("file", 0) + p.get("shmem", 0)
             for k, v in p.items():
                 if v > self._peak.get(k, -1):
                     self._peak[k] = v
@@ -194,9 +189,15 @@ class DriverMemory:
         return out
 
     def close(self) -> None:
-        """Stop the sampling thread."""
+        """Stop the sampling thread (idempotent); ``lap`` still works, sampling on the call."""
         self._stop.set()
         self._thread.join()
+
+    def __enter__(self) -> DriverMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def reset_peak_rss() -> None:
@@ -267,21 +268,21 @@ def _head_groups_task(heads_path: str, code: int, size: int, probes: int, balanc
     return {"seconds": time.perf_counter() - t0, "rss": _rss()}
 
 
-def _head_graph_update_task(path: str, removed: np.ndarray, added: np.ndarray | list[str],
+def _head_graph_update_task(path: str, removed: np.ndarray, added: list[str],
                             added_ids: np.ndarray) -> dict[str, Any]:
-    """The saved head graph without the split hub lists' heads and with their parts' heads
-    ``added`` (an array, or the reduce tasks' new-head files in ``added_ids`` order), in a
-    task: the driver never loads the graph nor the new heads."""
+    """The saved head graph without the split hub lists' heads and with their parts' heads (the
+    reduce tasks' new-head files ``added``, joined in order, are the heads of ``added_ids``), in
+    a task: the driver never loads the graph nor the new heads."""
     from vecdb.index.hnsw import HNSWIndex
 
     reset_peak_rss()
-    if isinstance(added, list):
-        added = (np.concatenate([np.load(f) for f in added]) if added
-                 else np.zeros((0, 0), np.float32))
-    assert len(added) == len(added_ids), (len(added), len(added_ids))
+    heads = [np.load(f) for f in added]
+    n = sum(len(h) for h in heads)
+    assert n == len(added_ids), (n, len(added_ids))
     g = HNSWIndex.load(path)
     g.remove(removed)
-    g.add(np.ascontiguousarray(added, dtype=np.float32), slots=added_ids)
+    if n:
+        g.add(np.ascontiguousarray(np.concatenate(heads), dtype=np.float32), slots=added_ids)
     g.save(path)
     return {"rss": _rss()}
 
@@ -501,8 +502,9 @@ def _save_parts(rows_of: np.ndarray, lab: np.ndarray, k: int,
 
 def _load_files(files: list[tuple[str, int]]) -> np.ndarray:
     """The rows of sample/part ``files`` (``[(path, rows)]``) in one float32 array filled in
-    place (no list of arrays plus their concatenation: 1x, not 2x, the rows at the peak); the
-    files are removed as they are read."""
+    place (no list of arrays plus their concatenation: 1x, not 2x, the rows at the peak). The
+    files stay: the calling task removes them (``_remove_files``) once its outputs are saved, so
+    a task Ray retries after a crash still finds its inputs."""
     first = np.load(files[0][0], mmap_mode="r")
     S = np.empty((sum(n for _, n in files), first.shape[1]), dtype=np.float32)
     del first
@@ -510,47 +512,50 @@ def _load_files(files: list[tuple[str, int]]) -> np.ndarray:
     for path, n in files:
         S[at:at + n] = np.load(path)
         at += n
-        os.remove(path)
     return S
+
+
+def _remove_files(files: Sequence[tuple[str, int]]) -> None:
+    """Remove the ``[(path, rows)]`` files a task or stage has consumed."""
+    for path, _ in files:
+        os.remove(path)
 
 
 def _part_task(files: list[tuple[str, int]], leaf: int, lam: float, seed: int,
                head_vectors: str, heads_file: str) -> dict[str, Any]:
-    """The sub-tree of one part that fits a task (``train_rows``): load its files (removed
-    afterwards) and write its heads (``_leaf_heads``) to ``heads_file``. Returns the file and
-    the number of heads, not the heads: the driver never holds head vectors."""
+    """The sub-tree of one part that fits a task (``train_rows``): load its files (removed once
+    the heads are saved) and write its heads (``_leaf_heads``) to ``heads_file``. Returns the
+    file and the number of heads, not the heads: the driver never holds head vectors."""
     reset_peak_rss()
     S = _load_files(files)
     H = _leaf_heads(S, leaf, lam, seed, head_vectors)
     np.save(heads_file, np.ascontiguousarray(H, dtype=np.float32))
+    _remove_files(files)
     return {"file": heads_file, "heads": len(H), "rows": len(S), "rss": _rss()}
 
 
 def _gather_heads_task(parts: list[tuple[str, int]], path: str,
                        chunk: int = 65_536) -> dict[str, Any]:
     """``path`` (``heads.npy``): the part files' heads (``[(file, heads)]``) one after another,
-    copied ``chunk`` heads at a time into the memory-mapped output (the same .npy ``np.save``
-    writes); the part files are removed once it is written. A task, so the driver never holds the
-    heads; the task holds ``chunk`` heads, plus the pages of the output it wrote (clean once
-    flushed)."""
+    as the .npy ``np.save`` writes: the header, then each part read through a memory map and
+    written ``chunk`` heads at a time. A task, so the driver never holds the heads; the task
+    holds one ``chunk`` copy plus the clean, mapped pages of the part file it reads (not the
+    output's: written, not mapped). The part files stay (a retried task finds them): the driver
+    removes them once this task returned."""
     reset_peak_rss()
     first = np.load(parts[0][0], mmap_mode="r")
     n, dim = sum(k for _, k in parts), first.shape[1]
     del first
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
-    at = 0
-    for f, k in parts:
-        a = np.load(f, mmap_mode="r")
-        assert a.shape == (k, dim), (f, a.shape, k)
-        for s in range(0, k, chunk):
-            e = min(k, s + chunk)
-            out[at + s:at + e] = a[s:e]
-        at += k
-        del a
-    out.flush()
-    del out
-    for f, _ in parts:  # only once heads.npy is whole: a retried task finds its inputs
-        os.remove(f)
+    with open(path, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, {
+            "descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+            "shape": (n, dim)})
+        for f, k in parts:
+            a = np.load(f, mmap_mode="r")
+            assert a.shape == (k, dim), (f, a.shape, k)
+            for s in range(0, k, chunk):
+                out.write(np.ascontiguousarray(a[s:min(k, s + chunk)], dtype="<f4").tobytes())
+            del a
     return {"heads": n, "rss": _rss()}
 
 
@@ -558,13 +563,16 @@ def _label_task(files: list[tuple[str, int]], k: int, lam: float, seed: int,
                 prefix: str) -> dict[str, Any]:
     """The hierarchy's first level when the whole sample fits one task (``train_rows``): SPANN's
     balanced k-means labels of every row are the parts (as the in-driver build did, same seed),
-    one file per part (``prefix-<part>.npy``, rows in sample order); the inputs are removed."""
+    one file per part (``prefix-<part>.npy``, rows in sample order); the inputs are removed
+    once the parts are saved."""
     from vecdb.index._spann_parts import balanced_kmeans
 
     reset_peak_rss()
     S = _load_files(files)
     lab = balanced_kmeans(S, k, lam, np.random.default_rng(seed))
-    return {"parts": _save_parts(S, lab, k, prefix), "rows": len(S), "rss": _rss()}
+    parts = _save_parts(S, lab, k, prefix)
+    _remove_files(files)
+    return {"parts": parts, "rows": len(S), "rss": _rss()}
 
 
 def train_heads(files: list[tuple[str, int]], n_total: int, cfg: dict[str, Any], folder: str,
@@ -582,14 +590,14 @@ def train_heads(files: list[tuple[str, int]], n_total: int, cfg: dict[str, Any],
 
 
 def train_heads_file(files: list[tuple[str, int]], n_total: int, cfg: dict[str, Any],
-                     folder: str, path: str, *, head_vectors: str = "member", groups: int = 1,
+                     folder: str, heads_path: str, *, head_vectors: str = "member", groups: int = 1,
                      train_rows: int = TRAIN_ROWS) -> dict[str, Any]:
-    """Heads [H, dim] written to ``path`` (a float32 .npy) from the sample ``files``
+    """Heads [H, dim] written to ``heads_path`` (a float32 .npy) from the sample ``files``
     (``[(path, rows)]``, drawn from ``n_total`` valid rows) with SPANN's build functions:
     balanced hierarchical k-means down to leaves of SPANN's leaf size scaled by the sampling
     rate (``_leaf_size``), one head per leaf (``_leaf_heads``), on Ray tasks. Each part's task
     writes its heads to a file and a last task (``_gather_heads_task``) joins them into
-    ``path``: the driver gets file names and counts, never head vectors (it held ~0.5 KB per
+    ``heads_path``: the driver gets file names and counts, never head vectors (it held ~0.5 KB per
     head for 128 dims, plus Ray's copy of each part's result, when the tasks returned them).
 
     No process holds more than ``train_rows`` sample rows: the hierarchy's first level
@@ -677,8 +685,9 @@ def train_heads_file(files: list[tuple[str, int]], n_total: int, cfg: dict[str, 
         level += 1
     res = ray.get(leaves)  # in the order of ``leaves``: the heads' order (list ids)
     rss += [r["rss"] for r in res]
-    g = ray.get(ray.remote(num_cpus=1)(_gather_heads_task).remote(
-        [(r["file"], r["heads"]) for r in res], path))
+    head_files = [(r["file"], r["heads"]) for r in res]
+    g = ray.get(ray.remote(num_cpus=1)(_gather_heads_task).remote(head_files, heads_path))
+    _remove_files(head_files)  # only now: a retried gather task reads them again
     rss.append(g["rss"])
     return {"heads": int(g["heads"]), "parts": len(res), "levels": level,
             "largest_part_rows": largest, "largest_split_sample": drawn,
@@ -1221,7 +1230,8 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     near-exact: at 235k heads probes 8 found the exact nearest head of 96% of vectors, 6 of 94%,
     at the same cost, bench/results/heads.json) or ``"graph"`` (the head HNSW with beam
     ``search_ef``, default the collection's ``head_ef``, as SPANN's own build).
-    ``head_vectors``: ``"centroid"`` (default) or ``"member"`` (see ``train_heads``).
+    ``head_vectors``: ``"member"`` (default; SPANN's nearest-member heads) or ``"centroid"``
+    (see ``train_heads_file``).
     ``split_hubs``: lists whose
     nearest-list records alone exceed ``posting_limit`` are split into ``cap``-sized parts with
     new heads before import (see ``_reduce_task``).
@@ -1267,191 +1277,190 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
     reset_peak_rss()
-    dmem = DriverMemory()  # each stage's driver peak split into anon / file / shmem
-    if sample_rows is None:
-        sample_rows = sample_rows_for(cfg, total)
-    p = min(1.0, sample_rows / max(1, total))
-    sample_dir = os.path.join(out, "sample")
-    sample, n_good, errors, failed, names, sample_rss = sample_stage(
-        shards, dim, metric, p, cfg["seed"], batch_rows, columns, rejected, tenant,
-        folder=sample_dir)
-    n_sample = sum(n for _, n in sample)
-    sample_driver_rss = _rss()
-    sample_driver_mem = dmem.lap()
-    reset_peak_rss()
-    t1 = time.perf_counter()
-    c1 = cpu.snapshot()
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    heads_path = os.path.join(out, "heads.npy")  # every later stage's tasks memory-map it
-    train = train_heads_file(sample, n_good, cfg, sample_dir, heads_path,
-                             head_vectors=head_vectors, groups=4 * cpus, train_rows=train_rows)
-    shutil.rmtree(sample_dir, ignore_errors=True)
-    n_heads = train.pop("heads")  # the driver knows how many heads, never their vectors
-    t2 = time.perf_counter()
-    # the head graph and the head groups: Ray tasks (in parallel) reading heads.npy, so their
-    # build transients (~1-2 KB per head) never sit in the driver
-    graph_path = groups_path = None
-    index_tasks = {}
-    if head_kind(cfg, n_heads) == "hnsw":
-        graph_path = os.path.join(out, "heads.hnsw")
-        index_tasks["graph"] = ray.remote(num_cpus=1)(_head_graph_task).remote(
-            heads_path, metric, cfg, graph_path, cpus)
-        if head_search == "groups":  # (a flat head set is scanned exactly)
-            groups_path = os.path.join(out, "heads.groups")
-            index_tasks["groups"] = ray.remote(num_cpus=1)(_head_groups_task).remote(
-                heads_path, metric_code(metric), group_size(n_heads, probes), probes,
-                cfg["balance"], cfg["seed"], groups_path)
-    index_res = {k: ray.get(v) for k, v in index_tasks.items()}
-    t3 = time.perf_counter()
-    c2 = cpu.snapshot()
-    stages["sample"] = {"seconds": t1 - t0, "rows": n_sample, "files": len(sample),
-                        "cpu_seconds": cpu.cpu_between(c0, c1),
-                        "worker_peak_rss": sample_rss, "driver_peak_rss": sample_driver_rss,
-                        "driver_memory": sample_driver_mem}
-    stages["heads"] = {"seconds": time.perf_counter() - t1, "heads": int(n_heads),
-                       "cluster_seconds": t2 - t1, "index_seconds": t3 - t2,
-                       "graph_seconds": index_res.get("graph", {}).get("seconds", 0.0),
-                       "groups_seconds": index_res.get("groups", {}).get("seconds", 0.0),
-                       "index_task_peak_rss": max((r["rss"] for r in index_res.values()),
-                                                  default=0),
-                       "cpu_seconds": cpu.cpu_between(c1, c2),
-                       "driver_peak_rss": _rss(), "driver_memory": dmem.lap(),
-                       "heads_bytes": int(n_heads) * dim * 4, **train}
-    reset_peak_rss()
-    log(f"{n_heads} heads from a {stages['sample']['rows']}-row sample "
-        f"({stages['sample']['seconds'] + stages['heads']['seconds']:.1f}s)")
-    tenant_ids = {t: i for i, t in enumerate(sorted(names))}
+    with DriverMemory() as dmem:  # each stage's driver peak split into anon / file / shmem
+        if sample_rows is None:
+            sample_rows = sample_rows_for(cfg, total)
+        p = min(1.0, sample_rows / max(1, total))
+        sample_dir = os.path.join(out, "sample")
+        sample, n_good, errors, failed, names, sample_rss = sample_stage(
+            shards, dim, metric, p, cfg["seed"], batch_rows, columns, rejected, tenant,
+            folder=sample_dir)
+        n_sample = sum(n for _, n in sample)
+        sample_driver_rss = _rss()
+        sample_driver_mem = dmem.lap()
+        reset_peak_rss()
+        t1 = time.perf_counter()
+        c1 = cpu.snapshot()
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        heads_path = os.path.join(out, "heads.npy")  # every later stage's tasks memory-map it
+        train = train_heads_file(sample, n_good, cfg, sample_dir, heads_path,
+                                 head_vectors=head_vectors, groups=4 * cpus, train_rows=train_rows)
+        shutil.rmtree(sample_dir, ignore_errors=True)
+        n_heads = train.pop("heads")  # the driver knows how many heads, never their vectors
+        t2 = time.perf_counter()
+        # the head graph and the head groups: Ray tasks (in parallel) reading heads.npy, so their
+        # build transients (~1-2 KB per head) never sit in the driver
+        graph_path = groups_path = None
+        index_tasks = {}
+        if head_kind(cfg, n_heads) == "hnsw":
+            graph_path = os.path.join(out, "heads.hnsw")
+            index_tasks["graph"] = ray.remote(num_cpus=1)(_head_graph_task).remote(
+                heads_path, metric, cfg, graph_path, cpus)
+            if head_search == "groups":  # (a flat head set is scanned exactly)
+                groups_path = os.path.join(out, "heads.groups")
+                index_tasks["groups"] = ray.remote(num_cpus=1)(_head_groups_task).remote(
+                    heads_path, metric_code(metric), group_size(n_heads, probes), probes,
+                    cfg["balance"], cfg["seed"], groups_path)
+        index_res = {k: ray.get(v) for k, v in index_tasks.items()}
+        t3 = time.perf_counter()
+        c2 = cpu.snapshot()
+        stages["sample"] = {"seconds": t1 - t0, "rows": n_sample, "files": len(sample),
+                            "cpu_seconds": cpu.cpu_between(c0, c1),
+                            "worker_peak_rss": sample_rss, "driver_peak_rss": sample_driver_rss,
+                            "driver_memory": sample_driver_mem}
+        stages["heads"] = {"seconds": time.perf_counter() - t1, "heads": int(n_heads),
+                           "cluster_seconds": t2 - t1, "index_seconds": t3 - t2,
+                           "graph_seconds": index_res.get("graph", {}).get("seconds", 0.0),
+                           "groups_seconds": index_res.get("groups", {}).get("seconds", 0.0),
+                           "index_task_peak_rss": max((r["rss"] for r in index_res.values()),
+                                                      default=0),
+                           "cpu_seconds": cpu.cpu_between(c1, c2),
+                           "driver_peak_rss": _rss(), "driver_memory": dmem.lap(),
+                           "heads_bytes": int(n_heads) * dim * 4, **train}
+        reset_peak_rss()
+        log(f"{n_heads} heads from a {stages['sample']['rows']}-row sample "
+            f"({stages['sample']['seconds'] + stages['heads']['seconds']:.1f}s)")
+        tenant_ids = {t: i for i, t in enumerate(sorted(names))}
 
-    # (2) map: assign + vectors/acl/payload SSTs + runs
-    t0 = time.perf_counter()
-    c0 = cpu.snapshot()
-    todo = [s for s in shards if s.path not in failed]
-    hist = np.zeros(n_heads, dtype=np.int64)
-    prim = np.zeros(n_heads, dtype=np.int64)
+        # (2) map: assign + vectors/acl/payload SSTs + runs
+        t0 = time.perf_counter()
+        c0 = cpu.snapshot()
+        todo = [s for s in shards if s.path not in failed]
+        hist = np.zeros(n_heads, dtype=np.int64)
+        prim = np.zeros(n_heads, dtype=np.int64)
 
-    agg: dict[str, Any] = {"split": {}, "seconds": 0.0, "rss": 0, "mem": {}}
+        agg: dict[str, Any] = {"split": {}, "seconds": 0.0, "rss": 0, "mem": {}}
 
-    def fold(r: dict[str, Any]) -> dict[str, Any]:
-        """Add a batch's list-size counts and its timings/memory to the totals as it arrives
-        (the driver keeps O(H), not one sparse histogram per batch) and keep only what later
-        steps read (file names, counts, the id-check sample: ~1-2 KB per batch)."""
-        np.add.at(hist, r["hist"][0], r["hist"][1])
-        np.add.at(prim, r["prim"][0], r["prim"][1])
-        del r["hist"], r["prim"]
-        for k, v in r.pop("split").items():
-            agg["split"][k] = agg["split"].get(k, 0.0) + v
-        agg["seconds"] += r.pop("seconds")
-        agg["rss"] = max(agg["rss"], r.pop("rss"))
-        for k, v in r.pop("mem", {}).items():  # each batch's worker memory after its search
-            agg["mem"][k] = max(agg["mem"].get(k, 0), v)
-        return r
+        def fold(r: dict[str, Any]) -> dict[str, Any]:
+            """Add a batch's list-size counts and its timings/memory to the totals as it arrives
+            (the driver keeps O(H), not one sparse histogram per batch) and keep only what later
+            steps read (file names, counts, the id-check sample: ~1-2 KB per batch)."""
+            np.add.at(hist, r["hist"][0], r["hist"][1])
+            np.add.at(prim, r["prim"][0], r["prim"][1])
+            del r["hist"], r["prim"]
+            for k, v in r.pop("split").items():
+                agg["split"][k] = agg["split"].get(k, 0.0) + v
+            agg["seconds"] += r.pop("seconds")
+            agg["rss"] = max(agg["rss"], r.pop("rss"))
+            for k, v in r.pop("mem", {}).items():  # each batch's worker memory after its search
+                agg["mem"][k] = max(agg["mem"].get(k, 0), v)
+            return r
 
-    res, rd = map_shards(todo, dim, _map_block, {
-        "offsets": [s.offset for s in todo], "dim": dim, "metric": metric, "cfg": cfg,
-        "tenant_ids": tenant_ids, "tenant": tenant, "id_start": id_start, "out": out,
-        "graph_path": graph_path, "search_ef": search_ef or cfg["head_ef"],
-        "groups_path": groups_path}, batch_rows=batch_rows, columns=columns, on_result=fold)
-    res.sort(key=lambda r: r.get("offset", -1))  # key order of the SST files
-    runs, sst = [], {f: [] for f in FAMILIES}
-    maps = [r["maps"] for r in res if "maps" in r]
-    rows = 0
-    for r in res:
-        if "failed" in r:  # unreadable now though it sampled: reported like the Curator build
-            errors += r["errors"][-1:]
-            continue
-        runs += r["runs"]
-        rows += r["good"]
-        for f, path in r["sst"].items():
-            sst[f].append(path)
-    ids_check = check_unique_ids(res, memory_bytes)
-    shutil.rmtree(os.path.join(out, "ids"), ignore_errors=True)
-    vec_files = sorted((r["offset"], r["vec_file"]) for r in res if "vec_file" in r)
-    stages["map"] = {"seconds": time.perf_counter() - t0, "rows": rows,
-                     "cpu_seconds": cpu.cpu_between(c0, cpu.snapshot()),
-                     "assignments": int(hist.sum()), "tasks": len(todo), "batches": len(res),
-                     "task_seconds": agg["seconds"], "task_split": agg["split"],
-                     "worker_peak_rss": agg["rss"],
-                     # each batch's worker memory after its search: largest per field
-                     "worker_memory": agg["mem"],
-                     "ray_data": {"operators": rd["operators"], "fused": rd["fused"]},
-                     "id_check": ids_check}
-    log(f"map: {rows} rows -> {int(hist.sum())} assignments in {len(runs)} runs "
-        f"({stages['map']['seconds']:.1f}s)")
-    del res
+        res, rd = map_shards(todo, dim, _map_block, {
+            "offsets": [s.offset for s in todo], "dim": dim, "metric": metric, "cfg": cfg,
+            "tenant_ids": tenant_ids, "tenant": tenant, "id_start": id_start, "out": out,
+            "graph_path": graph_path, "search_ef": search_ef or cfg["head_ef"],
+            "groups_path": groups_path}, batch_rows=batch_rows, columns=columns, on_result=fold)
+        res.sort(key=lambda r: r.get("offset", -1))  # key order of the SST files
+        runs, sst = [], {f: [] for f in FAMILIES}
+        maps = [r["maps"] for r in res if "maps" in r]
+        rows = 0
+        for r in res:
+            if "failed" in r:  # unreadable now though it sampled: reported like the Curator build
+                errors += r["errors"][-1:]
+                continue
+            runs += r["runs"]
+            rows += r["good"]
+            for f, path in r["sst"].items():
+                sst[f].append(path)
+        ids_check = check_unique_ids(res, memory_bytes)
+        shutil.rmtree(os.path.join(out, "ids"), ignore_errors=True)
+        vec_files = sorted((r["offset"], r["vec_file"]) for r in res if "vec_file" in r)
+        stages["map"] = {"seconds": time.perf_counter() - t0, "rows": rows,
+                         "cpu_seconds": cpu.cpu_between(c0, cpu.snapshot()),
+                         "assignments": int(hist.sum()), "tasks": len(todo), "batches": len(res),
+                         "task_seconds": agg["seconds"], "task_split": agg["split"],
+                         "worker_peak_rss": agg["rss"],
+                         # each batch's worker memory after its search: largest per field
+                         "worker_memory": agg["mem"],
+                         "ray_data": {"operators": rd["operators"], "fused": rd["fused"]},
+                         "id_check": ids_check}
+        log(f"map: {rows} rows -> {int(hist.sum())} assignments in {len(runs)} runs "
+            f"({stages['map']['seconds']:.1f}s)")
+        del res
 
-    # (3) reduce: group by list id, cap, postings SSTs
-    stages["map"]["driver_peak_rss"] = _rss()
-    stages["map"]["driver_memory"] = dmem.lap()
-    reset_peak_rss()
-    t0 = time.perf_counter()
-    c0 = cpu.snapshot()
-    # per assignment: the run slice, its sorted copy, the mask; the record and its bytes
-    rowbytes = run_dtype().itemsize * 3 + 2 * (12 + 4 * dim)
-    cap = max(1, int(fill * cfg["posting_limit"]))
-    ranges = _ranges(hist, max(1, memory_bytes // rowbytes), reduce_tasks or max(2, cpus))
-    # hub lists: more nearest-list records than posting_limit -> split into ~cap-sized parts
-    over = np.flatnonzero(prim > cfg["posting_limit"]) if split_hubs else np.zeros(0, np.int64)
-    parts = 4 * (-(-prim[over] // cap)) + 4  # ids reserved per hub list (unused ones: gaps)
-    first = n_heads + np.cumsum(parts) - parts  # new ids, after every original id
-    plan_all = {int(h): (int(f), int(k)) for h, f, k in zip(over, first, parts, strict=True)}
-    # consecutive ranges per task (each task maps the files once for all of its ranges)
-    groups = _groups(hist, ranges, reduce_tasks or 2 * cpus)
-    hist = prim = np.zeros(0, np.int64)  # the per-head counts (16 B/head) end with the plan
-    red_t = ray.remote(num_cpus=1)(_reduce_group_task)
-    res, added = [], []  # added: the files of the split hub lists' new heads (one per task)
-    for rs, f in ray.get([
-            red_t.remote(g, runs, heads_path, dim, cap, vec_files, out,
-                         {h: v for h, v in plan_all.items() if g[0][0] <= h < g[-1][1]},
-                         cfg["balance"], cfg["seed"], cfg["posting_limit"],
-                         os.path.join(out, "runs", f"new-heads-{i:06d}.npy"))
-            for i, g in enumerate(groups)]):
-        res += rs
-        if f is not None:
-            added.append(f)
-    del plan_all
-    sizes = np.zeros(n_heads, dtype=np.int64)  # records per list: SPANN's list sizes
-    new_ids, new_sizes = [], []
-    for r in res:
-        sst["postings"] += r["files"]
-        sizes[r["lo"]:r["lo"] + len(r["sizes"])] = r["sizes"]
-        new_ids.append(r["new_ids"])
-        new_sizes.append(r["new_sizes"])
-        del r["sizes"]  # folded into ``sizes``
-    keep_ids = np.flatnonzero(sizes >= 0)
-    list_ids = np.concatenate([keep_ids, *new_ids]).astype(np.int64)
-    np.save(os.path.join(out, "list_ids.npy"), list_ids)
-    n_heads = len(list_ids)
-    del list_ids
-    sizes = np.concatenate([sizes[keep_ids], *new_sizes]).astype(np.int64)
-    del keep_ids
-    np.save(os.path.join(out, "list_sizes.npy"), sizes)
-    del sizes
-    added_ids = np.concatenate(new_ids) if new_ids else np.zeros(0, np.int64)
-    t2 = time.perf_counter()
-    if head_kind(cfg, n_heads) != "hnsw":
-        graph_path = None
-    elif graph_path is not None and len(over):  # the head graph of the final heads (a task)
-        ray.get(ray.remote(num_cpus=1)(_head_graph_update_task).remote(
-            graph_path, over.astype(np.int64), added, added_ids))
+        # (3) reduce: group by list id, cap, postings SSTs
+        stages["map"]["driver_peak_rss"] = _rss()
+        stages["map"]["driver_memory"] = dmem.lap()
+        reset_peak_rss()
+        t0 = time.perf_counter()
+        c0 = cpu.snapshot()
+        # per assignment: the run slice, its sorted copy, the mask; the record and its bytes
+        rowbytes = run_dtype().itemsize * 3 + 2 * (12 + 4 * dim)
+        cap = max(1, int(fill * cfg["posting_limit"]))
+        ranges = _ranges(hist, max(1, memory_bytes // rowbytes), reduce_tasks or max(2, cpus))
+        # hub lists: more nearest-list records than posting_limit -> split into ~cap-sized parts
+        over = np.flatnonzero(prim > cfg["posting_limit"]) if split_hubs else np.zeros(0, np.int64)
+        parts = 4 * (-(-prim[over] // cap)) + 4  # ids reserved per hub list (unused ones: gaps)
+        first = n_heads + np.cumsum(parts) - parts  # new ids, after every original id
+        plan_all = {int(h): (int(f), int(k)) for h, f, k in zip(over, first, parts, strict=True)}
+        # consecutive ranges per task (each task maps the files once for all of its ranges)
+        groups = _groups(hist, ranges, reduce_tasks or 2 * cpus)
+        hist = prim = np.zeros(0, np.int64)  # the per-head counts (16 B/head) end with the plan
+        red_t = ray.remote(num_cpus=1)(_reduce_group_task)
+        res, added = [], []  # added: the files of the split hub lists' new heads (one per task)
+        for rs, f in ray.get([
+                red_t.remote(g, runs, heads_path, dim, cap, vec_files, out,
+                             {h: v for h, v in plan_all.items() if g[0][0] <= h < g[-1][1]},
+                             cfg["balance"], cfg["seed"], cfg["posting_limit"],
+                             os.path.join(out, "runs", f"new-heads-{i:06d}.npy"))
+                for i, g in enumerate(groups)]):
+            res += rs
+            if f is not None:
+                added.append(f)
+        del plan_all
+        sizes = np.zeros(n_heads, dtype=np.int64)  # records per list: SPANN's list sizes
+        new_ids, new_sizes = [], []
+        for r in res:
+            sst["postings"] += r["files"]
+            sizes[r["lo"]:r["lo"] + len(r["sizes"])] = r["sizes"]
+            new_ids.append(r["new_ids"])
+            new_sizes.append(r["new_sizes"])
+            del r["sizes"]  # folded into ``sizes``
+        keep_ids = np.flatnonzero(sizes >= 0)
+        list_ids = np.concatenate([keep_ids, *new_ids]).astype(np.int64)
+        np.save(os.path.join(out, "list_ids.npy"), list_ids)
+        n_heads = len(list_ids)
+        del list_ids
+        sizes = np.concatenate([sizes[keep_ids], *new_sizes]).astype(np.int64)
+        del keep_ids
+        np.save(os.path.join(out, "list_sizes.npy"), sizes)
+        del sizes
+        added_ids = np.concatenate(new_ids) if new_ids else np.zeros(0, np.int64)
+        t2 = time.perf_counter()
+        if head_kind(cfg, n_heads) != "hnsw":
+            graph_path = None
+        elif graph_path is not None and len(over):  # the head graph of the final heads (a task)
+            ray.get(ray.remote(num_cpus=1)(_head_graph_update_task).remote(
+                graph_path, over.astype(np.int64), added, added_ids))
 
-    stages["reduce"] = {"seconds": time.perf_counter() - t0, "tasks": len(groups),
-                        "ranges": len(ranges),
-                        "cpu_seconds": cpu.cpu_between(c0, cpu.snapshot()),
-                        "hub_lists_split": int(len(over)), "parts_made": int(len(added_ids)),
-                        "graph_update_seconds": time.perf_counter() - t2,
-                        "records": sum(r["records"] for r in res),
-                        "dropped_by_cap": sum(r["dropped"] for r in res),
-                        "max_task_rows": max((r["rows"] for r in res), default=0),
-                        "task_split": {k: sum(r["split"][k] for r in res)
-                                       for k in (res[0]["split"] if res else {})},
-                        "task_split_cpu": {k: sum(r["split_cpu"][k] for r in res)
-                                           for k in (res[0]["split_cpu"] if res else {})},
-                        "worker_peak_rss": max((r["rss"] for r in res), default=0),
-                        # without the mapped run/vector file pages (shared page cache)
-                        "worker_peak_rss_anon": max((r["rss_anon"] for r in res), default=0)}
-    stages["reduce"]["driver_peak_rss"] = _rss()
-    stages["reduce"]["driver_memory"] = dmem.lap()
-    dmem.close()
+        stages["reduce"] = {"seconds": time.perf_counter() - t0, "tasks": len(groups),
+                            "ranges": len(ranges),
+                            "cpu_seconds": cpu.cpu_between(c0, cpu.snapshot()),
+                            "hub_lists_split": int(len(over)), "parts_made": int(len(added_ids)),
+                            "graph_update_seconds": time.perf_counter() - t2,
+                            "records": sum(r["records"] for r in res),
+                            "dropped_by_cap": sum(r["dropped"] for r in res),
+                            "max_task_rows": max((r["rows"] for r in res), default=0),
+                            "task_split": {k: sum(r["split"][k] for r in res)
+                                           for k in (res[0]["split"] if res else {})},
+                            "task_split_cpu": {k: sum(r["split_cpu"][k] for r in res)
+                                               for k in (res[0]["split_cpu"] if res else {})},
+                            "worker_peak_rss": max((r["rss"] for r in res), default=0),
+                            # without the mapped run/vector file pages (shared page cache)
+                            "worker_peak_rss_anon": max((r["rss_anon"] for r in res), default=0)}
+        stages["reduce"]["driver_peak_rss"] = _rss()
+        stages["reduce"]["driver_memory"] = dmem.lap()
     log(f"reduce: {stages['reduce']['records']} records in {len(ranges)} ranges, "
         f"{len(groups)} tasks "
         f"({stages['reduce']['seconds']:.1f}s)")
@@ -1498,7 +1507,7 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
     reset_peak_rss()
-    dmem = DriverMemory()
+    dmem: DriverMemory | None = None
     phases: dict[str, int] = {"start_rss": current_rss()}
     check_collection_name(collection)
     try:
@@ -1508,6 +1517,7 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
         raise FailedPrecondition(f"{out}: no bulk build manifest ({e})") from None
     db = vecdb.open(data, **options)
     try:
+        dmem = DriverMemory()  # closed below however the import ends
         if db.has_collection(collection):
             raise AlreadyExists(f"collection {collection!r} already exists in {data}")
         kind = man.get("kind", "spann")
@@ -1525,7 +1535,8 @@ def import_bulk(data: str, collection: str, out: str, **options: Any) -> dict[st
         size = folder_bytes(os.path.join(db.path, "collections", collection))
     finally:
         db.close()
-        dmem.close()
+        if dmem is not None:
+            dmem.close()
     phases["checkpoint_reopen_peak_rss"] = _rss()
     phases["end_rss"] = current_rss()
     return {"rows": man["rows"], "seconds": time.perf_counter() - t0, "disk_bytes": size,
