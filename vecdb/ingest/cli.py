@@ -13,8 +13,10 @@
 Common: ``--ray-address`` to run on a Ray cluster instead of locally. Exit status 0 when every
 row was ingested, 3 when some rows or shards were rejected (they are listed), 4 (online) when the
 job is incomplete: some shard's reads kept failing with transient errors (storage unreachable
-longer than ``--read-attempts`` lasted; listed as ``incomplete:``), and running the same command
-again (same ``--state``) resumes it from its acknowledged row; 1/2 on errors.
+longer than ``--read-attempts`` lasted) or its batches could not be written because the server
+was unreachable (UNAVAILABLE, DEADLINE_EXCEEDED, connection errors) through the retry rounds;
+listed as ``incomplete:``, and running the same command again (same ``--state``) resumes it
+from its acknowledged row; 1/2 on errors.
 """
 
 from __future__ import annotations
@@ -100,8 +102,9 @@ def _report_errors(errors: list[dict]) -> int:
     for e in again:  # at most one per shard
         print(f"incomplete: {e['file']}: from row {e['row']}: {_why(e)}", file=sys.stderr)
     if again:
-        print(f"{len(again)} shard(s) incomplete (transient read errors): run the same command "
-              f"again, with the same state file, to resume them", file=sys.stderr)
+        print(f"{len(again)} shard(s) incomplete (transient read errors or sink unreachable): "
+              f"run the same command again, with the same state file, to resume them",
+              file=sys.stderr)
         return 4
     return 3 if final else 0
 

@@ -27,6 +27,15 @@ running collection.
   not done, not tried again by this run's rounds; the job ends *incomplete* (the report's
   ``incomplete``, the CLI's exit status 4) and running it again with the same state file resumes
   the shard from its acknowledged offset. Either way the rows acknowledged before it stand.
+- Sink errors: a batch the server rejects as a request error (INVALID_ARGUMENT, PERMISSION_DENIED,
+  ...) is reported as bad rows (final). A transport failure (after ``GrpcSink``'s own retries)
+  stops the shard for the round and the driver runs it again from its acknowledged offset, for at
+  most ``max_task_retries`` more rounds. A shard whose last failure was the sink being
+  *unreachable* (UNAVAILABLE, DEADLINE_EXCEEDED, a connection error or timeout: the server down
+  or restarting) is then given up like a read (``"retryable": true``, not done, the job ends
+  incomplete, a rerun resumes it from its acknowledged offset); any other transport failure
+  (INTERNAL, UNKNOWN, the sink actor died, ...) and a worker that keeps dying fail the shard for
+  good (the data itself may be what breaks it).
 - The same code runs on a Ray cluster: pass ``ray_address=`` (the state file must then be on a
   path the driver can write; the shards on storage every node can read).
 """
@@ -221,6 +230,33 @@ def _sink_for(spec: dict[str, Any]):
     return _GRPC_SINKS[key]
 
 
+# a sink failure that means "the server is not there right now" (down, restarting, overloaded
+# past the deadline): a later run can succeed, so a shard stopped by it is resumable
+_UNREACHABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
+
+
+def sink_unreachable(e: BaseException) -> bool:
+    """Whether a failed write ``e`` means the sink could not be reached (so the same batch may
+    succeed later), as opposed to the server answering with an error about the request."""
+    if isinstance(e, VecdbError):
+        return getattr(e, "code", None) in _UNREACHABLE
+    return isinstance(e, (ConnectionError, TimeoutError))
+
+
+def _outage(spec: dict[str, Any] | None, shard: str, start: int) -> None:
+    """Test hook: while the file ``spec["marker"]`` exists, the sink fails every batch of a shard
+    whose name ends with ``spec["shard"]`` from file row ``spec["from_row"]`` on with gRPC status
+    ``spec["code"]`` (default UNAVAILABLE), mapped to an exception as the client maps it."""
+    if not spec or not shard.endswith(spec["shard"]) or start < spec.get("from_row", 0) \
+            or not os.path.exists(spec["marker"]):
+        return
+    from vecdb.client.errors import CODE_TO_ERROR, RemoteError
+
+    code = spec.get("code", "UNAVAILABLE")
+    cls = CODE_TO_ERROR.get(code)
+    raise cls(f"injected {code}") if cls is not None else RemoteError(f"{code}: injected", code)
+
+
 _STOPPED: set[tuple[str, str]] = set()  # (round, shard) a transport failure stopped here
 _STARTED: set[tuple[str, str]] = set()  # (round, shard) this process began
 _BATCHES: dict[tuple[str, str], int] = {}  # batches sent per (round, shard) (crash test hook)
@@ -260,16 +296,19 @@ def ingest_block(piece: Any, *, offsets: list[int], sink_spec: dict[str, Any], t
             (opts["id_start"] + offsets[piece.shard] + b.rows).astype(np.uint64)
         tenants = b.tenants if b.tenants is not None else [opts["tenant"]] * len(b)
         try:
+            _outage(opts.get("sink_outage"), b.shard, int(b.start))
             good = write_batch(_sink_for(sink_spec), ids, b.vectors, tenants, b.acl, b.payloads)
         except VecdbError as e:
             if getattr(e, "code", None) is not None:  # transport: the driver runs it again
                 _STOPPED.add(key)
-                return {"shard": b.shard, "written": 0, "retry": str(e)}
+                return {"shard": b.shard, "written": 0, "retry": str(e),
+                        "unreachable": sink_unreachable(e)}
             errors.append({"file": b.shard, "row": int(b.start),
                            "error": f"rows {b.start}..{b.end - 1} rejected: {e}"})
         except Exception as e:  # noqa: BLE001 - e.g. the sink actor died: run it again
             _STOPPED.add(key)
-            return {"shard": b.shard, "written": 0, "retry": f"{type(e).__name__}: {e}"}
+            return {"shard": b.shard, "written": 0, "retry": f"{type(e).__name__}: {e}",
+                    "unreachable": sink_unreachable(e)}
     ray.get(tracker.ack.remote(b.shard, b.end, good, errors))
     _BATCHES[key] = _BATCHES.get(key, 0) + 1
     crash = opts.get("crash")  # test hook: a worker killed mid-shard (once, or "always")
@@ -289,7 +328,8 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
                status_path: str | None = None, max_task_retries: int = 3,
                engine_options: dict[str, Any] | None = None,
                read_retry: Retry = DEFAULT_RETRY,
-               _crash: dict[str, Any] | None = None) -> dict[str, Any]:
+               _crash: dict[str, Any] | None = None,
+               _sink_outage: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stream the shards of ``source`` into ``collection`` with ``workers`` parallel Ray workers.
 
     Sink: the embedded database folder ``data`` or a server at ``address`` (one of them).
@@ -299,9 +339,11 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
     resumable; ``status_path`` gets the progress JSON. ``create``:
     dict(dim, metric, index, params) to create the collection if missing. ``read_retry``: how
     transient read errors (planning and reading) are retried (``sources.Retry``).
+    ``max_task_retries``: rounds that run a shard again after a transport failure of its sink.
     Returns a report: rows_total, rows_written, errors (file, row, error), complete (False when
-    some shard was given up on transient read errors: ``incomplete`` lists them, file, first
-    unread row, error, and running the job again with the same state resumes them), rows_skipped
+    some shard was given up on transient read errors or an unreachable sink: ``incomplete``
+    lists them, file, first unacknowledged row, error, and running the job again with the same
+    state resumes them), rows_skipped
     (rows not read: failed or given-up shards), elapsed_s, rows_per_s,
     cpu_s (CPU seconds of this process tree while streaming: driver, Ray, workers, the embedded
     sink actor; see ``vecdb.ingest.cpu``; a remote server's CPU is not in it), sink_batches
@@ -340,7 +382,8 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
     if dim != sink_dim:
         raise InvalidArgument(f"dim={dim} but collection {collection!r} has dim {sink_dim}")
     opts = {"batch_rows": int(batch_rows), "columns": columns, "id_start": int(id_start),
-            "tenant": tenant, "crash": _crash, "max_task_retries": int(max_task_retries)}
+            "tenant": tenant, "crash": _crash, "max_task_retries": int(max_task_retries),
+            "sink_outage": _sink_outage}
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
     summary0 = ray.get(tracker.summary.remote())
@@ -368,11 +411,15 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
             rounds += 1
             starts = [a for a, _ in ray.get(tracker.states.remote([s.path for s in pending]))]
             retry: dict[str, str] = {}
+            unreachable: set[str] = set()  # shards whose transport failure was an outage
 
-            def note(r: dict[str, Any], retry: dict[str, str] = retry) -> None:
+            def note(r: dict[str, Any], retry: dict[str, str] = retry,
+                     unreachable: set[str] = unreachable) -> None:
                 """Keep only the shards to run again (O(shards), not every batch's result)."""
                 if "retry" in r:
                     retry[r["shard"]] = r["retry"]
+                    if r.get("unreachable"):
+                        unreachable.add(r["shard"])
 
             try:
                 map_shards(pending, dim, ingest_block, {
@@ -382,6 +429,7 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
                     concurrency=workers, on_result=note, retry=read_retry)
             except Exception as e:  # a task failed for good: every unfinished shard again
                 retry = {s.path: f"{type(e).__name__}: {e}" for s in pending}
+                unreachable = set()
             again, finished = [], []
             paths = [s.path for s in pending]
             states = ray.get(tracker.states.remote(paths))
@@ -399,6 +447,10 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
                 attempts[s.path] = attempts.get(s.path, 0) + 1
                 if attempts[s.path] <= max_task_retries:
                     again.append(s)
+                elif s.path in unreachable:  # the sink is down: a later run resumes the shard
+                    ray.get(tracker.give_up.remote(
+                        s.path, f"sink unreachable after {attempts[s.path]} attempts: "
+                                f"{retry[s.path]}"))
                 else:
                     ray.get(tracker.fail_shard.remote(
                         s.path, f"gave up after {attempts[s.path]} attempts: "

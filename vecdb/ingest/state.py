@@ -9,10 +9,11 @@ write is an upsert by a deterministic id (idempotent). Hence: every vector exact
 
 A shard is ``done`` when read to its end or failed for good (a permanent problem: re-running
 cannot fix it). A shard whose reads kept failing with *transient* errors (the storage was
-unreachable longer than the retries lasted) is *given up* for this run only: its error carries
-``"retryable": true`` and it stays not done, so the job ends incomplete and the next run of it
-resumes the shard from its acknowledged offset (that run moves the old error to the shard's
-``resumed_errors``, a history, out of the job's errors).
+unreachable longer than the retries lasted), or whose batches could not be written because the
+sink/server was unreachable through the job's retry rounds, is *given up* for this run only:
+its error carries ``"retryable": true`` and it stays not done, so the job ends incomplete and
+the next run of it resumes the shard from its acknowledged offset (that run moves the old error
+to the shard's ``resumed_errors``, a history, out of the job's errors).
 
 ``status.json`` (next to the state) is for humans and dashboards: rows done/total, rows/s, ETA,
 errors; the same line is printed on the terminal.
@@ -159,9 +160,10 @@ class JobState:
         s["done"] = True
 
     def give_up(self, path: str, error: str, row: int | None = None) -> None:
-        """Reading shard ``path`` failed at file row ``row`` (default: its acknowledged offset)
-        with transient errors that outlasted the retries: record it as ``retryable`` and leave
-        the shard not done, so that the next run of the job resumes it."""
+        """Reading (or writing) shard ``path`` failed at file row ``row`` (default: its
+        acknowledged offset) with transient errors that outlasted the retries (storage or sink
+        unreachable): record it as ``retryable`` and leave the shard not done, so that the
+        next run of the job resumes it."""
         s = self.data["shards"][path]
         e = {"file": path, "row": int(s["acked"] if row is None else row), "error": error,
              "retryable": True}
