@@ -881,6 +881,24 @@ def _slice_run(files: _Mapped, path: str, cursor: list[int], r: int, lo: int,
     return np.array(a[i:j]) if j > i else None
 
 
+def _list_order(cat: np.ndarray) -> np.ndarray:
+    """``np.lexsort((d, sec, lid))`` of run records (by list, nearest-list records first, then by
+    distance; stable) as one stable argsort of a 64-bit key: lid (31 bits) | sec | the distance's
+    bits mapped to an unsigned order. One sort instead of three passes, ~4x less CPU. -0.0 is
+    made +0.0 first (lexsort ties them); NaN distances (never from finite vectors), negative
+    list ids or a flag above 1 take lexsort itself."""
+    d = cat["d"] + np.float32(0)  # -0.0 -> +0.0
+    if len(cat) and (np.isnan(d).any() or int(cat["lid"].min()) < 0
+                     or int(cat["sec"].max()) > 1):
+        return np.lexsort((cat["d"], cat["sec"], cat["lid"]))
+    b = d.view(np.uint32)
+    b = np.where(b >> np.uint32(31), ~b, b | np.uint32(0x80000000))
+    key = cat["lid"].astype(np.uint64) << np.uint64(33)
+    key |= (cat["sec"] != 0).astype(np.uint64) << np.uint64(32)
+    key |= b
+    return np.argsort(key, kind="stable")
+
+
 def _reduce_range(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarray, dim: int,
                   cap: int, vec_files: list[tuple[int, str]], out: str, files: _Mapped,
                   cursor: list[int], split: dict[int, tuple[int, int]],
@@ -915,7 +933,7 @@ def _reduce_range(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarra
     t1, c1 = lap("load_runs", t0, c0)
     # order and cap as a permutation of ``cat`` (not a sorted copy): ``cat`` stays grouped by
     # run, i.e. by map batch, i.e. by vector file, which the gather below reads one file at a time
-    perm = np.lexsort((cat["d"], cat["sec"], cat["lid"]))
+    perm = _list_order(cat)
     rows = len(cat)
     # the cap, vectorised: rank of each record inside its list vs max(primaries, cap)
     lid = cat["lid"][perm].astype(np.int64) - lo
