@@ -714,6 +714,10 @@ def map_heads(out: str, metric: str, graph_path: str | None, search_ef: int,
     return _HEADS[key]
 
 
+MEMORY_EVERY_S = 5.0  # seconds between a map worker's memory_now() readings (first batch: always)
+_MEM_AT = [-float("inf")]  # this process's last reading (time.perf_counter)
+
+
 def _sorted_counts(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(a, return_counts=True)`` of an already sorted ``a`` without sorting it again
     (a run is sorted by list id): the values where a run of equal values starts, and the runs'
@@ -788,7 +792,12 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
                             keep.view(np.uint8))
     t5 = time.perf_counter()
     split["rng"] += t5 - t4
-    mem = memory_now()  # with the batch's search buffers, candidates and heads in use
+    # the worker's memory with the batch's search buffers, candidates and heads in use: on the
+    # first batch a worker maps and then at most every MEMORY_EVERY_S (smaps_rollup walks the
+    # page tables of every mapping, heads and object store included: 9 ms a batch at 3M)
+    mem = None
+    if t5 - _MEM_AT[0] >= MEMORY_EVERY_S:
+        mem, _MEM_AT[0] = memory_now(), t5
     t6 = time.perf_counter()
     split["memory"] = t6 - t5
     pts, cols = np.nonzero(keep)
@@ -808,7 +817,9 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
                hist=hist, prim=prim,
                vec_file=vec_path, offset=int(offsets[piece.shard] + lo),
                **save_ids(ids, os.path.join(out, "ids"), tag),
-               rss=_rss(), mem=mem, seconds=time.perf_counter() - t0)
+               rss=_rss(), seconds=time.perf_counter() - t0)
+    if mem is not None:
+        res["mem"] = mem
     return res
 
 
@@ -914,6 +925,7 @@ def _reduce_range(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarra
     headed by its member nearest the part's mean (what SPANN's online split does, done once
     here instead of as a cascade of splits on the first appends). Their keys go to separate
     files (new ids lie outside [lo, hi))."""
+    from vecdb.engine import codec
     from vecdb.index._spann_parts import balanced_kmeans, nearest_member, record_dtype
 
     t0 = time.perf_counter()
@@ -1033,25 +1045,28 @@ def _reduce_range(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarra
         written += [hn.finish(), pn.finish()]
         del nk, nv, mk, mv
     # each list's records straight from the record array: one copy per list into the bytes the
-    # writer takes (was: the whole array to one bytes object, then a slice copy of it per list)
-    hk, hv, pk, pv = [], [], [], []
-    for h in range(lo, hi):
-        if h in split:
-            continue
-        key = int(h).to_bytes(8, "big")
-        hk.append(b"H" + key)
-        hv.append(heads[h - lo].tobytes())
-        pk.append(b"P" + key)
-        pv.append(rec[int(bounds[h - lo]): int(bounds[h - lo + 1])].tobytes())
-        if len(pk) >= 4096:
+    # writer takes (was: the whole array to one bytes object, then a slice copy of it per list);
+    # keys, heads and list bounds made per 4096 lists in bulk (a memory-mapped head row and an
+    # int() per bound cost more than the copies at ~25 records per list)
+    cuts = bounds.tolist()
+    raw = memoryview(rec.view(np.uint8)) if len(rec) else memoryview(b"")
+    isz = rec.itemsize
+    hsz = heads.shape[1] * heads.dtype.itemsize
+    for c in range(lo, hi, 4096):
+        e = min(hi, c + 4096)
+        keys = codec.be_keys(np.arange(c, e, dtype=np.int64))
+        hbuf = np.ascontiguousarray(heads[c - lo:e - lo]).tobytes()
+        todo = range(e - c) if not split else [i for i in range(e - c) if c + i not in split]
+        hk = [b"H" + keys[i] for i in todo]
+        hv = [hbuf[i * hsz:(i + 1) * hsz] for i in todo]
+        pk = [b"P" + keys[i] for i in todo]
+        pv = [bytes(raw[cuts[c - lo + i] * isz:cuts[c - lo + i + 1] * isz]) for i in todo]
+        if pk:
             anon = max(anon, anon_rss())
             hw.put_many(hk, hv)
             pw.put_many(pk, pv)
-            hk, hv, pk, pv = [], [], [], []
-    if pk:
-        anon = max(anon, anon_rss())
-        hw.put_many(hk, hv)
-        pw.put_many(pk, pv)
+        del hk, hv, pk, pv, hbuf
+    del raw
     del rec
     sizes = size.astype(np.int64)
     sizes[[h - lo for h in split]] = -1  # replaced by their parts
