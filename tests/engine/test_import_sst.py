@@ -95,3 +95,36 @@ def test_import_sst_failures_leave_no_collection(tmp_path):
         assert [d for d in os.listdir(tmp_path / "data" / "collections")] == []
     finally:
         db.close()
+
+
+def test_import_sst_reads_through_a_small_block_cache(tmp_path, monkeypatch):
+    """The import's stores (ingest, the assembling open, the reopen check) get a block cache of
+    at most IMPORT_CACHE_BYTES: they read each block once, so a serving-sized cache would only
+    hold the import's reads. The collection opened afterwards gets the configured cache."""
+    from vecdb.engine import collection as engine
+    from vecdb.storage import rocks
+
+    seen: list[tuple[str, int]] = []
+    real = rocks.RocksKVStore.__init__
+
+    def spy(self, path, **kw):
+        seen.append((os.fspath(path), kw.get("block_cache_bytes", 64 << 20)))
+        real(self, path, **kw)
+
+    monkeypatch.setattr(rocks.RocksKVStore, "__init__", spy)
+    rng = np.random.default_rng(1)
+    n, dim = 300, 8
+    X = rng.standard_normal((n, dim)).astype(np.float32)
+    sst = _files(tmp_path, X, np.arange(n, dtype=np.uint64), np.zeros(n, np.int32), {0: [1]})
+    db = vecdb.open(tmp_path / "data", background_checkpoints=False,
+                    block_cache_bytes=32 << 20)
+    try:
+        seen.clear()
+        col = db.import_sst("imp", dim=dim, tenants=["a", "b"], sst=sst, expected_rows=n)
+        assert len(col) == n
+    finally:
+        db.close()
+    during = [b for p, b in seen if f"{os.sep}.tmp-imp-" in p]
+    after = [b for p, b in seen if f"{os.sep}.tmp-imp-" not in p]
+    assert len(during) >= 3 and max(during) == min(32 << 20, engine.IMPORT_CACHE_BYTES)
+    assert after == [32 << 20]

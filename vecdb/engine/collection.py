@@ -930,11 +930,11 @@ class Collection:
         if len(set(names)) != len(names):
             raise InvalidArgument("import_sst: duplicate tenant names")
         files = _read_map_headers(maps) if maps is not None and adopt is not None else None
-        cls.create(path, name, dim, metric, index, params, options)
         # the import reads every block once (ingest checks, heads, versions, a sample of the
         # vectors): a cache the size of the serving one would only fill up with them
         options = dataclasses.replace(
             options, block_cache_bytes=min(options.block_cache_bytes, IMPORT_CACHE_BYTES))
+        cls.create(path, name, dim, metric, index, params, options)
         store = RocksKVStore(os.path.join(path, "store"), create=False,
                              block_cache_bytes=options.block_cache_bytes)
         try:
