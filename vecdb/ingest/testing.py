@@ -14,23 +14,35 @@ A rule fires on a read that reaches past byte ``after`` of the file (and starts 
 ``until``, when given: e.g. to spare a Parquet footer), at most ``times`` times in all (-1:
 always), counted in a marker file next to the data, so the count holds across the Ray worker
 processes. ``kind`` picks the fault: ``"reset"`` (ConnectionResetError), ``"timeout"``
-(TimeoutError), ``"oserror"`` (a plain OSError, as pyarrow raises for a storage service's
-error), ``"missing"`` (FileNotFoundError), ``"permission"`` (PermissionError) or ``"short"``
-(the read returns only the bytes before ``after``, as if the object ended there: a truncation).
+(TimeoutError), ``"oserror"`` (a plain OSError with the text pyarrow's S3 filesystem gives a
+network error: transient), ``"denied"`` (a plain OSError with S3's ACCESS_DENIED text:
+permanent), ``"missing"`` (FileNotFoundError), ``"permission"`` (PermissionError), ``"short"``
+(the read returns only the bytes before ``after``, as if the object ended there: a truncation)
+or ``"partial"`` (every read past ``after`` returns at most ``chunk`` bytes: legal, as a
+network file may; nothing is lost). ``message`` replaces the error's text.
+
+fsspec is needed (the ``[ingest]`` extra); it is imported when ``register`` is called.
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 from typing import Any
 
-from fsspec.implementations.local import LocalFileSystem
-
 PROTOCOL = "faulty"
-_ERRORS = {"reset": ConnectionResetError, "timeout": TimeoutError, "oserror": OSError,
-           "missing": FileNotFoundError, "permission": PermissionError}
+_AWS = "When reading information for key '{path}': AWS Error {code} during GetObject operation: "
+_ERRORS: dict[str, tuple[type[OSError], str]] = {
+    "reset": (ConnectionResetError, "injected reset"),
+    "timeout": (TimeoutError, "injected timeout"),
+    "oserror": (OSError, _AWS.replace("{code}", "NETWORK_CONNECTION") + "injected"),
+    "denied": (OSError, _AWS.replace("{code}", "ACCESS_DENIED") + "injected"),
+    "missing": (FileNotFoundError, "injected missing"),
+    "permission": (PermissionError, "injected permission"),
+}
+_KINDS = (*_ERRORS, "short", "partial")
 
 
 def _rule_path(path: str) -> str:
@@ -41,18 +53,44 @@ def _fired_path(path: str) -> str:
     return f"{path}.fault.fired"
 
 
+def _lock_path(path: str) -> str:
+    return f"{path}.fault.lock"
+
+
+class _Locked:
+    """An exclusive ``flock`` on the file's lock file: a rule's check and its firing are one
+    step across processes (two readers cannot both fire a ``times=1`` rule)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        self.fd = os.open(_lock_path(self.path), os.O_WRONLY | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: Any) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
 def inject(path: str | os.PathLike, after: int, times: int = 1, kind: str = "reset",
-           until: int | None = None) -> None:
+           until: int | None = None, chunk: int = 1000, message: str | None = None) -> None:
     """Make reads of the local file ``path`` through ``faulty://`` fail (see the module doc);
-    replaces an earlier rule and restarts its count."""
-    if kind not in (*_ERRORS, "short"):
+    replaces an earlier rule and restarts its count. ``chunk``: bytes per read of ``partial``;
+    ``message``: the error's text instead of the kind's."""
+    if kind not in _KINDS:
         raise ValueError(f"unknown fault kind {kind!r}")
     path = os.fspath(path)
-    if os.path.exists(_fired_path(path)):
-        os.unlink(_fired_path(path))
-    with open(_rule_path(path), "w") as f:
-        json.dump({"after": int(after), "times": int(times), "kind": kind,
-                   "until": None if until is None else int(until)}, f)
+    rule = {"after": int(after), "times": int(times), "kind": kind,
+            "until": None if until is None else int(until), "chunk": int(chunk),
+            "message": message}
+    with _Locked(path):
+        if os.path.exists(_fired_path(path)):
+            os.unlink(_fired_path(path))
+        tmp = f"{_rule_path(path)}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:  # a reader sees the old rule or the new one, never half
+            json.dump(rule, f)
+        os.replace(tmp, _rule_path(path))
 
 
 def clear(path: str | os.PathLike) -> None:
@@ -111,15 +149,26 @@ class _FaultyFile(io.RawIOBase):
     def read(self, n: int = -1) -> bytes:
         pos = self.f.tell()
         want = self.size - pos if n is None or n < 0 else n
-        rule = self._rule()
-        if rule is None or pos + want <= rule["after"] or \
-                (rule["until"] is not None and pos >= rule["until"]):
+        if not os.path.exists(_rule_path(self.path)):  # no rule: no lock
             return self.f.read(n)
-        _fire(self.path)
-        if rule["kind"] == "short":
+        with _Locked(self.path):
+            rule = self._rule()
+            if rule is None or pos + want <= rule["after"] or \
+                    (rule["until"] is not None and pos >= rule["until"]):
+                return self.f.read(n)
+            kind = rule["kind"]
+            if kind == "partial" and want <= rule.get("chunk", 1000):
+                return self.f.read(n)
+            if kind == "short" and pos >= rule["after"]:  # at or past the "end": EOF, no fault
+                return b""
+            _fire(self.path)
+        if kind == "short":
             return self.f.read(max(0, rule["after"] - pos))
-        raise _ERRORS[rule["kind"]](f"injected {rule['kind']} reading {self.path} at byte "
-                                    f"{max(pos, rule['after'])}")
+        if kind == "partial":  # at most chunk bytes, and at least one: progress, no loss
+            return self.f.read(max(1, min(want, rule.get("chunk", 1000))))
+        cls, text = _ERRORS[kind]
+        text = (rule.get("message") or text).replace("{path}", self.path)
+        raise cls(f"{text} (reading {self.path} at byte {max(pos, rule['after'])})")
 
     def readinto(self, b: Any) -> int:
         data = self.read(len(b))
@@ -131,17 +180,27 @@ class _FaultyFile(io.RawIOBase):
         super().close()
 
 
-class FaultyFileSystem(LocalFileSystem):
-    """fsspec filesystem ``faulty://``: the local filesystem, with reads that fail as the
-    rules written by ``inject`` say."""
+_FS_CLASS: list[type] = []
 
-    protocol = (PROTOCOL,)
 
-    def _open(self, path: str, mode: str = "rb", block_size: Any = None, **kwargs: Any):
-        path = self._strip_protocol(path)
-        if "r" not in mode:
-            return super()._open(path, mode, block_size, **kwargs)
-        return _FaultyFile(path)
+def filesystem_class() -> type:
+    """The fsspec filesystem class of ``faulty://``: the local filesystem, with reads that fail
+    as the rules written by ``inject`` say (made on first use: fsspec is imported then)."""
+    if not _FS_CLASS:
+        from fsspec.implementations.local import LocalFileSystem
+
+        class FaultyFileSystem(LocalFileSystem):
+            protocol = (PROTOCOL,)
+
+            def _open(self, path: str, mode: str = "rb", block_size: Any = None,
+                      **kwargs: Any):
+                path = self._strip_protocol(path)
+                if "r" not in mode:
+                    return super()._open(path, mode, block_size, **kwargs)
+                return _FaultyFile(path)
+
+        _FS_CLASS.append(FaultyFileSystem)
+    return _FS_CLASS[0]
 
 
 def register() -> None:
@@ -150,7 +209,7 @@ def register() -> None:
     (``online.init_ray(runtime_env=...)``)."""
     import fsspec
 
-    fsspec.register_implementation(PROTOCOL, FaultyFileSystem, clobber=True)
+    fsspec.register_implementation(PROTOCOL, filesystem_class(), clobber=True)
 
 
 def uri(path: str | os.PathLike) -> str:
