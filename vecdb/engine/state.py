@@ -29,7 +29,8 @@ import numpy as np
 from vecdb._idmap import IdMap
 from vecdb.errors import InvalidArgument
 
-CHUNK = 1 << 20  # slots per step of the bulk loaders: their temporaries stay a few MB at any N
+CHUNK = 1 << 18  # slots per step of the bulk loaders: their temporaries stay a few MB at any N
+# (at 1 << 20 the id-map fill of a reopen held ~25 MB of int64 index temporaries per step)
 
 
 def acl_csr(slots: np.ndarray, owners: np.ndarray, grants: Mapping[int, Iterable[int]]
