@@ -13,21 +13,24 @@ import os
 import numpy as np
 import pytest
 
-import vecdb
-from vecdb.errors import InvalidArgument
-from vecdb.ingest import testing
-from vecdb.ingest.sources import (
+pytest.importorskip("fsspec")  # before vecdb.ingest.testing (faulty:// is an fsspec filesystem)
+pytest.importorskip("pyarrow")
+
+import vecdb  # noqa: E402
+from vecdb.errors import FailedPrecondition, InvalidArgument  # noqa: E402
+from vecdb.ingest import testing  # noqa: E402
+from vecdb.ingest.sources import (  # noqa: E402
     Columns,
     Retry,
     ShardError,
     ShardReadError,
+    StorageUnavailable,
     discover,
     is_transient,
     plan,
     read_batches,
 )
 
-pytest.importorskip("fsspec")
 testing.register()
 
 ROWS, DIM = 600, 8
@@ -165,15 +168,151 @@ def test_planning_retries_a_transient_header_error(src):
     testing.inject(d / "s0.npy", after=0)  # the header read fails once
     testing.inject(d / "s1.npy", after=0, times=-1, kind="oserror")  # ... always
     testing.inject(d / "s2.npy", after=0, times=-1, kind="missing")  # ... for good
+    testing.inject(d / "s3.npy", after=0, times=-1, kind="denied")  # S3's ACCESS_DENIED
     shards, rejected = plan(discover(testing.uri(d)), retry=RETRY)
-    assert [os.path.basename(s.path) for s in shards] == ["s0.npy", "s3.npy"]
-    assert [s.size for s in shards] == [npy_byte(ROWS)] * 2  # asked once, kept for the reads
+    assert [os.path.basename(s.path) for s in shards] == ["s0.npy"]
+    assert [s.size for s in shards] == [npy_byte(ROWS)]  # asked once, kept for the reads
     assert testing.fired(d / "s0.npy") == 1
-    assert testing.fired(d / "s1.npy") == RETRY.attempts and testing.fired(d / "s2.npy") == 1
-    assert [(os.path.basename(r["file"]), r["row"]) for r in rejected] == [("s1.npy", 0),
-                                                                           ("s2.npy", 0)]
-    assert "(after 3 attempts)" in rejected[0]["error"]
-    assert "after" not in rejected[1]["error"]
+    assert testing.fired(d / "s1.npy") == RETRY.attempts
+    assert testing.fired(d / "s2.npy") == 1 and testing.fired(d / "s3.npy") == 1  # permanent
+    assert [(os.path.basename(r["file"]), r["row"]) for r in rejected] == [
+        ("s1.npy", 0), ("s2.npy", 0), ("s3.npy", 0)]
+    assert rejected[0]["error"].endswith("(after 3 attempts)")
+    assert not rejected[1]["error"].endswith("attempts)")
+    assert "ACCESS_DENIED" in rejected[2]["error"]
+    assert not rejected[2]["error"].endswith("attempts)")
+    # a resumable job's planning does not reject a shard the storage did not answer for
+    testing.inject(d / "s1.npy", after=0, times=-1, kind="oserror")
+    with pytest.raises(StorageUnavailable, match="storage unreachable while planning "
+                                                 ".*s1.npy.*run the same command again"):
+        plan(discover(testing.uri(d)), retry=RETRY, transient="raise")
+
+
+@pytest.mark.parametrize("text,transient", [
+    ("When reading information for key 'k' in bucket 'b': AWS Error NETWORK_CONNECTION during "
+     "GetObject operation: curlCode: 7, Couldn't connect to server", True),
+    ("AWS Error SLOW_DOWN during GetObject operation: Please reduce your request rate", True),
+    ("AWS Error UNKNOWN (HTTP status 503) during GetObject operation", True),
+    ("GCS error: HTTP status 502 Bad Gateway", True),
+    ("read timed out", True),
+    ("AWS Error ACCESS_DENIED during GetObject operation: Access Denied", False),
+    ("AWS Error NO_SUCH_BUCKET during HeadObject operation: The specified bucket does not exist",
+     False),
+    ("AWS Error INVALID_ACCESS_KEY_ID during GetObject operation", False),
+    ("Couldn't deserialize thrift: TProtocolException: Invalid data", False),
+    ("Unexpected end of stream", False),
+])
+def test_is_transient_plain_oserror_by_its_message(text, transient):
+    assert is_transient(OSError(text)) is transient
+
+
+def test_is_transient_by_type():
+    for e in (ConnectionResetError(), ConnectionRefusedError(), TimeoutError(),
+              InterruptedError(), BlockingIOError()):
+        assert is_transient(e), e
+    for e in (FileNotFoundError("timed out"), PermissionError(), IsADirectoryError(),
+              ValueError("timed out"), RuntimeError()):
+        assert not is_transient(e), e
+
+
+def test_plain_oserror_of_a_denied_access_is_permanent_while_reading(src):
+    d, _ = src
+    (shard, *_), _ = plan(discover(testing.uri(d)))
+    testing.inject(d / "s0.npy", after=npy_byte(250), times=-1, kind="denied")
+    rows, _, _, stop = read(shard)
+    assert testing.fired(d / "s0.npy") == 1  # not retried
+    assert rows.tolist() == list(range(200))
+    assert isinstance(stop, ShardReadError) and stop.row == 200 and not stop.retryable
+    assert "ACCESS_DENIED" in str(stop)
+
+
+def corrupt_parquet(path, X) -> None:
+    """A Parquet file of ``X`` (row groups of 100, no compression) whose 4th row group's vector
+    page is overwritten (pyarrow then raises ArrowInvalid, not an OSError, reading it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"vector": pa.FixedSizeListArray.from_arrays(
+        pa.array(X.ravel()), X.shape[1])}), path, row_group_size=100, compression="none")
+    c = pq.ParquetFile(path).metadata.row_group(3).column(0)
+    off = (c.dictionary_page_offset or c.data_page_offset) + 120
+    b = bytearray(open(path, "rb").read())
+    for i in range(off, off + 16):
+        b[i] ^= 0xFF
+    open(path, "wb").write(bytes(b))
+
+
+def test_corrupt_parquet_page_is_a_permanent_error_at_its_row(tmp_path):
+    X = np.random.default_rng(0).integers(0, 4, (ROWS, DIM)).astype(np.float32)
+    corrupt_parquet(tmp_path / "c.parquet", X)
+    (shard,), _ = plan([str(tmp_path / "c.parquet")])
+    rows, V, _, stop = read(shard)
+    assert rows.tolist() == list(range(300)) and np.array_equal(V, X[:300])
+    assert isinstance(stop, ShardReadError) and stop.row == 300 and not stop.retryable
+    assert str(stop).startswith(f"{shard.path}: row 300: ArrowInvalid")
+
+
+def test_parquet_unreadable_on_reopen_reports_the_first_unread_row(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    X = np.ones((ROWS, DIM), np.float32)
+    pq.write_table(pa.table({"vector": pa.FixedSizeListArray.from_arrays(
+        pa.array(X.ravel()), DIM)}), tmp_path / "p.parquet", row_group_size=100)
+    (shard,), _ = plan([str(tmp_path / "p.parquet")])
+    (tmp_path / "p.parquet").write_bytes(b"not parquet any more")
+    _, _, _, stop = read(shard, start=300)
+    assert isinstance(stop, ShardReadError) and stop.row == 300
+    assert str(stop).startswith(f"{shard.path}: row 300: not a readable Parquet file")
+
+
+@pytest.mark.parametrize("name", ["s0.npy", "v.fvecs"])
+def test_partial_reads_are_not_a_truncation(src, name):
+    """A network file may return fewer bytes per read than asked (fsspec files do one read):
+    the reader asks again until the bytes arrive or the file ends."""
+    d, X = src
+    write_fvecs(d / "v.fvecs", X[:ROWS])
+    (shard,), _ = plan([testing.uri(d / name)])
+    testing.inject(d / name, after=0, times=-1, kind="partial", chunk=1000)
+    rows, V, errs, stop = read(shard, batch=250)
+    assert testing.fired(d / name) > 0  # reads really were cut
+    assert stop is None and not errs
+    assert rows.tolist() == list(range(ROWS)) and np.array_equal(V, X[:ROWS])
+
+
+def test_shrunken_local_fvecs_reported_once_across_ranges(src):
+    d, X = src
+    write_fvecs(d / "v.fvecs", X[:ROWS])
+    (shard,), _ = plan([str(d / "v.fvecs")])
+    write_fvecs(d / "v.fvecs", X[:450])
+    errs = []
+    for lo, hi in [(0, 450), (450, ROWS)]:  # two read tasks; the cut is at the boundary
+        for b in read_batches(shard, DIM, 100, lo, end=hi, retry=RETRY):
+            errs += b.errors
+    assert [e["row"] for e in errs] == [450]
+    errs = [e for lo, hi in [(0, 300), (300, ROWS)]
+            for b in read_batches(shard, DIM, 100, lo, end=hi, retry=RETRY) for e in b.errors]
+    assert [e["row"] for e in errs] == [450]
+
+
+def test_read_range_backstop_turns_any_reader_error_into_a_failed_block(monkeypatch, src):
+    from vecdb.ingest import dataset
+
+    d, _ = src
+    (shard,), _ = plan([str(d / "s0.npy")])
+
+    def broken(*a, **k):  # two batches, then a bug
+        gen = read_batches(*a, **k)
+        yield next(gen)
+        yield next(gen)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(dataset, "read_batches", broken)
+    ps = [p for t in dataset._read_range(shard, 0, DIM, 100, 0, ROWS, Columns())
+          for p in dataset.pieces(t)]
+    assert [len(p.batch) for p in ps] == [100, 100, 0]
+    assert ps[-1].failed and not ps[-1].retryable and ps[-1].errors[0]["row"] == 200
+    assert "RuntimeError: boom" in ps[-1].failed
 
 
 def test_retry_arguments():
@@ -244,7 +383,7 @@ def test_online_transient_error_exactly_once_and_a_given_up_shard_resumed_by_a_r
     d, X = src
     testing.inject(d / "s0.npy", after=npy_byte(250))  # transient: once
     testing.inject(d / "s1.npy", after=npy_byte(250), times=-1)  # the storage stays unreachable
-    testing.inject(d / "s2.npy", after=0, times=-1, kind="oserror")  # planning cannot read it
+    testing.inject(d / "s2.npy", after=0, times=-1, kind="denied")  # planning: access denied
     r = online(d, tmp_path)
     # s1 given up at its first unread row (retryable), s2 rejected at planning (not retryable)
     assert names(r["errors"]) == [("s1.npy", 200, True), ("s2.npy", 0, False)]
@@ -358,3 +497,88 @@ def test_failed_block_carries_retryable_through_the_codec(src):
         p0, p1 = pieces(t)
         assert p0.failed is None and not p0.retryable and len(p0.batch) == 100
         assert p1.failed == "gone" and p1.retryable is retryable and p1.errors[0]["row"] == 100
+
+
+def test_online_planning_storage_unreachable_aborts_and_rerun_keeps_the_ids(
+        ray_local, src, tmp_path, capsys):
+    """A header unreadable for transient errors must not shift the later shards' offsets: the
+    job stops before it starts (no state, nothing written), CLI exit 4; once the storage
+    answers, the same command ingests every row under its global row number."""
+    from vecdb.ingest.cli import main
+
+    d, X = src
+    testing.inject(d / "s2.npy", after=0, times=-1, kind="oserror")
+    with pytest.raises(StorageUnavailable, match="s2.npy"):
+        online(d, tmp_path)
+    assert not (tmp_path / "job.json").exists() and not (tmp_path / "db").exists()
+    argv = ["online", testing.uri(d), "--collection", "c", "--data", str(tmp_path / "db"),
+            "--tenant", "t", "--batch", "100", "--create-dim", str(DIM),
+            "--state", str(tmp_path / "job.json"), "--read-attempts", "2"]
+    assert main(argv) == 4
+    err = capsys.readouterr().err
+    assert "incomplete: storage unreachable while planning" in err and "Traceback" not in err
+    assert not (tmp_path / "job.json").exists()
+    testing.clear(d / "s2.npy")
+    r = online(d, tmp_path)
+    assert r["complete"] and r["errors"] == [] and r["rows_written"] == 4 * ROWS
+    ids, V = stored(tmp_path)
+    assert ids == list(range(4 * ROWS)) and np.array_equal(V, X)
+
+
+def test_cli_state_of_another_job_or_unusable_is_exit_2_not_a_traceback(
+        ray_local, src, tmp_path, capsys):
+    from vecdb.ingest.cli import main
+    from vecdb.ingest.online import _start_tracker
+
+    d, _ = src
+    base = ["online", str(d), "--collection", "c", "--data", str(tmp_path / "db"),
+            "--tenant", "t", "--batch", "100", "--create-dim", str(DIM)]
+    (tmp_path / "other.json").write_text(json.dumps({"fingerprint": {"mode": "other"},
+                                                     "shards": {}, "rejected": []}))
+    assert main(base + ["--state", str(tmp_path / "other.json")]) == 2
+    err = capsys.readouterr().err
+    assert "belongs to another job" in err and "Traceback" not in err
+    (tmp_path / "torn.json").write_text("{")
+    assert main(base + ["--state", str(tmp_path / "torn.json")]) == 2
+    assert "cannot read the job state" in capsys.readouterr().err
+    # the tracker actor itself failing to start (its folder is a file) is a FailedPrecondition
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(FailedPrecondition, match="tracker could not start"):
+        _start_tracker(str(tmp_path / "afile" / "job.json"), [], {"mode": "x"}, [])
+
+
+def test_online_corrupt_parquet_does_not_fail_the_other_shards(ray_local, tmp_path):
+    from vecdb.ingest.online import run_online
+
+    d = tmp_path / "src"
+    d.mkdir()
+    X = np.random.default_rng(0).integers(0, 4, (4 * ROWS, DIM)).astype(np.float32)
+    corrupt_parquet(d / "a0.parquet", X[:ROWS])
+    for i in range(1, 4):
+        np.save(d / f"s{i}.npy", X[i * ROWS:(i + 1) * ROWS])
+    r = run_online(str(d), "c", data=str(tmp_path / "db"), tenant="t", workers=2,
+                   batch_rows=100, create={"dim": DIM}, progress=False,
+                   state_path=str(tmp_path / "job.json"), read_retry=RETRY)
+    assert r["complete"] and names(r["errors"]) == [("a0.parquet", 300, False)]
+    assert "ArrowInvalid" in r["errors"][0]["error"]
+    assert r["rows_written"] == 3 * ROWS + 300
+    ids, V = stored(tmp_path)
+    assert ids == list(range(300)) + list(range(ROWS, 4 * ROWS))
+    assert np.array_equal(V, np.concatenate([X[:300], X[ROWS:]]))
+
+
+def test_online_shard_given_up_by_runs_without_progress_fails_for_good(ray_local, src, tmp_path):
+    """An error that looks transient but never clears (a misclassified permanent one) does not
+    make every rerun stop incomplete: the third run without progress fails the shard."""
+    d, _ = src
+    testing.inject(d / "s1.npy", after=npy_byte(250), times=-1)
+    for run in range(3):
+        r = online(d, tmp_path)
+        if run < 2:
+            assert not r["complete"] and names(r["incomplete"]) == [("s1.npy", 200, True)]
+    assert r["complete"] and r["incomplete"] == []
+    assert names(r["errors"]) == [("s1.npy", 200, False)]
+    assert "given up by 3 runs in a row without progress" in r["errors"][0]["error"]
+    testing.clear(d / "s1.npy")
+    r = online(d, tmp_path)  # failed for good: not read again
+    assert r["complete"] and r["sink_batches"] == []

@@ -77,3 +77,54 @@ def test_progress_eta_leaves_out_skipped_rows_and_ends_with_none_when_incomplete
     q = Progress(10, None, stream=None)
     q.update(10)
     assert q.close()["eta_s"] == 0.0
+
+
+def test_give_up_row_is_at_least_acked_and_replaces_the_shards_earlier_give_up(tmp_path):
+    st = JobState(str(tmp_path / "st.json"), SHARDS, {"job": 1})
+    st.ack("/x/a.npy", 40, 40)
+    assert st.give_up("/x/a.npy", "read failed", 10)  # a stale row: the acked offset
+    st.ack("/x/a.npy", 60, 20)
+    st.give_up("/x/a.npy", "sink unreachable", 60)  # a later give-up of the same run
+    assert st.incomplete() == [{"file": "/x/a.npy", "row": 60, "error": "sink unreachable",
+                                "retryable": True}]
+    assert st.data["shards"]["/x/a.npy"]["give_ups"] == 1  # one run, counted once
+
+
+def test_runs_giving_a_shard_up_without_progress_fail_it_for_good(tmp_path):
+    path = str(tmp_path / "st.json")
+
+    def run(acked: int | None = None) -> JobState:  # one run of the job that gives a.npy up
+        st = JobState(path, SHARDS, {"job": 1})
+        if acked is not None:
+            st.ack("/x/a.npy", acked, 10)
+        st.give_up("/x/a.npy", "read failed after 3 attempts", None, limit=3)
+        st.save()
+        return st
+
+    assert run(10).gave_up("/x/a.npy")
+    assert run().gave_up("/x/a.npy")  # 2 runs without progress
+    st = run(20)  # progress: the count starts again
+    assert st.gave_up("/x/a.npy") and st.data["shards"]["/x/a.npy"]["give_ups"] == 1
+    assert run().gave_up("/x/a.npy")
+    st = run()  # the 3rd run in a row without a row more: failed for good
+    assert st.done("/x/a.npy") and not st.gave_up("/x/a.npy") and st.incomplete() == []
+    assert [e["row"] for e in st.errors() if not e.get("retryable")] == [20]
+    assert "given up by 3 runs in a row without progress" in st.errors()[-1]["error"]
+    st = JobState(path, SHARDS, {"job": 1})  # and stays so
+    assert st.done("/x/a.npy") and st.incomplete() == []
+    # without a limit (a sink outage) a shard is given up run after run
+    for _ in range(4):
+        st = JobState(path, SHARDS, {"job": 1})
+        assert st.give_up("/x/b.npy", "sink unreachable")
+        st.save()
+
+
+def test_state_of_another_job_or_unreadable_is_refused(tmp_path):
+    path = tmp_path / "st.json"
+    JobState(str(path), SHARDS, {"job": 1})
+    with pytest.raises(FailedPrecondition, match="belongs to another job"):
+        JobState(str(path), SHARDS, {"job": 2})
+    path.write_text("{")
+    with pytest.raises(FailedPrecondition, match="cannot read the job state"):
+        JobState.load(str(path), {"job": 1})
+    assert JobState.load(str(tmp_path / "none.json"), {"job": 1}) is None

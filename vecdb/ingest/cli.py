@@ -16,7 +16,8 @@ job is incomplete: some shard's reads kept failing with transient errors (storag
 longer than ``--read-attempts`` lasted) or its batches could not be written because the server
 was unreachable (UNAVAILABLE, DEADLINE_EXCEEDED, connection errors) through the retry rounds;
 listed as ``incomplete:``, and running the same command again (same ``--state``) resumes it
-from its acknowledged row; 1/2 on errors.
+from its acknowledged row; also 4 when the storage did not answer while the job was planned
+(nothing ingested, the state untouched: run it again); 1/2 on errors.
 """
 
 from __future__ import annotations
@@ -157,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         r = import_bulk(a.data, a.collection, a.bulk)
         print(f"imported {r['rows']:,} rows as {a.collection!r} in {r['seconds']:.1f}s")
         return 0
-    except (VecdbError, json.JSONDecodeError) as e:
+    except VecdbError as e:
+        from vecdb.ingest.sources import StorageUnavailable
+
+        if isinstance(e, StorageUnavailable):  # planning: nothing ingested, run it again
+            print(f"incomplete: {e}", file=sys.stderr)
+            return 4
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except json.JSONDecodeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -34,8 +34,10 @@ Bad rows travel as error rows (file + row + reason), a bad shard as one ``failed
 never stop the other shards' tasks. A transient read error part-way through a shard is retried
 inside the read task from the first row not yet delivered (``sources.read_batches``, bounded by
 ``Retry``); only when its attempts run out does the shard end with a ``failed`` row at that row
-(the blocks before it stand). The read task itself never raises for a read error, so Ray Data's
-own task retries (unbounded for a dead worker) never re-run a range because of one.
+(the blocks before it stand). Any other error of the reader (corrupt data, a bug) ends the
+shard the same way, as a permanent ``failed`` row at the first row not delivered, so that Ray
+Data never aborts the round (and every other shard) because of one shard. Only the worker
+dying, or the function fused after the read raising, fails the task.
 ``pieces(table)`` turns a block (or several merged, or part of one: Ray Data may re-chunk)
 back into ``sources.Batch`` objects.
 
@@ -217,15 +219,25 @@ def _read_range(shard: Shard, index: int, dim: int, batch_rows: int, start: int,
     """Body of one read task: blocks of rows ``[start, end)`` of ``shard``. Transient read errors
     are retried by ``read_batches`` (``retry``); a ShardError (a bad header, or a read that
     failed for good, ``ShardReadError``, at its first unread row) becomes a ``failed`` block
-    after the blocks already delivered: the task, and the job, go on."""
+    after the blocks already delivered: the task, and the job, go on. Any other exception while
+    reading (a backstop: ``read_batches`` already wraps the reader's) becomes a permanent
+    ``failed`` block at the first row not delivered."""
+    pos = start
     try:
         for b in read_batches(shard, dim, batch_rows, start, columns, end, retry):
             if len(b) or b.errors:
-                yield batch_table(b, index, dim)
+                t = batch_table(b, index, dim)
+                pos = max(pos, b.end)
+                yield t
+            else:
+                pos = max(pos, b.end)
     except ShardError as e:
         row = getattr(e, "row", 0)
         yield failed_table(shard, index, max(start, row), str(e), dim, row,
                            getattr(e, "retryable", False))
+    except Exception as e:  # noqa: BLE001 - one shard's failure must not abort the round
+        yield failed_table(shard, index, pos, f"{shard.path}: row {pos}: {type(e).__name__}: "
+                                              f"{e}", dim, pos)
 
 
 class ShardDatasource(_Base):

@@ -26,7 +26,10 @@ running collection.
   out is *given up* for this run: recorded at its first unread row with ``"retryable": true``,
   not done, not tried again by this run's rounds; the job ends *incomplete* (the report's
   ``incomplete``, the CLI's exit status 4) and running it again with the same state file resumes
-  the shard from its acknowledged offset. Either way the rows acknowledged before it stand.
+  the shard from its acknowledged offset (after ``give_up_runs`` runs in a row without progress
+  it is failed for good). Either way the rows acknowledged before it stand. A header that
+  planning cannot read for transient errors stops the job before it starts
+  (``StorageUnavailable``, nothing written): rejecting it would shift the later shards' ids.
 - Sink errors: a batch the server rejects as a request error (INVALID_ARGUMENT, PERMISSION_DENIED,
   ...) is reported as bad rows (final). A transport failure (after ``GrpcSink``'s own retries)
   stops the shard for the round and the driver runs it again from its acknowledged offset, for at
@@ -51,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from vecdb.errors import InvalidArgument, VecdbError
+from vecdb.errors import FailedPrecondition, InvalidArgument, VecdbError
 from vecdb.ingest import cpu
 from vecdb.ingest.dataset import map_shards
 from vecdb.ingest.sinks import EmbeddedSink, GrpcSink, write_batch
@@ -138,12 +141,15 @@ class _Tracker:
             self._seq += 1
         self._save()
 
-    def give_up(self, path: str, error: str, row: int | None = None) -> None:
-        """The shard's transient read errors outlasted the retries: not done, a rerun resumes it."""
+    def give_up(self, path: str, error: str, row: int | None = None,
+                limit: int | None = None) -> bool:
+        """The shard's transient errors outlasted the retries: not done, a rerun resumes it
+        (unless ``limit`` runs in a row gave it up without progress: ``JobState.give_up``)."""
         with self._lock:
-            self.state.give_up(path, error, row)
+            resumable = self.state.give_up(path, error, row, limit)
             self._seq += 1
         self._save()
+        return resumable
 
     def given_up(self, paths: list[str]) -> list[bool]:
         """Whether each shard in ``paths`` was given up on transient read errors."""
@@ -181,6 +187,27 @@ class _Tracker:
         """Write any unsaved acknowledgements now and stop the saver thread."""
         self._stop.set()
         self._save()
+
+
+def _start_tracker(state_path: str, shards: list[Shard], fingerprint: dict,
+                   rejected: list[dict]):
+    """The ``_Tracker`` actor, started and answering; a failure to start it (the state file
+    unreadable, refused or unwritable) is raised as ``FailedPrecondition`` (the CLI's exit 2),
+    not as Ray's ``ActorDiedError`` with the actor's traceback."""
+    import ray
+
+    tracker = ray.remote(num_cpus=0)(_Tracker).remote(state_path, shards, fingerprint, rejected)
+    try:
+        ray.get(tracker.summary.remote())
+    except ray.exceptions.RayActorError as e:
+        msg = str(e)
+        # Ray's text holds the actor's traceback; its last line is the exception itself
+        last = [ln for ln in msg.splitlines() if ln.strip()]
+        why = next((ln.strip() for ln in reversed(last) if "Error" in ln), last[-1] if last
+                   else type(e).__name__)
+        raise FailedPrecondition(f"the job state tracker could not start with {state_path}: "
+                                 f"{why}") from None
+    return tracker
 
 
 class _SinkActor:
@@ -284,7 +311,8 @@ def ingest_block(piece: Any, *, offsets: list[int], sink_spec: dict[str, Any], t
     if key in _STOPPED:
         return {"shard": b.shard, "written": 0, "skipped": True}
     if piece.failed and piece.retryable:  # transient errors outlasted the retries: a rerun resumes
-        ray.get(tracker.give_up.remote(b.shard, piece.failed, piece.errors[0]["row"]))
+        ray.get(tracker.give_up.remote(b.shard, piece.failed, piece.errors[0]["row"],
+                                       opts.get("give_up_runs")))
         return {"shard": b.shard, "written": 0, "failed": piece.failed, "retryable": True}
     if piece.failed:  # a bad header (row 0), or a read that failed for good at its first unread row
         ray.get(tracker.fail_shard.remote(b.shard, piece.failed, piece.errors[0]["row"]))
@@ -327,7 +355,7 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
                ray_address: str | None = None, progress: bool = True,
                status_path: str | None = None, max_task_retries: int = 3,
                engine_options: dict[str, Any] | None = None,
-               read_retry: Retry = DEFAULT_RETRY,
+               read_retry: Retry = DEFAULT_RETRY, give_up_runs: int | None = 3,
                _crash: dict[str, Any] | None = None,
                _sink_outage: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stream the shards of ``source`` into ``collection`` with ``workers`` parallel Ray workers.
@@ -338,7 +366,10 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
     next to the first shard, or in the working folder when the source is a URI) makes the job
     resumable; ``status_path`` gets the progress JSON. ``create``:
     dict(dim, metric, index, params) to create the collection if missing. ``read_retry``: how
-    transient read errors (planning and reading) are retried (``sources.Retry``).
+    transient read errors (planning and reading) are retried (``sources.Retry``); planning that
+    cannot read a header for them raises ``sources.StorageUnavailable`` before anything is
+    written (run it again). ``give_up_runs``: a shard given up on transient read errors by that
+    many runs in a row without a row acknowledged is failed for good (None: never).
     ``max_task_retries``: rounds that run a shard again after a transport failure of its sink.
     Returns a report: rows_total, rows_written, errors (file, row, error), complete (False when
     some shard was given up on transient read errors or an unreachable sink: ``incomplete``
@@ -356,7 +387,9 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
     if not isinstance(workers, int) or workers < 1:
         raise InvalidArgument(f"workers must be a positive integer, got {workers!r}")
     files = discover(source)
-    shards, rejected = plan(files, columns, read_retry)
+    # a header the storage did not answer for raises StorageUnavailable (nothing written, the
+    # state untouched): rejecting it would shift every later shard's offsets (default ids)
+    shards, rejected = plan(files, columns, read_retry, transient="raise")
     # default state: next to the first shard, or in the working folder for a URI source
     state_path = state_path or os.path.join(
         os.getcwd() if is_uri(files[0]) else os.path.dirname(files[0]),
@@ -366,8 +399,9 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
     fingerprint = {"mode": "online", "collection": collection, **sink_desc,
                    "files": [s.path for s in shards] + [r["file"] for r in rejected],
                    "id_start": int(id_start), "tenant": tenant}
+    JobState.load(state_path, fingerprint)  # another job's state: refused before Ray starts
     init_ray(ray_address, num_cpus=max(workers, 1) if not ray_address else None)
-    tracker = ray.remote(num_cpus=0)(_Tracker).remote(state_path, shards, fingerprint, rejected)
+    tracker = _start_tracker(state_path, shards, fingerprint, rejected)
     sink_actor = None
     if data is not None:
         sink_actor = ray.remote(num_cpus=0, max_concurrency=1)(_SinkActor).remote(
@@ -383,7 +417,7 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
         raise InvalidArgument(f"dim={dim} but collection {collection!r} has dim {sink_dim}")
     opts = {"batch_rows": int(batch_rows), "columns": columns, "id_start": int(id_start),
             "tenant": tenant, "crash": _crash, "max_task_retries": int(max_task_retries),
-            "sink_outage": _sink_outage}
+            "sink_outage": _sink_outage, "give_up_runs": give_up_runs}
     t0 = time.perf_counter()
     c0 = cpu.snapshot()
     summary0 = ray.get(tracker.summary.remote())

@@ -13,7 +13,7 @@ which fixes each row's *global row number* = shard offset + row. Default ids and
 slots are derived from that number, so a re-run of the same job produces the same ids (that is what
 makes a restarted job idempotent).
 
-Validation never poisons other shards:
+Validation confines a problem to its shard (a bad shard or row never stops the others):
 
 - wrong dimension (header or a record's own dim prefix) -> the shard is rejected (``ShardError``,
   raised when it is opened) and reported; the other shards go on;
@@ -21,11 +21,13 @@ Validation never poisons other shards:
 - a truncated file -> the complete rows before the cut are read, the cut is reported at its row
   (also when a remote object turns out shorter than its header promised part-way through: a data
   error, not retried);
-- a transient read error (an ``OSError`` other than a missing file or a denied permission:
-  connection reset, timeout, ...) -> retried at the row where it stopped, with bounded attempts
-  and back-off (``Retry``): every row once, no gaps. Only when the attempts run out (or the error
-  is permanent) is the shard given up: ``ShardReadError`` names the file and the first unread row,
-  and says (``retryable``) whether a later run of the job may resume it there.
+- a transient read error (``is_transient``: a connection error, a timeout, or a storage
+  service's error that says it is temporary: throttling, 5xx, network) -> retried at the row
+  where it stopped, with bounded attempts and back-off (``Retry``): every row once, no gaps. Only
+  when the attempts run out is the shard given up: ``ShardReadError`` names the file and the
+  first unread row, and says (``retryable``) whether a later run of the job may resume it there.
+  Any other error while reading (a missing object, access denied, a corrupt Parquet page, ...)
+  is permanent: ``ShardReadError`` at the first unread row, not retried.
 
 Parquet columns: ``vector`` (fixed-size list or list of float, or binary of dim x float32 LE),
 optional ``id`` (integer), ``tenant`` (owner tenant name), ``acl`` (list of tenant names granted
@@ -48,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from vecdb.errors import DimensionMismatch, InvalidArgument
+from vecdb.errors import DimensionMismatch, InvalidArgument, VecdbError
 
 EXTENSIONS = (".npy", ".fvecs", ".bvecs", ".ivecs", ".parquet", ".pq")
 
@@ -59,7 +61,8 @@ class ShardError(InvalidArgument):
 
 class ShardReadError(ShardError):
     """Reading a shard stopped at file row ``row`` (a permanent error such as a missing object,
-    or a transient one whose retries ran out); the rows before ``row`` were delivered.
+    denied access or corrupt data, or a transient one whose retries ran out); the rows before
+    ``row`` were delivered.
     ``retryable``: the error was transient (the storage may answer later), so a later run of the
     job may resume the shard at ``row``; a permanent one would fail the same way again."""
 
@@ -70,9 +73,9 @@ class ShardReadError(ShardError):
 
 @dataclass(frozen=True)
 class Retry:
-    """How transient read errors are retried: at most ``attempts`` tries at one position (a
-    delivered batch starts the count again), sleeping a jittered ``backoff_s``, doubled after
-    each failure up to ``max_backoff_s``, between them."""
+    """How transient read errors (``is_transient``) are retried: at most ``attempts`` tries at
+    one position (a batch that gets further starts the count again), sleeping a jittered
+    ``backoff_s``, doubled after each failure up to ``max_backoff_s``, between them."""
 
     attempts: int = 5
     backoff_s: float = 0.2
@@ -93,14 +96,47 @@ class Retry:
 
 DEFAULT_RETRY = Retry()
 
-# an OSError of these kinds would fail again: not retried
-_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+class StorageUnavailable(VecdbError):
+    """Planning could not read a shard's header because the storage did not answer (transient
+    errors outlasted the retries). The job must not start without it (every later shard's row
+    offsets, hence default ids, depend on its row count): nothing was ingested, run it again."""
+
+    grpc_code = "UNAVAILABLE"
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"storage unreachable while planning {path}: {message}; nothing was "
+                         f"ingested: run the same command again when the storage answers")
+        self.path = path
+
+
+# exception types that mean "try again later" whatever their message
+_TRANSIENT_TYPES = (ConnectionError, TimeoutError, InterruptedError, BlockingIOError)
+# a plain OSError is transient only when its message says so: pyarrow's S3/GCS/Azure/HDFS
+# filesystems raise plain OSError for every service error, the permanent ones (ACCESS_DENIED,
+# NO_SUCH_BUCKET, bad credentials) and corrupt data ("Couldn't deserialize thrift") included.
+# The list follows Ray Data's DataContext.retried_io_errors (plus pyarrow's AWS error names).
+TRANSIENT_MESSAGES = (
+    "AWS Error NETWORK_CONNECTION", "AWS Error SLOW_DOWN", "AWS Error INTERNAL_FAILURE",
+    "AWS Error SERVICE_UNAVAILABLE", "AWS Error THROTTLING", "AWS Error REQUEST_TIMEOUT",
+    "AWS Error UNKNOWN (HTTP status 5", "HTTP status 5", "RequestTimeout", "SlowDown",
+    "ServiceUnavailable", "InternalError", "Service Unavailable", "Too Many Requests",
+    "timed out", "Timeout", "Connection reset", "Connection refused", "Broken pipe",
+    "Temporary failure in name resolution", "Try again", "curlCode: 28",
+    "Unable to connect", "connection was forcibly closed",
+)
 
 
 def is_transient(e: BaseException) -> bool:
-    """Whether a read error is worth retrying: an ``OSError`` (connection reset, timeout, a
-    storage service's 5xx, ...) other than a missing file or a denied permission."""
-    return isinstance(e, OSError) and not isinstance(e, _PERMANENT)
+    """Whether a read error is worth retrying: a connection error, a timeout, an interrupted
+    call, or a plain ``OSError`` whose message is one of ``TRANSIENT_MESSAGES`` (a storage
+    service's throttling, 5xx, network error). Everything else (a missing object, denied access,
+    bad credentials, corrupt data) would fail the same way again."""
+    if isinstance(e, _TRANSIENT_TYPES):
+        return True
+    if type(e) is not OSError:  # FileNotFoundError, PermissionError, ... and non-OS errors
+        return False
+    text = str(e)
+    return any(m in text for m in TRANSIENT_MESSAGES)
 
 
 class _ShortRead(Exception):
@@ -263,10 +299,27 @@ class _RemoteRows:
         if b <= a:
             return np.zeros(0, dtype=self.dtype)
         size = self.dtype.itemsize
-        raw = self.f.read_at((b - a) * size, self.offset + a * size)
+        raw = _read_fully(self.f, (b - a) * size, self.offset + a * size)
         if len(raw) != (b - a) * size:  # the object ends early: a data error, not transient
             raise _ShortRead(np.frombuffer(raw[: len(raw) // size * size], dtype=self.dtype))
         return np.frombuffer(raw, dtype=self.dtype)
+
+
+def _read_fully(f: Any, n: int, offset: int) -> bytes:
+    """``n`` bytes at ``offset`` of ``f``, with as many ``read_at`` calls as it takes (a file
+    system may legally return fewer bytes per call, e.g. an fsspec file's one ``read``); fewer
+    than ``n`` only when a read returns no bytes (the end of the file)."""
+    raw = f.read_at(n, offset)
+    if len(raw) >= n:
+        return raw
+    parts, got = [raw], len(raw)
+    while got < n:
+        more = f.read_at(n - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(bytes(p) for p in parts)
 
 
 def _records(path: str, dtype: np.dtype, offset: int, n: int):
@@ -448,32 +501,50 @@ def shard_info(path: str, columns: Columns = Columns()) -> tuple[str, int, int |
     return _shard_info(path, columns)[:4]
 
 
+class _GaveUp(OSError):
+    """``_with_retry``'s transient error whose attempts ran out (``cause``: the last one)."""
+
+    def __init__(self, cause: OSError, tries: int) -> None:
+        super().__init__(f"{cause} (after {tries} attempts)")
+        self.cause = cause
+
+
 def _with_retry(fn: Any, retry: Retry) -> Any:
-    """``fn()``, tried again after a transient ``OSError`` (``retry``); the last error is
-    raised, saying how many attempts were made."""
+    """``fn()``, tried again after a transient ``OSError`` (``retry``); a permanent error is
+    raised as it is, a transient one whose attempts ran out as ``_GaveUp``."""
     tries = 0
     while True:
         tries += 1
         try:
             return fn()
         except OSError as e:
-            if not is_transient(e) or tries >= retry.attempts:
-                if tries == 1:
-                    raise
-                raise OSError(f"{e} (after {tries} attempts)") from e
+            if not is_transient(e):
+                raise
+            if tries >= retry.attempts:
+                raise _GaveUp(e, tries) from e
             retry.sleep(tries)
 
 
-def plan(files: Sequence[str], columns: Columns = Columns(), retry: Retry = DEFAULT_RETRY
-         ) -> tuple[list[Shard], list[dict[str, Any]]]:
+def plan(files: Sequence[str], columns: Columns = Columns(), retry: Retry = DEFAULT_RETRY,
+         transient: str = "reject") -> tuple[list[Shard], list[dict[str, Any]]]:
     """Shards with their global row offsets, and the shards rejected at planning (reported).
-    A transient error reading a header is retried (``retry``) before the shard is rejected."""
+    A transient error reading a header is retried (``retry``); when the attempts run out, the
+    shard is rejected (``transient="reject"``) or ``StorageUnavailable`` is raised
+    (``transient="raise"``: a resumable job must not plan without it, since its row count
+    shifts the offsets, hence the default ids, of every later shard)."""
+    if transient not in ("reject", "raise"):
+        raise InvalidArgument(f"transient must be 'reject' or 'raise', got {transient!r}")
     shards: list[Shard] = []
     rejected: list[dict[str, Any]] = []
     off = 0
     for p in files:
         try:
             kind, rows, dim, _, size = _with_retry(lambda p=p: _shard_info(p, columns), retry)
+        except _GaveUp as e:
+            if transient == "raise":
+                raise StorageUnavailable(p, str(e)) from None
+            rejected.append({"file": p, "row": 0, "error": str(e)})
+            continue
         except (ShardError, OSError) as e:
             rejected.append({"file": p, "row": 0, "error": str(e)})
             continue
@@ -505,8 +576,10 @@ def read_batches(shard: Shard, dim: int | None, batch_rows: int = 10_000, start:
 
     A transient read error (``is_transient``) re-opens the shard and goes on from the first row
     not yet delivered (the end of the last batch yielded: no row twice, none skipped), at most
-    ``retry.attempts`` tries per position. Permanent errors, and transient ones whose attempts
-    ran out (``retryable``: a later run may resume there), raise ``ShardReadError`` with that row.
+    ``retry.attempts`` tries per position (a batch that gets further starts the count again).
+    Permanent errors (any other exception of the reader: a missing object, denied access, a
+    corrupt Parquet page's ``ArrowInvalid``, ...), and transient ones whose attempts ran out
+    (``retryable``: a later run may resume there), raise ``ShardReadError`` with that row.
 
     Memory: one batch (npy/fvecs are memory-mapped; Parquet is read record batch by record batch).
     Raises ``ShardError`` at the first batch if the whole shard is unusable (wrong dim).
@@ -519,13 +592,18 @@ def read_batches(shard: Shard, dim: int | None, batch_rows: int = 10_000, start:
         try:
             for b in _read_from(shard, dim, batch_rows, pos, columns, end):
                 yield b
-                pos, failures = max(pos, b.end), 0
+                if b.end > pos:  # progress: the next failure is the first at a new position
+                    pos, failures = b.end, 0
             return
-        except OSError as e:
+        except ShardError:  # already says what and where (wrong dim, bad header, ...)
+            raise
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad data
             failures += 1
             why = f"{type(e).__name__}: {e}"
             if not is_transient(e):
                 raise ShardReadError(shard.path, pos, why) from None
+            if pos >= end:  # every row delivered (the error came after the last one)
+                return
             if failures >= retry.attempts:
                 raise ShardReadError(shard.path, pos, f"read failed after {failures} attempts "
                                                       f"({why})", retryable=True) from None
@@ -586,9 +664,12 @@ def _read_vecs(shard: Shard, dim, batch_rows: int, start: int, end: int) -> Iter
     truncated = size % rec != 0 or n < shard.rows
     why = "truncated: incomplete last record" if size % rec else \
         f"truncated: the file holds {n} records, {shard.rows} when the job was planned"
+    # the cut at record n is reported by the range that reads past it (s <= n < its end), or
+    # by the shard's last range when the planned rows end there (an incomplete last record)
+    report_cut = truncated and (end > n or end >= shard.rows)
     end = min(end, n)
     if start >= end:
-        if truncated and start == n:
+        if report_cut and start == n:
             yield Batch(shard.path, n, n, np.zeros(0, dtype=np.int64),
                         np.zeros((0, d), dtype=np.float32),
                         errors=[{"file": shard.path, "row": int(n), "error": why}])
@@ -605,7 +686,7 @@ def _read_vecs(shard: Shard, dim, batch_rows: int, start: int, end: int) -> Iter
         X = np.asarray(chunk["v"], dtype=np.float32).reshape(k, d)
         if cut is not None:
             errors.append(_cut_error(shard.path, cut, shard.rows))
-        elif truncated and e == n:
+        elif report_cut and e == n:
             errors.append({"file": shard.path, "row": int(n), "error": why})
         ok = _finite_rows(shard.path, s, X, errors) & good_dim
         rows = np.arange(s, s + k, dtype=np.int64)[ok]
@@ -663,7 +744,11 @@ def _vector_column(col, path: str, first_row: int, dim, errors: list[dict]
 
 def _read_parquet(shard: Shard, dim, batch_rows: int, start: int, cols: Columns,
                   end: int | None = None) -> Iterator[Batch]:
-    pf = _parquet_file(shard.path)
+    try:
+        pf = _parquet_file(shard.path)
+    except ShardError as e:  # it opened at planning: the first unread row is where it stops
+        why = str(e).removeprefix(f"{shard.path}: ")
+        raise ShardReadError(shard.path, start, why) from None
     names = pf.schema_arrow.names
     want = [c for c in (cols.vector, cols.id, cols.tenant, cols.acl, cols.payload)
             if c is not None and c in names]

@@ -64,12 +64,8 @@ class JobState:
                  rejected: Sequence[dict[str, Any]] = ()) -> None:
         self.path = os.path.abspath(path)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                data = json.load(f)
-            if data.get("fingerprint") != fingerprint:
-                raise FailedPrecondition(f"{self.path} belongs to another job "
-                                         f"({data.get('fingerprint')}); use a new state file")
+        data = self.load(self.path, fingerprint)
+        if data is not None:
             self.data = data
             self.resumed = True
         else:
@@ -90,6 +86,28 @@ class JobState:
             if (r["file"], r["error"]) not in known:
                 self.data["rejected"].append(dict(r))
         self.save()
+
+    @staticmethod
+    def load(path: str, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+        """The state saved in ``path`` (None if there is none), checked to be this job's: a
+        state of another job, or of this source planned differently (a shard added, removed,
+        or rejected then), is refused with ``FailedPrecondition`` (its offsets, hence default
+        ids, would not match)."""
+        if not os.path.exists(path):
+            return None
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise FailedPrecondition(f"{path}: cannot read the job state ({e})") from None
+        if not isinstance(data, dict) or data.get("fingerprint") != fingerprint:
+            got = data.get("fingerprint") if isinstance(data, dict) else None
+            raise FailedPrecondition(
+                f"{path} belongs to another job, or to this source planned with other shards "
+                f"({got}); resuming with it would give rows other ids. Restore the source's "
+                f"shards, or start over with a new state file and a new collection (or "
+                f"--id-start past the ids already written)")
+        return data
 
     # -- queries --------------------------------------------------------------------------
     def acked(self, path: str) -> int:
@@ -159,16 +177,33 @@ class JobState:
                             "error": error})
         s["done"] = True
 
-    def give_up(self, path: str, error: str, row: int | None = None) -> None:
-        """Reading (or writing) shard ``path`` failed at file row ``row`` (default: its
+    def give_up(self, path: str, error: str, row: int | None = None,
+                limit: int | None = None) -> bool:
+        """Reading (or writing) shard ``path`` failed at file row ``row`` (at least its
         acknowledged offset) with transient errors that outlasted the retries (storage or sink
         unreachable): record it as ``retryable`` and leave the shard not done, so that the
-        next run of the job resumes it."""
+        next run of the job resumes it. A shard has one such error (a later one of the same run
+        replaces it). ``limit``: the runs in a row that may give the shard up without
+        acknowledging a row more; the ``limit``-th fails it for good instead (an error that
+        only looks transient would otherwise make every rerun stop incomplete). Returns whether
+        the shard stays resumable."""
         s = self.data["shards"][path]
-        e = {"file": path, "row": int(s["acked"] if row is None else row), "error": error,
-             "retryable": True}
-        if e not in s["errors"]:  # a re-run task of the same round gives up the same way
-            s["errors"].append(e)
+        row = max(int(s["acked"]), int(s["acked"] if row is None else row))
+        old = [e for e in s["errors"] if e.get("retryable")]
+        if not old:  # this run's first give-up of the shard: count the runs without progress
+            if int(s["acked"]) > int(s.get("give_up_acked", -1)):
+                s["give_ups"] = 1
+            else:
+                s["give_ups"] = int(s.get("give_ups", 0)) + 1
+            s["give_up_acked"] = int(s["acked"])
+        s["errors"] = [e for e in s["errors"] if not e.get("retryable")]
+        n = int(s.get("give_ups", 1))
+        if limit is not None and n >= limit:
+            self.fail_shard(path, f"{error} (given up by {n} runs in a row without progress: "
+                                  f"failed for good)", row)
+            return False
+        s["errors"].append({"file": path, "row": row, "error": error, "retryable": True})
+        return True
 
     def dumps(self) -> str:
         """The state as the JSON text ``save`` writes (taken under the caller's lock, written
