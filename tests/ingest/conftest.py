@@ -1,4 +1,5 @@
-"""One local Ray runtime for all ingestion tests (starting Ray costs seconds)."""
+"""One local Ray runtime for all ingestion tests (starting Ray costs seconds), and the bulk
+build's SST files read back (``sst_items``)."""
 
 from __future__ import annotations
 
@@ -15,3 +16,25 @@ def ray_local():
                                       "vecdb.ingest.testing.register"})
     yield ray
     ray.shutdown()
+
+
+def _sst_items(folder) -> list[tuple[bytes, bytes]]:
+    """Every key/value of the SST files in ``folder/sst``, ingested into a fresh store at
+    ``folder/db`` (ascending keys)."""
+    import rocksdict
+
+    db = rocksdict.Rdict(str(folder / "db"), options=rocksdict.Options(raw_mode=True))
+    try:
+        for f in sorted((folder / "sst").iterdir()):
+            db.ingest_external_file([str(f)])
+        return list(db.items())
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def sst_items():
+    """``_sst_items`` for the bulk reduce tests (a fixture: a test module importing another test
+    module, or this conftest, loads it a second time); skips without rocksdict."""
+    pytest.importorskip("rocksdict")
+    return _sst_items

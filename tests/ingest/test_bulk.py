@@ -466,19 +466,8 @@ def test_train_heads_within_train_rows_is_the_in_memory_build(ray_local, tmp_pat
     assert not list(tmp_path.glob("*.npy"))
 
 
-def _sst_items(folder) -> list[tuple[bytes, bytes]]:
-    import rocksdict
-
-    db = rocksdict.Rdict(str(folder / "db"), options=rocksdict.Options(raw_mode=True))
-    try:
-        for f in sorted((folder / "sst").iterdir()):
-            db.ingest_external_file([str(f)])
-        return list(db.items())
-    finally:
-        db.close()
-
-
-def test_reduce_task_over_many_ranges_writes_what_one_task_per_range_writes(tmp_path):
+def test_reduce_task_over_many_ranges_writes_what_one_task_per_range_writes(
+        tmp_path, sst_items):
     """A reduce task maps the run/vector files once and walks its ranges with per-run cursors:
     every range must come out as when it is reduced alone (keys, records with zero pad bytes,
     split hub lists, sizes), and ``_groups`` must cover the ranges in order."""
@@ -517,7 +506,7 @@ def test_reduce_task_over_many_ranges_writes_what_one_task_per_range_writes(tmp_
         res = [r for g in calls for r in _reduce_task(
             g, runs, str(tmp_path / "heads.npy"), dim, 20, vec_files, str(out), split, 1.0, 0,
             30)]
-        outs.append((_sst_items(out), res))
+        outs.append((sst_items(out), res))
     (a, ra), (b, rb) = outs
     assert a == b and len(a) > 2 * H
     for x, y in zip(ra, rb, strict=True):

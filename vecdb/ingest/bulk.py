@@ -840,6 +840,11 @@ def check_unique_ids(res: list[dict[str, Any]], memory_bytes: int = 256 << 20,
     return info
 
 
+MEMORY_EVERY_S = 5.0  # seconds between a map worker's memory_now() readings (first batch: always)
+# this process's last reading (time.perf_counter) in the current build: reset by map_heads when it
+# loads a new build's heads (Ray reuses workers across builds: a build starting within
+# MEMORY_EVERY_S of the previous one's last reading would otherwise get none on this worker)
+_MEM_AT = [-float("inf")]
 _HEADS: dict[tuple, tuple[np.ndarray, HeadSearch]] = {}
 
 
@@ -855,14 +860,11 @@ def map_heads(out: str, metric: str, graph_path: str | None, search_ef: int,
     key = (path, st.st_ino, st.st_mtime_ns, metric, graph_path, search_ef, groups_path)
     if key not in _HEADS:
         _HEADS.clear()
+        _MEM_AT[0] = -float("inf")  # a new build: its first batch here reads the memory
         heads = np.load(path, mmap_mode="r")
         _HEADS[key] = (heads, HeadSearch(heads, metric_code(metric), graph_path, search_ef,
                                          groups_path))
     return _HEADS[key]
-
-
-MEMORY_EVERY_S = 5.0  # seconds between a map worker's memory_now() readings (first batch: always)
-_MEM_AT = [-float("inf")]  # this process's last reading (time.perf_counter)
 
 
 def _sorted_counts(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -939,14 +941,14 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
                             keep.view(np.uint8))
     t5 = time.perf_counter()
     split["rng"] += t5 - t4
-    # the worker's memory with the batch's search buffers, candidates and heads in use: on the
-    # first batch a worker maps and then at most every MEMORY_EVERY_S (smaps_rollup walks the
+    # the worker's memory with the batch's search buffers, candidates and heads in use: on a
+    # worker's first batch of a build and then at most every MEMORY_EVERY_S (smaps_rollup walks the
     # page tables of every mapping, heads and object store included: 9 ms a batch at 3M)
     mem = None
     if t5 - _MEM_AT[0] >= MEMORY_EVERY_S:
         mem, _MEM_AT[0] = memory_now(), t5
     t6 = time.perf_counter()
-    split["memory"] = t6 - t5
+    split["memory"] += t6 - t5
     pts, cols = np.nonzero(keep)
     lid = cand[pts, cols].astype(np.int32)
     order = np.argsort(lid, kind="stable")
@@ -1137,9 +1139,17 @@ def _reduce_range(lo: int, hi: int, task: int, runs: list[str], heads: np.ndarra
             vec[o] = src[r]
             continue
         fi = np.searchsorted(offs, sl, side="right") - 1
+        if fi.min() < 0:  # vec_files[-1] with negative rows: wrong vectors, silently
+            raise RuntimeError(f"reduce lists [{lo}, {hi}): slot {int(sl[fi < 0].min())} lies "
+                               f"below the first vector file (offset {int(offs[0])})")
         for t in np.unique(fi).tolist():
             m = fi == t
-            vec[o[m]] = files(vec_files[t][1])[sl[m] - offs[t]]
+            src, r = files(vec_files[t][1]), sl[m] - offs[t]
+            if r.max() >= len(src):  # a slot past this file's rows (the last file's, or a gap)
+                raise RuntimeError(f"reduce lists [{lo}, {hi}): slot {int(sl[m].max())} lies "
+                                   f"past the vector file {vec_files[t][1]} (rows "
+                                   f"{int(offs[t])}..{int(offs[t]) + len(src) - 1})")
+            vec[o[m]] = src[r]
     del cat, slot, at, perm, vec
     anon = anon_rss()
     t1, c1 = lap("gather", t1, c1)
@@ -1425,7 +1435,9 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                 agg["split"][k] = agg["split"].get(k, 0.0) + v
             agg["seconds"] += r.pop("seconds")
             agg["rss"] = max(agg["rss"], r.pop("rss"))
-            for k, v in r.pop("mem", {}).items():  # each batch's worker memory after its search
+            # the worker memory sampled after the search (a worker's first batch of a build,
+            # then every MEMORY_EVERY_S)
+            for k, v in r.pop("mem", {}).items():
                 agg["mem"][k] = max(agg["mem"].get(k, 0), v)
             return r
 
@@ -1454,7 +1466,8 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
                          "assignments": int(hist.sum()), "tasks": len(todo), "batches": len(res),
                          "task_seconds": agg["seconds"], "task_split": agg["split"],
                          "worker_peak_rss": agg["rss"],
-                         # each batch's worker memory after its search: largest per field
+                         # the worker memory sampled after the search (a worker's first batch
+                         # of a build, then every MEMORY_EVERY_S): largest per field
                          "worker_memory": agg["mem"],
                          "ray_data": {"operators": rd["operators"], "fused": rd["fused"]},
                          "id_check": ids_check}
