@@ -1,8 +1,9 @@
 """One local Ray runtime for all ingestion tests (starting Ray costs seconds), and the bulk
-build's SST files read back (``sst_items``)."""
+build's SST files read back (``sst_items``), what an online test stored (``stored``)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 
@@ -38,3 +39,23 @@ def sst_items():
     module, or this conftest, loads it a second time); skips without rocksdict."""
     pytest.importorskip("rocksdict")
     return _sst_items
+
+
+def _stored(tmp_path) -> tuple[list[int], np.ndarray]:
+    """(ids, vectors) of tenant ``t`` in collection ``c`` of the data folder ``tmp_path/db``:
+    what an online-ingest test wrote there."""
+    import vecdb
+
+    db = vecdb.open(str(tmp_path / "db"))
+    try:
+        col = db.collection("c")
+        ids = col.ids("t")
+        return ids.tolist(), col.get(ids, tenant="t").vectors
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def stored():
+    """``_stored`` for the online-ingest tests (a fixture, as ``sst_items``)."""
+    return _stored

@@ -10,7 +10,6 @@ import os
 import numpy as np
 import pytest
 
-import vecdb
 from vecdb.errors import InvalidArgument
 from vecdb.ingest.cli import _report_errors
 from vecdb.ingest.online import run_online, sink_unreachable
@@ -39,17 +38,6 @@ def online(d, tmp_path, outage=None):
                       _sink_outage=outage)
 
 
-def stored(tmp_path):
-    """(ids, vectors) of tenant ``t`` in collection ``c``."""
-    db = vecdb.open(str(tmp_path / "db"))
-    try:
-        col = db.collection("c")
-        ids = col.ids("t")
-        return ids.tolist(), col.get(ids, tenant="t").vectors
-    finally:
-        db.close()
-
-
 def shards_state(path):
     st = json.load(open(path))
     return {os.path.basename(k): v for k, v in st["shards"].items()}
@@ -67,7 +55,8 @@ def test_sink_unreachable_classifies_outages_only():
     assert not sink_unreachable(RuntimeError("actor died"))
 
 
-def test_sink_outage_ends_incomplete_and_a_rerun_resumes_exactly_once(ray_local, src, tmp_path):
+def test_sink_outage_ends_incomplete_and_a_rerun_resumes_exactly_once(ray_local, src, tmp_path,
+                                                                     stored):
     d, X = src
     marker = tmp_path / "down"
     marker.touch()
@@ -106,7 +95,7 @@ def test_sink_outage_ends_incomplete_and_a_rerun_resumes_exactly_once(ray_local,
 
 
 @pytest.mark.parametrize("code", ["INTERNAL", "INVALID_ARGUMENT"])
-def test_sink_errors_that_are_not_an_outage_stay_final(ray_local, src, tmp_path, code):
+def test_sink_errors_that_are_not_an_outage_stay_final(ray_local, src, tmp_path, code, stored):
     """A server error other than unreachable (INTERNAL: maybe the data breaks it) fails the
     shard for good after the rounds; a request error (INVALID_ARGUMENT) rejects the batches at
     once. Either way the job is complete (exit 3) and a rerun does not send the shard again."""

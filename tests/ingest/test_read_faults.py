@@ -16,7 +16,6 @@ import pytest
 pytest.importorskip("fsspec")  # before vecdb.ingest.testing (faulty:// is an fsspec filesystem)
 pytest.importorskip("pyarrow")
 
-import vecdb  # noqa: E402
 from vecdb.errors import FailedPrecondition, InvalidArgument  # noqa: E402
 from vecdb.ingest import testing  # noqa: E402
 from vecdb.ingest.sources import (  # noqa: E402
@@ -362,24 +361,13 @@ def online(d, tmp_path, **kw):
                       state_path=str(tmp_path / "job.json"), read_retry=RETRY, **kw)
 
 
-def stored(tmp_path):
-    """(ids, vectors) of tenant ``t`` in collection ``c``."""
-    db = vecdb.open(str(tmp_path / "db"))
-    try:
-        col = db.collection("c")
-        ids = col.ids("t")
-        return ids.tolist(), col.get(ids, tenant="t").vectors
-    finally:
-        db.close()
-
-
 def names(errors):
     return sorted((os.path.basename(e["file"]), e["row"], bool(e.get("retryable")))
                   for e in errors)
 
 
 def test_online_transient_error_exactly_once_and_a_given_up_shard_resumed_by_a_rerun(
-        ray_local, src, tmp_path):
+        ray_local, src, tmp_path, stored):
     d, X = src
     testing.inject(d / "s0.npy", after=npy_byte(250))  # transient: once
     testing.inject(d / "s1.npy", after=npy_byte(250), times=-1)  # the storage stays unreachable
@@ -431,7 +419,7 @@ def test_online_transient_error_exactly_once_and_a_given_up_shard_resumed_by_a_r
     assert r3["complete"] and r3["sink_batches"] == []
 
 
-def test_online_permanent_read_errors_are_not_retried_by_a_rerun(ray_local, src, tmp_path):
+def test_online_permanent_read_errors_are_not_retried_by_a_rerun(ray_local, src, tmp_path, stored):
     """A missing object, a denied permission or a truncated file fails the same way again: the
     shard is done (reported), the job complete, and a rerun does not read it (even once the
     fault is gone)."""
@@ -460,7 +448,7 @@ def test_online_permanent_read_errors_are_not_retried_by_a_rerun(ray_local, src,
                                              X[2 * ROWS:2 * ROWS + 250], X[3 * ROWS:]]))
 
 
-def test_cli_online_read_attempts_incomplete_then_resumed(ray_local, src, tmp_path, capsys):
+def test_cli_online_read_attempts_incomplete_then_resumed(ray_local, src, tmp_path, capsys, stored):
     from vecdb.ingest.cli import main
 
     d, _ = src
@@ -500,7 +488,7 @@ def test_failed_block_carries_retryable_through_the_codec(src):
 
 
 def test_online_planning_storage_unreachable_aborts_and_rerun_keeps_the_ids(
-        ray_local, src, tmp_path, capsys):
+        ray_local, src, tmp_path, capsys, stored):
     """A header unreadable for transient errors must not shift the later shards' offsets: the
     job stops before it starts (no state, nothing written), CLI exit 4; once the storage
     answers, the same command ingests every row under its global row number."""
@@ -547,7 +535,7 @@ def test_cli_state_of_another_job_or_unusable_is_exit_2_not_a_traceback(
         _start_tracker(str(tmp_path / "afile" / "job.json"), [], {"mode": "x"}, [])
 
 
-def test_online_corrupt_parquet_does_not_fail_the_other_shards(ray_local, tmp_path):
+def test_online_corrupt_parquet_does_not_fail_the_other_shards(ray_local, tmp_path, stored):
     from vecdb.ingest.online import run_online
 
     d = tmp_path / "src"
