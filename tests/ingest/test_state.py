@@ -87,7 +87,7 @@ def test_give_up_row_is_at_least_acked_and_replaces_the_shards_earlier_give_up(t
     st.give_up("/x/a.npy", "sink unreachable", 60)  # a later give-up of the same run
     assert st.incomplete() == [{"file": "/x/a.npy", "row": 60, "error": "sink unreachable",
                                 "retryable": True}]
-    assert st.data["shards"]["/x/a.npy"]["give_ups"] == 1  # one run, counted once
+    assert "give_ups" not in st.data["shards"]["/x/a.npy"]  # no limit given: not counted
 
 
 def test_runs_giving_a_shard_up_without_progress_fail_it_for_good(tmp_path):
@@ -101,10 +101,13 @@ def test_runs_giving_a_shard_up_without_progress_fail_it_for_good(tmp_path):
         st.save()
         return st
 
-    assert run(10).gave_up("/x/a.npy")
+    st = run(10)  # a run that acknowledged rows is not a run without progress
+    assert st.gave_up("/x/a.npy") and st.data["shards"]["/x/a.npy"]["give_ups"] == 0
+    assert run().gave_up("/x/a.npy")
     assert run().gave_up("/x/a.npy")  # 2 runs without progress
     st = run(20)  # progress: the count starts again
-    assert st.gave_up("/x/a.npy") and st.data["shards"]["/x/a.npy"]["give_ups"] == 1
+    assert st.gave_up("/x/a.npy") and st.data["shards"]["/x/a.npy"]["give_ups"] == 0
+    assert run().gave_up("/x/a.npy")
     assert run().gave_up("/x/a.npy")
     st = run()  # the 3rd run in a row without a row more: failed for good
     assert st.done("/x/a.npy") and not st.gave_up("/x/a.npy") and st.incomplete() == []
@@ -117,6 +120,31 @@ def test_runs_giving_a_shard_up_without_progress_fail_it_for_good(tmp_path):
         st = JobState(path, SHARDS, {"job": 1})
         assert st.give_up("/x/b.npy", "sink unreachable")
         st.save()
+
+
+def test_sink_outages_do_not_count_toward_give_up_runs(tmp_path):
+    path = str(tmp_path / "st.json")
+    for _ in range(2):  # two runs give b.npy up on an unreachable sink (no limit)
+        st = JobState(path, SHARDS, {"job": 1})
+        assert st.give_up("/x/b.npy", "sink unreachable")
+        st.save()
+    st = JobState(path, SHARDS, {"job": 1})  # then one read give-up: the 1st run counted
+    assert st.give_up("/x/b.npy", "read failed after 3 attempts", limit=3)
+    assert st.gave_up("/x/b.npy") and st.data["shards"]["/x/b.npy"]["give_ups"] == 1
+    # a sink give-up then a read give-up in one run: one run without progress, counted once
+    st.give_up("/x/b.npy", "sink unreachable")
+    st.give_up("/x/b.npy", "read failed", limit=3)
+    assert st.data["shards"]["/x/b.npy"]["give_ups"] == 1
+
+
+def test_give_up_of_a_shard_already_done_records_nothing(tmp_path):
+    st = JobState(str(tmp_path / "st.json"), SHARDS, {"job": 1})
+    st.ack("/x/a.npy", 100, 100, done=True)
+    st.fail_shard("/x/b.npy", "row 0: bad header")
+    for p in ("/x/a.npy", "/x/b.npy"):
+        assert st.give_up(p, "read failed", 10, limit=3) is False
+    assert [e["row"] for e in st.errors()] == [0] and st.incomplete() == []
+    assert "give_ups" not in st.data["shards"]["/x/a.npy"]
 
 
 def test_state_of_another_job_or_unreadable_is_refused(tmp_path):

@@ -54,6 +54,18 @@ def write_text_atomic(path: str, text: str) -> None:
         os.close(fd)
 
 
+def _retire_retryable(shard: dict[str, Any], keep: bool = True) -> list[dict[str, Any]]:
+    """Take shard ``shard``'s ``retryable`` errors out of its errors (a give-up that a later
+    run or read superseded); ``keep``: move them to its ``resumed_errors`` history. Returns
+    them."""
+    old = [e for e in shard["errors"] if e.get("retryable")]
+    if old:
+        shard["errors"] = [e for e in shard["errors"] if not e.get("retryable")]
+        if keep:
+            shard.setdefault("resumed_errors", []).extend(old)
+    return old
+
+
 class JobState:
     """Per-shard acknowledged offsets and errors of one ingestion job, persisted in ``path``.
 
@@ -77,10 +89,12 @@ class JobState:
                                                     "done": False, "errors": []})
         if self.resumed:  # shards given up on transient errors are tried again by this run
             for sh in self.data["shards"].values():
-                old = [e for e in sh["errors"] if e.get("retryable")]
-                if old and not sh["done"]:
-                    sh["errors"] = [e for e in sh["errors"] if not e.get("retryable")]
-                    sh.setdefault("resumed_errors", []).extend(old)
+                if not sh["done"]:
+                    _retire_retryable(sh)
+        # this run's start, for give_up_runs: a run "made progress" on a shard when it
+        # acknowledged rows past this offset; the shards whose read give-up this run counted
+        self._start_acked = {p: int(sh["acked"]) for p, sh in self.data["shards"].items()}
+        self._counted: set[str] = set()
         known = {(r["file"], r["error"]) for r in self.data["rejected"]}
         for r in rejected:
             if (r["file"], r["error"]) not in known:
@@ -164,10 +178,7 @@ class JobState:
         if done:
             s["done"] = True
             s["acked"] = max(int(s["acked"]), int(s["rows"]))
-            old = [e for e in s["errors"] if e.get("retryable")]
-            if old:  # given up, yet read to its end after all (a re-run task): not an error
-                s["errors"] = [e for e in s["errors"] if not e.get("retryable")]
-                s.setdefault("resumed_errors", []).extend(old)
+            _retire_retryable(s)  # given up, yet read to its end after all: not an error
 
     def fail_shard(self, path: str, error: str, row: int | None = None) -> None:
         """The shard is unusable from file row ``row`` on (default: its acknowledged offset):
@@ -183,21 +194,24 @@ class JobState:
         acknowledged offset) with transient errors that outlasted the retries (storage or sink
         unreachable): record it as ``retryable`` and leave the shard not done, so that the
         next run of the job resumes it. A shard has one such error (a later one of the same run
-        replaces it). ``limit``: the runs in a row that may give the shard up without
-        acknowledging a row more; the ``limit``-th fails it for good instead (an error that
-        only looks transient would otherwise make every rerun stop incomplete). Returns whether
-        the shard stays resumable."""
+        replaces it). ``limit`` (read give-ups only; a sink outage passes none and is not
+        counted): the runs in a row that may give the shard up on read errors without
+        acknowledging a row; the ``limit``-th such run fails it for good instead (an error that
+        only looks transient would otherwise make every rerun stop incomplete). A run that
+        acknowledged rows of the shard starts the count again at 0. Returns whether the shard
+        stays resumable (False for a shard already done: nothing is recorded)."""
         s = self.data["shards"][path]
+        if s["done"]:  # read to its end or failed for good already (e.g. a re-run task)
+            return False
         row = max(int(s["acked"]), int(s["acked"] if row is None else row))
-        old = [e for e in s["errors"] if e.get("retryable")]
-        if not old:  # this run's first give-up of the shard: count the runs without progress
-            if int(s["acked"]) > int(s.get("give_up_acked", -1)):
-                s["give_ups"] = 1
+        if limit is not None and path not in self._counted:  # this run's first read give-up
+            self._counted.add(path)
+            if int(s["acked"]) > self._start_acked.get(path, 0):
+                s["give_ups"] = 0  # this run made progress: not a run "without progress"
             else:
                 s["give_ups"] = int(s.get("give_ups", 0)) + 1
-            s["give_up_acked"] = int(s["acked"])
-        s["errors"] = [e for e in s["errors"] if not e.get("retryable")]
-        n = int(s.get("give_ups", 1))
+        _retire_retryable(s, keep=False)
+        n = int(s.get("give_ups", 0))
         if limit is not None and n >= limit:
             self.fail_shard(path, f"{error} (given up by {n} runs in a row without progress: "
                                   f"failed for good)", row)
