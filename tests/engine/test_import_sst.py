@@ -97,11 +97,17 @@ def test_import_sst_failures_leave_no_collection(tmp_path):
         db.close()
 
 
-def test_import_sst_reads_through_a_small_block_cache(tmp_path, monkeypatch):
-    """The import's stores (ingest, the assembling open, the reopen check) get a block cache of
-    at most IMPORT_CACHE_BYTES: they read each block once, so a serving-sized cache would only
-    hold the import's reads. The collection opened afterwards gets the configured cache."""
+@pytest.mark.parametrize("adopted", [False, True], ids=["rebuilt", "adopted"])
+@pytest.mark.parametrize("cache", [32 << 20, 0], ids=["32MiB", "disabled"])
+def test_import_sst_block_cache(tmp_path, monkeypatch, adopted, cache):
+    """An adopted import's stores (ingest, the assembling open, the reopen check) get a block
+    cache of at most IMPORT_CACHE_BYTES: they read each block about once, so a serving-sized
+    cache would only hold the import's reads. An import that rebuilds the index by adding
+    every vector keeps the configured cache (its index may re-read blocks). The collection
+    opened afterwards gets the configured cache; a disabled one (0) stays disabled."""
     from vecdb.engine import collection as engine
+    from vecdb.engine.state import acl_csr
+    from vecdb.index.flat import FlatIndex
     from vecdb.storage import rocks
 
     seen: list[tuple[str, int]] = []
@@ -116,15 +122,104 @@ def test_import_sst_reads_through_a_small_block_cache(tmp_path, monkeypatch):
     n, dim = 300, 8
     X = rng.standard_normal((n, dim)).astype(np.float32)
     sst = _files(tmp_path, X, np.arange(n, dtype=np.uint64), np.zeros(n, np.int32), {0: [1]})
-    db = vecdb.open(tmp_path / "data", background_checkpoints=False,
-                    block_cache_bytes=32 << 20)
+    adopt = None
+    if adopted:
+        def adopt(store, st):
+            idx = FlatIndex(dim)  # owner 0 ("a") for every vector, as in the files
+            slots = np.arange(n)
+            idx.add(X, slots, acl_csr(slots, np.zeros(n, np.int32), {0: [1]}))
+            return idx
+
+    db = vecdb.open(tmp_path / "data", background_checkpoints=False, block_cache_bytes=cache)
     try:
         seen.clear()
-        col = db.import_sst("imp", dim=dim, tenants=["a", "b"], sst=sst, expected_rows=n)
+        col = db.import_sst("imp", dim=dim, tenants=["a", "b"], sst=sst, expected_rows=n,
+                            adopt=adopt)
         assert len(col) == n
+        assert col.search(X[:3], 1, tenant="a").ids[:, 0].tolist() == [0, 1, 2]
     finally:
         db.close()
     during = [b for p, b in seen if f"{os.sep}.tmp-imp-" in p]
     after = [b for p, b in seen if f"{os.sep}.tmp-imp-" not in p]
-    assert len(during) >= 3 and max(during) == min(32 << 20, engine.IMPORT_CACHE_BYTES)
-    assert after == [32 << 20]
+    assert len(during) >= 3
+    assert set(during) == {min(cache, engine.IMPORT_CACHE_BYTES) if adopted else cache}
+    assert after == [cache]
+
+
+class _NoTrim:
+    """A libc handle without ``malloc_trim`` (as on musl or macOS)."""
+
+
+@pytest.mark.parametrize("cdll", ["raises", "no-symbol"])
+def test_release_freed_is_a_no_op_without_malloc_trim(monkeypatch, cdll):
+    """Where libc cannot be opened or has no ``malloc_trim``, ``release_freed`` does nothing
+    (no exception), looks the symbol up once and remembers that there is none."""
+    import ctypes
+
+    from vecdb.engine import collection as engine
+
+    calls = []
+
+    def fake(name, *a, **kw):
+        calls.append(name)
+        if cdll == "raises":
+            raise OSError("no libc here")
+        return _NoTrim()
+
+    monkeypatch.setattr(engine, "_trim", None)
+    monkeypatch.setattr(ctypes, "CDLL", fake)
+    engine.release_freed()
+    engine.release_freed()
+    assert calls == [None] and engine._trim is False
+
+
+def test_release_freed_calls_malloc_trim_with_its_signature(monkeypatch):
+    """With a ``malloc_trim`` symbol, it is declared ``int malloc_trim(size_t)`` and called
+    with 0 on every call."""
+    import ctypes
+
+    from vecdb.engine import collection as engine
+
+    class Fn:
+        argtypes = restype = None
+
+        def __init__(self):
+            self.args = []
+
+        def __call__(self, *args):
+            self.args.append(args)
+            return 1
+
+    class Lib:
+        malloc_trim = Fn()
+
+    monkeypatch.setattr(engine, "_trim", None)
+    monkeypatch.setattr(ctypes, "CDLL", lambda name, *a, **kw: Lib())
+    engine.release_freed()
+    engine.release_freed()
+    fn = Lib.malloc_trim
+    assert fn.argtypes == [ctypes.c_size_t] and fn.restype is ctypes.c_int
+    assert fn.args == [(0,), (0,)]
+
+
+def test_failed_import_still_releases_the_freed_heap(tmp_path, monkeypatch):
+    """An import that fails after the assembling open started (here: the adopter raises)
+    still hands the freed heap back (``release_freed`` in a finally), and leaves nothing."""
+    from vecdb.engine import collection as engine
+
+    trims = []
+    monkeypatch.setattr(engine, "release_freed", lambda: trims.append(1))
+    n, dim = 50, 4
+    X = np.random.default_rng(2).standard_normal((n, dim)).astype(np.float32)
+    sst = _files(tmp_path, X, np.arange(n, dtype=np.uint64), np.zeros(n, np.int32), {0: [1]})
+
+    def adopt(store, st):
+        raise RuntimeError("adopter failed")
+
+    db = vecdb.open(tmp_path / "data", background_checkpoints=False)
+    try:
+        with pytest.raises(RuntimeError, match="adopter failed"):
+            db.import_sst("imp", dim=dim, tenants=["a", "b"], sst=sst, adopt=adopt)
+        assert trims and "imp" not in db.list_collections()
+    finally:
+        db.close()

@@ -117,6 +117,26 @@ def test_save_load_roundtrip(tmp_path):
         np.testing.assert_array_equal(a[1], b[1])
 
 
+def test_save_writes_np_savez_members(tmp_path):
+    """``Index.save`` (through ``vecdb.storage.npz.write_npz``) writes the archive ``np.savez``
+    wrote before: the same members in the same order, byte for byte."""
+    import json
+    import zipfile
+
+    rng = np.random.default_rng(1)
+    idx = FlatIndex(8)
+    idx.add(rng.standard_normal((100, 8)), acl=[[i % 3] for i in range(100)])
+    idx.remove(np.arange(0, 100, 9))
+    idx.save(tmp_path / "f.idx")
+    meta, arrays = idx._state()
+    meta = {"kind": idx.kind, "dim": idx.dim, "metric": idx.metric, **meta}
+    with open(tmp_path / "ref.npz", "wb") as f:
+        np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    with zipfile.ZipFile(tmp_path / "f.idx") as a, zipfile.ZipFile(tmp_path / "ref.npz") as b:
+        assert a.namelist() == b.namelist()
+        for name in b.namelist():
+            assert a.read(name) == b.read(name), name
+
 def test_bad_input_changes_nothing():
     idx = FlatIndex(4, "l2")
     idx.add(np.ones((3, 4)))

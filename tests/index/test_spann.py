@@ -788,34 +788,3 @@ def test_float16_postings(tmp_path, sift5k):
     with pytest.raises(InvalidArgument):
         SPANNIndex(8, posting_dtype="int8")
     assert len(idx) == 5000
-
-
-def test_write_npz_members_match_np_save(monkeypatch):
-    """``write_npz`` writes C-contiguous arrays from their own memory in slices (here 1 KiB,
-    so large arrays take many) and the rest through numpy: every member reads back equal, with
-    its dtype and shape, and its bytes are those ``np.save`` writes."""
-    import io
-    import zipfile
-
-    from vecdb.index import spann
-
-    monkeypatch.setattr(spann, "_WRITE_BLOCK", 1024)
-    rng = np.random.default_rng(3)
-    arrays = {"i8": np.arange(100_003, dtype=np.int64), "b": rng.random(5000) < 0.5,
-              "f2": rng.standard_normal((700, 13)).astype(np.float32),
-              "strided": np.arange(5000, dtype=np.int32)[::3],
-              "fortran": np.asfortranarray(rng.standard_normal((40, 7))),
-              "empty": np.zeros(0, np.uint8),
-              "rec": np.zeros(999, dtype=[("slot", "<i8"), ("id", "<u8"), ("owner", "<i4")])}
-    arrays["rec"]["slot"] = np.arange(999)
-    f = io.BytesIO()
-    spann.write_npz(f, arrays)
-    f.seek(0)
-    with np.load(f) as z, zipfile.ZipFile(f) as zf:
-        assert sorted(z.files) == sorted(arrays)
-        for k, a in arrays.items():
-            got = z[k]
-            assert got.dtype == a.dtype and got.shape == a.shape and np.array_equal(got, a), k
-            ref = io.BytesIO()
-            np.save(ref, a)
-            assert zf.read(k + ".npy") == ref.getvalue(), k

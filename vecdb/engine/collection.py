@@ -28,7 +28,6 @@ all. A checkpoint holds the writer mutex (writers wait, readers continue) while 
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import os
@@ -55,10 +54,10 @@ from vecdb.errors import (
 )
 from vecdb.index import index_class
 from vecdb.index.base import Index, SearchParams
-from vecdb.index.spann import write_npz
 from vecdb.kernels import check_k, check_metric, prepare
 from vecdb.results import CREATED, UPDATED, GetResult, SearchResult, UpsertResult
 from vecdb.storage import MemoryKVStore, WriteBatch
+from vecdb.storage.npz import write_npz
 from vecdb.storage.rocks import RocksKVStore, folder_bytes
 
 MAX_ID = (1 << 63) - 1  # ids are uint64 on the wire, limited to int63 so int64 results hold them
@@ -688,7 +687,7 @@ class Collection:
         self._index.save(os.path.join(tmp, "index.npz"))
         arrays = self._state.to_arrays(copy=False)  # written in place: writers are held off
         with open(os.path.join(tmp, "state.npz"), "wb") as f:
-            write_npz(f, arrays)  # from the arrays' own memory: no 16+16 MiB copy buffers
+            write_npz(f, arrays)  # from the arrays' own memory: no 16 MiB bytes copy per block
             f.flush()
             os.fsync(f.fileno())
         shutil.rmtree(final, ignore_errors=True)
@@ -930,10 +929,13 @@ class Collection:
         if len(set(names)) != len(names):
             raise InvalidArgument("import_sst: duplicate tenant names")
         files = _read_map_headers(maps) if maps is not None and adopt is not None else None
-        # the import reads every block once (ingest checks, heads, versions, a sample of the
-        # vectors): a cache the size of the serving one would only fill up with them
-        options = dataclasses.replace(
-            options, block_cache_bytes=min(options.block_cache_bytes, IMPORT_CACHE_BYTES))
+        if adopt is not None:
+            # an adopted import reads each block about once (ingest checks, map checks, the
+            # adopter's heads/versions/sample): a serving-sized cache would only fill up with
+            # them. Not without ``adopt``: the index is rebuilt by adding every vector, and
+            # SPANN's maintenance then re-reads posting blocks (the configured cache helps)
+            options = dataclasses.replace(
+                options, block_cache_bytes=min(options.block_cache_bytes, IMPORT_CACHE_BYTES))
         cls.create(path, name, dim, metric, index, params, options)
         store = RocksKVStore(os.path.join(path, "store"), create=False,
                              block_cache_bytes=options.block_cache_bytes)
@@ -950,23 +952,27 @@ class Collection:
         finally:
             store.close()
         del store  # and its block cache with it (a closed store still holds the cached blocks)
-        col = cls(path, options, name, _import=True, _adopt=adopt, _maps=files)
+        col = None
         try:
-            with col._wmutex:
-                col._dirty_rows = max(1, len(col._state))
-                col._checkpoint_locked()
+            col = cls(path, options, name, _import=True, _adopt=adopt, _maps=files)
+            try:
+                with col._wmutex:
+                    col._dirty_rows = max(1, len(col._state))
+                    col._checkpoint_locked()
+            finally:
+                col.close(checkpoint=False)
+            col = None
+            release_freed()  # the first copy's memory back to the system before the second loads
+            col = cls(path, options, name)  # the checkpoint must load
+            try:
+                if col.recovery["source"] != "checkpoint":
+                    raise FailedPrecondition(
+                        f"import_sst: {path} did not reopen from its checkpoint")
+                return len(col)
+            finally:
+                col.close(checkpoint=False)
         finally:
-            col.close(checkpoint=False)
-        del col
-        release_freed()  # the first copy's memory back to the system before the second loads
-        col = cls(path, options, name)  # the checkpoint must load
-        try:
-            if col.recovery["source"] != "checkpoint":
-                raise FailedPrecondition(f"import_sst: {path} did not reopen from its checkpoint")
-            return len(col)
-        finally:
-            col.close(checkpoint=False)
-            del col
+            col = None  # dropped before the trim, also when the import failed
             release_freed()
 
     def close(self, checkpoint: bool | None = None) -> None:
@@ -1009,7 +1015,7 @@ class Collection:
             self._store.flush()
 
 
-# the block cache of an import's stores (at most; ``Options.block_cache_bytes`` if smaller)
+# the block cache of an adopted import's stores (at most; ``Options.block_cache_bytes`` if smaller)
 IMPORT_CACHE_BYTES = 8 << 20
 
 
@@ -1019,10 +1025,16 @@ def release_freed() -> None:
     them (measured: ~140 MB at 3M vectors) in the process for good."""
     global _trim
     if _trim is None:
+        _trim = False  # looked up once; stays False where there is no malloc_trim
         try:
-            _trim = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError):
-            _trim = False
+            import ctypes
+
+            trim = ctypes.CDLL(None).malloc_trim
+            trim.argtypes = [ctypes.c_size_t]
+            trim.restype = ctypes.c_int
+            _trim = trim
+        except Exception:  # no ctypes, no libc handle, no such symbol: nothing to hand back
+            pass
     if _trim:
         _trim(0)
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from vecdb.errors import InvalidArgument
 from vecdb.kernels import check_k, check_metric, prepare
+from vecdb.storage.npz import write_npz
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +157,9 @@ class Index(ABC):
         meta = {"kind": self.kind, "dim": self.dim, "metric": self.metric, **meta}
         tmp = f"{os.fspath(path)}.tmp"
         with open(tmp, "wb") as f:
-            np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+            # np.savez's archive, with the arrays written from their own memory
+            write_npz(f, {"__meta__": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                          **arrays})
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

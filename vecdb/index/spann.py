@@ -64,6 +64,7 @@ from vecdb.index.acl import AccessLists, normalize_acl
 from vecdb.index.base import Index, SearchParams, pad_results
 from vecdb.kernels import metric_code
 from vecdb.storage.kv import KVStore, MemoryKVStore, WriteBatch
+from vecdb.storage.npz import npz_member_to_file, write_npz
 
 CF = "postings"
 _VCHUNK = 4096  # slots per durable version chunk
@@ -1098,59 +1099,3 @@ class SPANNIndex(Index):
                 for k, v in store.iterate(CF, prefix=b"P"):
                     idx._sizes[int.from_bytes(k[1:], "big")] = len(v) // idx._rec.itemsize
         return idx
-
-
-_WRITE_BLOCK = 1 << 20  # bytes per write of ``write_npz``: its only buffer is the zip's
-
-
-def write_npy_into(e, a: np.ndarray) -> None:
-    """Write ``a`` as ``.npy`` into the open binary stream ``e`` (e.g. a zip member). A
-    C-contiguous array is written from its own memory in 1 MiB slices: no copy (numpy's
-    ``write_array`` on a stream that is not a real file copies it through a 16 MiB buffer
-    plus a 16 MiB ``bytes``: ~32 MiB of transient at a checkpoint's largest arrays)."""
-    fmt = np.lib.format
-    a = np.asanyarray(a)
-    if not a.flags.c_contiguous or a.dtype.hasobject:
-        fmt.write_array(e, a, allow_pickle=False)
-        return
-    hdr = fmt.header_data_from_array_1_0(a)
-    try:
-        fmt.write_array_header_1_0(e, hdr)
-    except ValueError:  # a header over 64 KiB
-        fmt.write_array_header_2_0(e, hdr)
-    raw = a.reshape(-1).view(np.uint8)
-    for i in range(0, len(raw), _WRITE_BLOCK):
-        e.write(memoryview(raw[i:i + _WRITE_BLOCK]))
-
-
-def write_npz(f, arrays: dict[str, np.ndarray], files: dict[str, str] | None = None) -> None:
-    """``np.savez`` into the open binary file ``f`` (uncompressed, readable by ``np.load``),
-    plus ``files``: name -> path of a file stored as a uint8 array, copied in blocks (never
-    held in memory). Arrays are written from where they are (``write_npy_into``: no copy)."""
-    import zipfile
-
-    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
-        for name, a in arrays.items():
-            with z.open(name + ".npy", "w", force_zip64=True) as e:
-                write_npy_into(e, a)
-        for name, p in (files or {}).items():
-            with z.open(name + ".npy", "w", force_zip64=True) as e, open(p, "rb") as src:
-                hdr = {"descr": "|u1", "fortran_order": False, "shape": (os.path.getsize(p),)}
-                np.lib.format.write_array_header_2_0(e, hdr)
-                shutil.copyfileobj(src, e, 4 << 20)
-
-
-def npz_member_to_file(z, name: str, path: str) -> str:
-    """Copy the uint8 array ``name`` of the open ``np.load`` archive ``z`` (written by
-    ``write_npz`` or ``np.savez``) to a raw file at ``path``, in blocks; returns ``path``."""
-    with z.zip.open(name + ".npy") as e, open(path, "wb") as out:
-        fmt = np.lib.format
-        read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(
-            fmt.read_magic(e))
-        if read is None:
-            raise InvalidArgument(f"{name}: unsupported .npy header version")
-        shape, _, dtype = read(e)
-        if dtype != np.uint8 or len(shape) != 1:
-            raise InvalidArgument(f"{name}: expected a 1-D uint8 array, got {dtype} {shape}")
-        shutil.copyfileobj(e, out, 4 << 20)
-    return path

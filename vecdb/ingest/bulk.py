@@ -1676,7 +1676,7 @@ def spann_adopter(man: dict[str, Any], bulk_dir: str, phases: dict[str, int] | N
         del acl_own
         # durable versions (SPANN reads them back over the checkpoint's): 1 for live slots,
         # written a few MB at a time
-        per = CHUNK // _VCHUNK
+        per = max(1, CHUNK // _VCHUNK)
         for c0 in range(0, (high + _VCHUNK - 1) // _VCHUNK, per):
             b = WriteBatch()
             for c in range(c0, min(c0 + per, (high + _VCHUNK - 1) // _VCHUNK)):
