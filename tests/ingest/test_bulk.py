@@ -676,3 +676,45 @@ def test_head_graph_update_task_joins_new_head_files_in_order(tmp_path):
     assert np.array_equal(g.vectors(np.array([20, 21, 22])), np.concatenate(new))
     with pytest.raises(AssertionError):  # the files' heads must match the ids
         _head_graph_update_task(path, np.zeros(0, np.int64), files, np.array([23], np.int64))
+
+
+def test_map_batch_result_is_small_and_its_histogram_file_is_exact(ray_local, tmp_path,
+                                                                   monkeypatch):
+    """A map batch touching ~2,000 lists returns a few KB (the list histogram goes to
+    ``runs/hist-<tag>.npy``, not into the result, so results stay under Ray's inline limit and
+    out of the object store): the file holds exactly the run's per-list records and primaries,
+    and the driver deletes it once added."""
+    import pickle
+
+    import vecdb.ingest.bulk as bulk
+
+    X = np.concatenate(list(clustered_stream(20_000, 16, chunk=10_000, seed=5)))
+    np.save(tmp_path / "a.npy", X)
+    seen = []
+    real = bulk.map_shards
+
+    def map_shards(*a, on_result=None, **kw):
+        def spy(r):
+            h = np.load(r["hist"]) if "hist" in r else None
+            run = np.load(r["runs"][0]) if r["runs"] else None
+            seen.append((len(pickle.dumps(r)), r.get("lists", 0), h, run))
+            out = on_result(r)
+            assert h is None or not os.path.exists(r.get("hist", "") or "x")
+            return out
+        return real(*a, on_result=spy, **kw)
+
+    monkeypatch.setattr(bulk, "map_shards", map_shards)
+    params = {"head_ratio": 0.1, "replica_count": 8, "background": False}
+    man = bulk_build_spann(str(tmp_path / "a.npy"), str(tmp_path / "out"), tenant="t",
+                           params=params, batch_rows=20_000, sample_rows=10_000,
+                           train_rows=10_000, progress=False)
+    assert seen and max(s[1] for s in seen) > 1_500  # lists in one batch: old result ~50 KB
+    assert max(s[0] for s in seen) < 16 << 10, [s[0] for s in seen]
+    total = 0
+    for _, lists, h, run in seen:
+        ids, n = np.unique(run["lid"], return_counts=True)
+        p = np.array([np.sum((run["lid"] == i) & (run["sec"] == 0)) for i in ids])
+        assert h.dtype == np.int32 and h.shape == (3, lists)
+        assert np.array_equal(h[0], ids) and np.array_equal(h[1], n) and np.array_equal(h[2], p)
+        total += int(n.sum())
+    assert total == man["stages"]["map"]["assignments"] > 0

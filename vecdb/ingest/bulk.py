@@ -877,6 +877,29 @@ def _sorted_counts(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a[start], np.diff(np.append(start, len(a))).astype(np.int64)
 
 
+def _save_hist(path: str, lid: np.ndarray, sec: np.ndarray) -> int:
+    """Write a sorted run's sparse list histogram to ``path`` as one (3, k) int32 array: list
+    id, records, primary (nearest-list) records per list present. The map batch returns the path,
+    not the arrays, so its result stays a few KB (under Ray's inline limit, never in the object
+    store the driver maps). Returns k."""
+    ids, n = _sorted_counts(lid)
+    h = np.empty((3, len(ids)), dtype=np.int32)
+    h[0], h[1] = ids, n
+    h[2] = np.add.reduceat((sec == 0).astype(np.int32), np.cumsum(n) - n) if len(n) else 0
+    np.save(path, h)
+    return len(ids)
+
+
+def _fold_hist(path: str, hist: np.ndarray, prim: np.ndarray, remove: bool = True) -> None:
+    """Add a batch's histogram file (``_save_hist``) into the driver's per-list totals and
+    delete it (a retried batch rewrites it under the same name; leftovers go with ``runs/``)."""
+    h = np.load(path)
+    np.add.at(hist, h[0], h[1])
+    np.add.at(prim, h[0], h[2])
+    if remove:
+        os.unlink(path)
+
+
 def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: dict[str, Any],
                tenant_ids: dict[str, int], tenant: str, id_start: int, out: str,
                graph_path: str | None, search_ef: int,
@@ -885,7 +908,8 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
     rows (vectors/acl/payload SSTs), the prepared vectors (a .npy the reduce gathers from) and
     the batch's run of list assignments sorted by list id. Every file is named after the shard
     number and the batch's first good row, so a retried task rewrites the same files. Returns
-    small metadata: paths, counts, the list histogram (sparse), source ids."""
+    small metadata (a few KB: paths, counts, source ids); the batch's sparse list histogram goes
+    to ``runs/hist-<tag>.npy`` (``_save_hist``), which the driver folds in and deletes."""
     from vecdb import _spann
     from vecdb.kernels import metric_code, prepare
 
@@ -894,9 +918,7 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
     split = {"read": 0.0, "engine_rows": 0.0, "search": 0.0, "search_cpu": 0.0, "rng": 0.0,
              "memory": 0.0, "runs": 0.0}
     res: dict[str, Any] = {"shard": b.shard, "index": piece.shard, "good": len(b),
-                           "errors": piece.errors, "runs": [], "sst": {}, "split": split,
-                           "hist": (np.zeros(0, np.int32), np.zeros(0, np.int64)),
-                           "prim": (np.zeros(0, np.int32), np.zeros(0, np.int64))}
+                           "errors": piece.errors, "runs": [], "sst": {}, "split": split}
     if piece.failed or not len(b):
         res.update(good=0, rss=_rss(), seconds=time.perf_counter() - t0)
         if piece.failed:
@@ -959,11 +981,12 @@ def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: di
     run["slot"] = slots[pts][order]
     path = os.path.join(out, "runs", f"run-{tag}.npy")
     np.save(path, run)
-    hist, prim = _sorted_counts(run["lid"]), _sorted_counts(run["lid"][run["sec"] == 0])
+    hist_path = os.path.join(out, "runs", f"hist-{tag}.npy")
+    lists = _save_hist(hist_path, run["lid"], run["sec"])
     split["runs"] += time.perf_counter() - t6
     files = {f: s.finish() for f, s in sst.items()}
     res.update(runs=[path], sst={f: p for f, p in files.items() if p}, maps=maps,
-               hist=hist, prim=prim,
+               hist=hist_path, lists=lists,
                vec_file=vec_path, offset=int(offsets[piece.shard] + lo),
                **save_ids(ids, os.path.join(out, "ids"), tag),
                rss=_rss(), seconds=time.perf_counter() - t0)
@@ -1428,9 +1451,8 @@ def bulk_build_spann(source: str | Sequence[str], out: str, *, dim: int | None =
             """Add a batch's list-size counts and its timings/memory to the totals as it arrives
             (the driver keeps O(H), not one sparse histogram per batch) and keep only what later
             steps read (file names, counts, the id-check sample: ~1-2 KB per batch)."""
-            np.add.at(hist, r["hist"][0], r["hist"][1])
-            np.add.at(prim, r["prim"][0], r["prim"][1])
-            del r["hist"], r["prim"]
+            if "hist" in r:  # empty and failed batches have none
+                _fold_hist(r.pop("hist"), hist, prim)
             for k, v in r.pop("split").items():
                 agg["split"][k] = agg["split"].get(k, 0.0) + v
             agg["seconds"] += r.pop("seconds")

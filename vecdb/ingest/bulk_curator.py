@@ -130,6 +130,10 @@ def _route_block(piece: Any, *, offsets: list[int], dim: int, metric: str,
     leaves = idx.route(X)
     leaf_path = os.path.join(out, "parts", f"leaves-{tag}.npz")
     np.savez(leaf_path, slots=slots, leaves=leaves)
+    # the batch's leaf counts go to a file, not into the result: a few thousand leaves made it
+    # tens of KB, past Ray's inline limit into the object store the driver maps
+    hist_path = os.path.join(out, "parts", f"hist-{tag}.npy")
+    np.save(hist_path, np.stack(np.unique(leaves, return_counts=True)).astype(np.int64))
     split["route"] += time.perf_counter() - t3
     files = {f: s.finish() for f, s in sst.items()}
     offset = int(offsets[piece.shard] + lo)
@@ -137,7 +141,7 @@ def _route_block(piece: Any, *, offsets: list[int], dim: int, metric: str,
                seconds=time.perf_counter() - t0, offset=offset,
                part={"offset": offset, "vectors": os.path.basename(vec_path),
                      "leaves": os.path.basename(leaf_path), "rows": len(b)},
-               leaf_hist=np.unique(leaves, return_counts=True),
+               leaf_hist=hist_path,
                **save_ids(ids, os.path.join(out, "ids"), tag))
     return res
 
@@ -226,9 +230,11 @@ def bulk_build_curator(source: str | Sequence[str], out: str, *, dim: int | None
     def fold(r: dict[str, Any]) -> dict[str, Any]:
         """Add a batch's leaf counts to the totals as it arrives (as the SPANN build does with
         its list histogram) and keep only its small metadata."""
-        leaf_hist = r.pop("leaf_hist", None)
+        leaf_hist = r.pop("leaf_hist", None)  # the file _route_block wrote; deleted once added
         if leaf_hist is not None:
-            np.add.at(hist, leaf_hist[0], leaf_hist[1])
+            h = np.load(leaf_hist)
+            np.add.at(hist, h[0], h[1])
+            os.unlink(leaf_hist)
         return r
 
     res, rd = map_shards(todo, dim, _route_block, {
