@@ -67,6 +67,7 @@ from vecdb.ingest.sources import (
     Retry,
     Shard,
     ShardError,
+    is_permanent,
     read_batches,
 )
 
@@ -220,8 +221,9 @@ def _read_range(shard: Shard, index: int, dim: int, batch_rows: int, start: int,
     are retried by ``read_batches`` (``retry``); a ShardError (a bad header, or a read that
     failed for good, ``ShardReadError``, at its first unread row) becomes a ``failed`` block
     after the blocks already delivered: the task, and the job, go on. Any other exception while
-    reading (a backstop: ``read_batches`` already wraps the reader's) becomes a permanent
-    ``failed`` block at the first row not delivered."""
+    reading (a backstop: ``read_batches`` already wraps the reader's) becomes a ``failed`` block
+    at the first row not delivered, retryable unless ``sources.is_permanent`` (a bug or an
+    unknown error: a rerun after the fix resumes the shard; ``give_up_runs`` bounds that)."""
     pos = start
     try:
         for b in read_batches(shard, dim, batch_rows, start, columns, end, retry):
@@ -231,13 +233,12 @@ def _read_range(shard: Shard, index: int, dim: int, batch_rows: int, start: int,
                 yield t
             else:
                 pos = max(pos, b.end)
-    except ShardError as e:
-        row = getattr(e, "row", 0)
-        yield failed_table(shard, index, max(start, row), str(e), dim, row,
-                           getattr(e, "retryable", False))
+    except ShardError as e:  # a plain one after progress (a re-open's dim check): its pos
+        row = max(pos, getattr(e, "row", 0))
+        yield failed_table(shard, index, row, str(e), dim, row, getattr(e, "retryable", False))
     except Exception as e:  # noqa: BLE001 - one shard's failure must not abort the round
         yield failed_table(shard, index, pos, f"{shard.path}: row {pos}: {type(e).__name__}: "
-                                              f"{e}", dim, pos)
+                                              f"{e}", dim, pos, not is_permanent(e))
 
 
 class ShardDatasource(_Base):

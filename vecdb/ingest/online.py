@@ -64,6 +64,9 @@ from vecdb.ingest.sources import (
     Columns,
     Retry,
     Shard,
+    StorageUnavailable,
+    _GaveUp,
+    _with_retry,
     check_dim,
     discover,
     is_uri,
@@ -103,7 +106,12 @@ class _Tracker:
 
     def __init__(self, path: str, shards: list[Shard], fingerprint: dict, rejected: list[dict],
                  save_every_s: float = 0.2) -> None:
-        self.state = JobState(path, shards, fingerprint, rejected)
+        self.error: str | None = None  # why the state could not be opened (see ``check``)
+        try:
+            self.state = JobState(path, shards, fingerprint, rejected)
+        except (FailedPrecondition, OSError) as e:  # refused, unreadable or unwritable
+            self.error = f"{type(e).__name__}: {e}"
+            return
         self.every = save_every_s
         self.attempts: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()  # the state (actor calls vs the saver's snapshot)
@@ -112,6 +120,11 @@ class _Tracker:
         self._saved = 0  # the version on disk
         self._stop = threading.Event()
         threading.Thread(target=self._saver, daemon=True).start()
+
+    def check(self) -> str | None:
+        """None when the job state opened, else why not (the constructor does not raise, so
+        the reason comes back as it is, not inside Ray's ActorDiedError text)."""
+        return self.error
 
     def _save(self) -> None:
         with self._lock:
@@ -198,15 +211,14 @@ def _start_tracker(state_path: str, shards: list[Shard], fingerprint: dict,
 
     tracker = ray.remote(num_cpus=0)(_Tracker).remote(state_path, shards, fingerprint, rejected)
     try:
-        ray.get(tracker.summary.remote())
-    except ray.exceptions.RayActorError as e:
-        msg = str(e)
-        # Ray's text holds the actor's traceback; its last line is the exception itself
-        last = [ln for ln in msg.splitlines() if ln.strip()]
-        why = next((ln.strip() for ln in reversed(last) if "Error" in ln), last[-1] if last
-                   else type(e).__name__)
+        why = ray.get(tracker.check.remote())
+    except ray.exceptions.RayActorError as e:  # died otherwise: its message's last line
+        last = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = last[-1] if last else type(e).__name__
+    if why is not None:
+        ray.kill(tracker)
         raise FailedPrecondition(f"the job state tracker could not start with {state_path}: "
-                                 f"{why}") from None
+                                 f"{why}")
     return tracker
 
 
@@ -386,7 +398,15 @@ def run_online(source: str | Sequence[str], collection: str, *, data: str | None
         raise InvalidArgument("give exactly one of data= (embedded folder) or address= (server)")
     if not isinstance(workers, int) or workers < 1:
         raise InvalidArgument(f"workers must be a positive integer, got {workers!r}")
-    files = discover(source)
+    if give_up_runs is not None and (isinstance(give_up_runs, bool)
+                                     or not isinstance(give_up_runs, int) or give_up_runs < 1):
+        raise InvalidArgument(f"give_up_runs must be a positive integer or None, got "
+                              f"{give_up_runs!r}")
+    try:  # a bucket listing the storage did not answer: retried, then exit 4 (nothing started)
+        files = _with_retry(lambda: discover(source), read_retry)
+    except _GaveUp as e:
+        what = source if isinstance(source, str) else ", ".join(map(str, source))
+        raise StorageUnavailable(what, str(e)) from None
     # a header the storage did not answer for raises StorageUnavailable (nothing written, the
     # state untouched): rejecting it would shift every later shard's offsets (default ids)
     shards, rejected = plan(files, columns, read_retry, transient="raise")

@@ -21,13 +21,15 @@ Validation confines a problem to its shard (a bad shard or row never stops the o
 - a truncated file -> the complete rows before the cut are read, the cut is reported at its row
   (also when a remote object turns out shorter than its header promised part-way through: a data
   error, not retried);
-- a transient read error (``is_transient``: a connection error, a timeout, or a storage
-  service's error that says it is temporary: throttling, 5xx, network) -> retried at the row
-  where it stopped, with bounded attempts and back-off (``Retry``): every row once, no gaps. Only
-  when the attempts run out is the shard given up: ``ShardReadError`` names the file and the
-  first unread row, and says (``retryable``) whether a later run of the job may resume it there.
-  Any other error while reading (a missing object, access denied, a corrupt Parquet page, ...)
-  is permanent: ``ShardReadError`` at the first unread row, not retried.
+- a read error that is not known to be permanent (``is_permanent``; a transient one,
+  ``is_transient``: a connection error, a timeout, a storage service's throttling, 5xx or
+  network error; or an unknown one: another library's network error, a bug) -> retried at the
+  row where it stopped, with bounded attempts and back-off (``Retry``): every row once, no gaps.
+  Only when the attempts run out is the shard given up: ``ShardReadError`` names the file and
+  the first unread row, with ``retryable`` (a later run of the job may resume it there). A
+  read that returns no bytes before the object's current end is such an error (not a cut).
+  A permanent error while reading (a missing object, access denied, a corrupt Parquet page:
+  ``is_permanent``) gives ``ShardReadError`` at the first unread row, not retried.
 
 Parquet columns: ``vector`` (fixed-size list or list of float, or binary of dim x float32 LE),
 optional ``id`` (integer), ``tenant`` (owner tenant name), ``acl`` (list of tenant names granted
@@ -111,32 +113,106 @@ class StorageUnavailable(VecdbError):
 
 # exception types that mean "try again later" whatever their message
 _TRANSIENT_TYPES = (ConnectionError, TimeoutError, InterruptedError, BlockingIOError)
-# a plain OSError is transient only when its message says so: pyarrow's S3/GCS/Azure/HDFS
+# OSError types that mean "this will fail again": the object or the access is wrong
+_PERMANENT_OS_TYPES = (FileNotFoundError, PermissionError, IsADirectoryError,
+                       NotADirectoryError, FileExistsError)
+# A plain OSError is transient only when its message says so: pyarrow's S3/GCS/Azure/HDFS
 # filesystems raise plain OSError for every service error, the permanent ones (ACCESS_DENIED,
 # NO_SUCH_BUCKET, bad credentials) and corrupt data ("Couldn't deserialize thrift") included.
-# The list follows Ray Data's DataContext.retried_io_errors (plus pyarrow's AWS error names).
+# An S3 error names its code ("AWS Error <CODE>"): it is classified by that code alone. Other
+# messages are matched (case-insensitively, quoted keys and paths left out) against
+# TRANSIENT_MESSAGES and an HTTP 5xx/429 status. After Ray Data's retried_io_errors.
+TRANSIENT_AWS_CODES = frozenset({
+    "NETWORK_CONNECTION", "SLOW_DOWN", "INTERNAL_FAILURE", "SERVICE_UNAVAILABLE", "THROTTLING",
+    "REQUEST_TIMEOUT", "REQUEST_LIMIT_EXCEEDED", "REQUEST_TIMEOUT_EXCEPTION",
+})
 TRANSIENT_MESSAGES = (
-    "AWS Error NETWORK_CONNECTION", "AWS Error SLOW_DOWN", "AWS Error INTERNAL_FAILURE",
-    "AWS Error SERVICE_UNAVAILABLE", "AWS Error THROTTLING", "AWS Error REQUEST_TIMEOUT",
-    "AWS Error UNKNOWN (HTTP status 5", "HTTP status 5", "RequestTimeout", "SlowDown",
-    "ServiceUnavailable", "InternalError", "Service Unavailable", "Too Many Requests",
-    "timed out", "Timeout", "Connection reset", "Connection refused", "Broken pipe",
-    "Temporary failure in name resolution", "Try again", "curlCode: 28",
-    "Unable to connect", "connection was forcibly closed",
+    "requesttimeout", "slowdown", "serviceunavailable", "service unavailable", "internalerror",
+    "too many requests", "unavailable", "rate limit", "ratelimit", "timed out", "timeout",
+    "connection reset", "connection refused", "connection aborted", "broken pipe",
+    "temporary failure in name resolution", "try again", "curlcode: 28", "unable to connect",
+    "connection was forcibly closed", "server disconnected",
 )
+_AWS_CODE = re.compile(r"AWS Error (\w+)")
+_HTTP_STATUS = re.compile(r"(?:http|status|code|error)\D{0,12}\b(5\d\d|429)\b", re.IGNORECASE)
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def _transient_text(text: str) -> bool:
+    """Whether a plain OSError's message says the storage will answer later (see above)."""
+    code = _AWS_CODE.search(text)
+    if code is not None and code.group(1) != "UNKNOWN":  # S3: the code decides
+        return code.group(1) in TRANSIENT_AWS_CODES
+    text = _QUOTED.sub("''", text)  # a key or path is not a reason ("timeout.npy")
+    if _HTTP_STATUS.search(text):
+        return True
+    low = text.lower()
+    return any(m in low for m in TRANSIENT_MESSAGES)
 
 
 def is_transient(e: BaseException) -> bool:
-    """Whether a read error is worth retrying: a connection error, a timeout, an interrupted
-    call, or a plain ``OSError`` whose message is one of ``TRANSIENT_MESSAGES`` (a storage
-    service's throttling, 5xx, network error). Everything else (a missing object, denied access,
-    bad credentials, corrupt data) would fail the same way again."""
+    """Whether a read error is known to be temporary: a connection error, a timeout, an
+    interrupted call, or a plain ``OSError`` whose text says so (an S3 error code in
+    ``TRANSIENT_AWS_CODES``, HTTP 5xx/429, or one of ``TRANSIENT_MESSAGES``: throttling,
+    unavailable, network). ``is_permanent`` tells the errors that will fail again."""
     if isinstance(e, _TRANSIENT_TYPES):
         return True
     if type(e) is not OSError:  # FileNotFoundError, PermissionError, ... and non-OS errors
         return False
-    text = str(e)
-    return any(m in text for m in TRANSIENT_MESSAGES)
+    return _transient_text(str(e))
+
+
+def is_permanent(e: BaseException) -> bool:
+    """Whether a read error is known to fail the same way again (not worth a retry, nor a rerun
+    of the job): a ``ShardError`` or another ``InvalidArgument`` (no such source); a data error
+    (``ValueError``, pyarrow's ``ArrowInvalid`` among them, and pyarrow's other non-I/O
+    ``ArrowException``s: not implemented, wrong type); a missing object or denied access
+    (``FileNotFoundError``, ``PermissionError``, ...); or a plain ``OSError`` whose text is not
+    transient (S3's ACCESS_DENIED, NO_SUCH_BUCKET, bad credentials, pyarrow's "Couldn't
+    deserialize thrift"). Everything else is retried and, when the attempts run out, given up
+    as retryable: a transient error, another library's network error (aiohttp, botocore,
+    gcsfs: often not an OSError, or an OSError subclass), a ``MemoryError`` (given up at once,
+    not retried in the task: the memory may be there for a rerun; re-raising it would abort
+    the whole Ray Data round), or a bug of ours (a rerun after the fix reads the shard;
+    ``give_up_runs`` bounds the reruns)."""
+    if isinstance(e, InvalidArgument | ValueError):  # ShardError, a bad source, bad data
+        return True
+    if isinstance(e, OSError):
+        if isinstance(e, _TRANSIENT_TYPES):
+            return False
+        if isinstance(e, _PERMANENT_OS_TYPES):
+            return True
+        return type(e) is OSError and not _transient_text(str(e))
+    try:
+        import pyarrow as pa
+    except ImportError:  # pragma: no cover - pyarrow is a dependency of every reader
+        return False
+    return isinstance(e, pa.ArrowException) and not isinstance(e, MemoryError)
+
+
+class _Tries:
+    """One retry loop's count of failures in a row at one position (``progress`` resets it):
+    the rule shared by planning's ``_with_retry`` and ``read_batches``."""
+
+    def __init__(self, retry: Retry) -> None:
+        self.retry = retry
+        self.failures = 0
+
+    def progress(self) -> None:
+        """The read got further: the next failure is the first at a new position."""
+        self.failures = 0
+
+    def failed(self, e: BaseException) -> str:
+        """Count failure ``e``: ``"permanent"`` (``is_permanent``: do not retry), ``"give_up"``
+        (the attempts ran out, or a MemoryError: retryable by a later run) or ``"retry"`` (after
+        the back-off sleep)."""
+        self.failures += 1
+        if is_permanent(e):
+            return "permanent"
+        if isinstance(e, MemoryError) or self.failures >= self.retry.attempts:
+            return "give_up"
+        self.retry.sleep(self.failures)
+        return "retry"
 
 
 class _ShortRead(Exception):
@@ -307,19 +383,25 @@ class _RemoteRows:
 
 def _read_fully(f: Any, n: int, offset: int) -> bytes:
     """``n`` bytes at ``offset`` of ``f``, with as many ``read_at`` calls as it takes (a file
-    system may legally return fewer bytes per call, e.g. an fsspec file's one ``read``); fewer
-    than ``n`` only when a read returns no bytes (the end of the file)."""
+    system may legally return fewer bytes per call, e.g. an fsspec file's one ``read``). Fewer
+    than ``n`` only when the object's current size (``f.size()``) confirms that it ends there
+    (a truncation); a read that returns no bytes before that end raises ``ConnectionError``
+    (transient: retried like a dropped connection)."""
     raw = f.read_at(n, offset)
     if len(raw) >= n:
-        return raw
+        return raw[:n] if len(raw) > n else raw
     parts, got = [raw], len(raw)
     while got < n:
         more = f.read_at(n - got, offset + got)
         if not more:
+            size = f.size()
+            if offset + got < size:
+                raise ConnectionError(f"short read at byte {offset + got} of {size}: no bytes "
+                                      f"returned before the object's end")
             break
         parts.append(more)
         got += len(more)
-    return b"".join(bytes(p) for p in parts)
+    return b"".join(parts)[:n]
 
 
 def _records(path: str, dtype: np.dtype, offset: int, n: int):
@@ -372,6 +454,8 @@ def _discover_uri(s: str) -> list[str]:
         listing = fs.get_file_info(pafs.FileSelector(root, recursive=recursive,
                                                      allow_not_found=pattern is not None))
     except OSError as e:
+        if not is_permanent(e):  # the storage did not answer: the caller may retry
+            raise
         raise InvalidArgument(f"source {s!r}: cannot list it ({e})") from None
     out = []
     for f in listing:
@@ -458,11 +542,9 @@ def _parquet_file(path: str):
 
     try:
         return pq.ParquetFile(open_input(path) if is_uri(path) else path)
-    except OSError as e:
-        if is_uri(path) and is_transient(e):  # perhaps the network: the caller may retry
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for corrupt files
+        if not is_permanent(e):  # perhaps the network: the caller may retry (is_permanent)
             raise
-        raise ShardError(f"{path}: not a readable Parquet file ({e})") from None
-    except Exception as e:  # pyarrow raises several types for corrupt files
         raise ShardError(f"{path}: not a readable Parquet file ({e})") from None
 
 
@@ -502,27 +584,28 @@ def shard_info(path: str, columns: Columns = Columns()) -> tuple[str, int, int |
 
 
 class _GaveUp(OSError):
-    """``_with_retry``'s transient error whose attempts ran out (``cause``: the last one)."""
+    """``_with_retry``'s retryable error whose attempts ran out (``cause``: the last one)."""
 
-    def __init__(self, cause: OSError, tries: int) -> None:
-        super().__init__(f"{cause} (after {tries} attempts)")
+    def __init__(self, cause: BaseException, tries: int) -> None:
+        why = str(cause) if isinstance(cause, OSError) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"{why} (after {tries} attempts)")
         self.cause = cause
 
 
 def _with_retry(fn: Any, retry: Retry) -> Any:
-    """``fn()``, tried again after a transient ``OSError`` (``retry``); a permanent error is
-    raised as it is, a transient one whose attempts ran out as ``_GaveUp``."""
-    tries = 0
+    """``fn()``, tried again after an error that is not permanent (``is_permanent``; the same
+    rule as ``read_batches``): a permanent error is raised as it is, another one whose attempts
+    ran out (or a MemoryError) as ``_GaveUp``."""
+    tries = _Tries(retry)
     while True:
-        tries += 1
         try:
             return fn()
-        except OSError as e:
-            if not is_transient(e):
+        except Exception as e:  # noqa: BLE001 - classified by _Tries
+            verdict = tries.failed(e)
+            if verdict == "permanent":
                 raise
-            if tries >= retry.attempts:
-                raise _GaveUp(e, tries) from e
-            retry.sleep(tries)
+            if verdict == "give_up":
+                raise _GaveUp(e, tries.failures) from e
 
 
 def plan(files: Sequence[str], columns: Columns = Columns(), retry: Retry = DEFAULT_RETRY,
@@ -545,7 +628,7 @@ def plan(files: Sequence[str], columns: Columns = Columns(), retry: Retry = DEFA
                 raise StorageUnavailable(p, str(e)) from None
             rejected.append({"file": p, "row": 0, "error": str(e)})
             continue
-        except (ShardError, OSError) as e:
+        except (ShardError, OSError, ValueError) as e:
             rejected.append({"file": p, "row": 0, "error": str(e)})
             continue
         shards.append(Shard(p, kind, rows, off, dim, size))
@@ -574,12 +657,14 @@ def read_batches(shard: Shard, dim: int | None, batch_rows: int = 10_000, start:
     most ``batch_rows``. Problems at the shard's end (a truncation) are reported by the batch
     that reaches it, so disjoint ranges of one shard report each problem once.
 
-    A transient read error (``is_transient``) re-opens the shard and goes on from the first row
-    not yet delivered (the end of the last batch yielded: no row twice, none skipped), at most
-    ``retry.attempts`` tries per position (a batch that gets further starts the count again).
-    Permanent errors (any other exception of the reader: a missing object, denied access, a
-    corrupt Parquet page's ``ArrowInvalid``, ...), and transient ones whose attempts ran out
-    (``retryable``: a later run may resume there), raise ``ShardReadError`` with that row.
+    A read error that is not permanent (``is_permanent``: a transient one, or an unknown one)
+    re-opens the shard and goes on from the first row not yet delivered (the end of the last
+    batch yielded: no row twice, none skipped), at most ``retry.attempts`` tries per position (a
+    batch that gets further starts the count again; a MemoryError is not retried here).
+    Permanent errors (a missing object, denied access, a corrupt Parquet page's
+    ``ArrowInvalid``, ...), and the others whose attempts ran out (``retryable``: a later run
+    may resume there), raise ``ShardReadError`` with that row. An error after the range's last
+    row was delivered ends the range without one.
 
     Memory: one batch (npy/fvecs are memory-mapped; Parquet is read record batch by record batch).
     Raises ``ShardError`` at the first batch if the whole shard is unusable (wrong dim).
@@ -587,27 +672,28 @@ def read_batches(shard: Shard, dim: int | None, batch_rows: int = 10_000, start:
     if batch_rows < 1:
         raise InvalidArgument("batch_rows must be >= 1")
     end = shard.rows if end is None else min(int(end), shard.rows)
-    pos, failures = start, 0
+    pos, tries = start, _Tries(retry)
     while True:
         try:
             for b in _read_from(shard, dim, batch_rows, pos, columns, end):
                 yield b
                 if b.end > pos:  # progress: the next failure is the first at a new position
-                    pos, failures = b.end, 0
+                    pos = b.end
+                    tries.progress()
             return
         except ShardError:  # already says what and where (wrong dim, bad header, ...)
             raise
-        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad data
-            failures += 1
-            why = f"{type(e).__name__}: {e}"
-            if not is_transient(e):
-                raise ShardReadError(shard.path, pos, why) from None
+        except Exception as e:  # noqa: BLE001 - classified by _Tries (see is_permanent)
             if pos >= end:  # every row delivered (the error came after the last one)
                 return
-            if failures >= retry.attempts:
-                raise ShardReadError(shard.path, pos, f"read failed after {failures} attempts "
-                                                      f"({why})", retryable=True) from None
-            retry.sleep(failures)
+            why = f"{type(e).__name__}: {e}"
+            verdict = tries.failed(e)
+            if verdict == "permanent":
+                raise ShardReadError(shard.path, pos, why) from None
+            if verdict == "give_up":
+                raise ShardReadError(shard.path, pos, f"read failed after {tries.failures} "
+                                                      f"attempts ({why})",
+                                     retryable=True) from None
 
 
 def _read_from(shard: Shard, dim: int | None, batch_rows: int, start: int, columns: Columns,

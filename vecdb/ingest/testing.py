@@ -17,9 +17,12 @@ processes. ``kind`` picks the fault: ``"reset"`` (ConnectionResetError), ``"time
 (TimeoutError), ``"oserror"`` (a plain OSError with the text pyarrow's S3 filesystem gives a
 network error: transient), ``"denied"`` (a plain OSError with S3's ACCESS_DENIED text:
 permanent), ``"missing"`` (FileNotFoundError), ``"permission"`` (PermissionError), ``"short"``
-(the read returns only the bytes before ``after``, as if the object ended there: a truncation)
-or ``"partial"`` (every read past ``after`` returns at most ``chunk`` bytes: legal, as a
-network file may; nothing is lost). ``message`` replaces the error's text.
+(the object ends at byte ``after``: its reads stop there and its size says so, a truncation;
+this rule ignores ``times``, a truncation does not heal, and its count is the reads it cut),
+``"eof"`` (a read past ``after`` returns no bytes though the object is longer: a dropped
+connection, transient) or ``"partial"`` (every read past ``after`` returns at most ``chunk``
+bytes: legal, as a network file may; nothing is lost). ``message`` replaces the error's text
+(``{path}`` in it: the file's path, quoted as storage services quote keys).
 
 fsspec is needed (the ``[ingest]`` extra); it is imported when ``register`` is called.
 """
@@ -42,7 +45,7 @@ _ERRORS: dict[str, tuple[type[OSError], str]] = {
     "missing": (FileNotFoundError, "injected missing"),
     "permission": (PermissionError, "injected permission"),
 }
-_KINDS = (*_ERRORS, "short", "partial")
+_KINDS = (*_ERRORS, "short", "eof", "partial")
 
 
 def _rule_path(path: str) -> str:
@@ -94,9 +97,30 @@ def inject(path: str | os.PathLike, after: int, times: int = 1, kind: str = "res
 
 
 def clear(path: str | os.PathLike) -> None:
-    """Remove the rule of ``path`` (its count stays readable with ``fired``)."""
-    if os.path.exists(_rule_path(os.fspath(path))):
-        os.unlink(_rule_path(os.fspath(path)))
+    """Remove the rule of ``path`` (its count stays readable with ``fired``); under the rule's
+    lock, so a read is never half under the rule."""
+    path = os.fspath(path)
+    with _Locked(path):
+        if os.path.exists(_rule_path(path)):
+            os.unlink(_rule_path(path))
+
+
+def _load_rule(path: str) -> dict[str, Any] | None:
+    """The rule of ``path`` (None if none)."""
+    try:
+        with open(_rule_path(path)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def _visible_size(path: str, size: int) -> int:
+    """The size a reader sees of the file ``path`` of ``size`` bytes: ``after`` under a
+    ``short`` rule (the object ends there), else ``size``."""
+    rule = _load_rule(path) if os.path.exists(_rule_path(path)) else None
+    if rule is not None and rule["kind"] == "short":
+        return min(size, int(rule["after"]))
+    return size
 
 
 def fired(path: str | os.PathLike) -> int:
@@ -131,17 +155,17 @@ class _FaultyFile(io.RawIOBase):
         return True
 
     def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 2:  # from the end a reader sees (a "short" rule's cut)
+            return self.f.seek(_visible_size(self.path, self.size) + offset, 0)
         return self.f.seek(offset, whence)
 
     def tell(self) -> int:
         return self.f.tell()
 
     def _rule(self) -> dict[str, Any] | None:
-        try:
-            with open(_rule_path(self.path)) as f:
-                rule = json.load(f)
-        except FileNotFoundError:
-            return None
+        rule = _load_rule(self.path)
+        if rule is None or rule["kind"] == "short":  # a cut object stays cut
+            return rule
         if rule["times"] >= 0 and fired(self.path) >= rule["times"]:
             return None
         return rule
@@ -164,11 +188,13 @@ class _FaultyFile(io.RawIOBase):
             _fire(self.path)
         if kind == "short":
             return self.f.read(max(0, rule["after"] - pos))
+        if kind == "eof":  # nothing, though the object goes on
+            return b""
         if kind == "partial":  # at most chunk bytes, and at least one: progress, no loss
             return self.f.read(max(1, min(want, rule.get("chunk", 1000))))
         cls, text = _ERRORS[kind]
         text = (rule.get("message") or text).replace("{path}", self.path)
-        raise cls(f"{text} (reading {self.path} at byte {max(pos, rule['after'])})")
+        raise cls(f"{text} (reading '{self.path}' at byte {max(pos, rule['after'])})")
 
     def readinto(self, b: Any) -> int:
         data = self.read(len(b))
@@ -191,6 +217,13 @@ def filesystem_class() -> type:
 
         class FaultyFileSystem(LocalFileSystem):
             protocol = (PROTOCOL,)
+
+            def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+                out = super().info(path, **kwargs)
+                if out.get("type") == "file":  # a "short" rule's object ends at its cut
+                    out = {**out, "size": _visible_size(self._strip_protocol(path),
+                                                        int(out["size"]))}
+                return out
 
             def _open(self, path: str, mode: str = "rb", block_size: Any = None,
                       **kwargs: Any):
