@@ -769,3 +769,14 @@ def test_tracker_that_cannot_open_the_state_says_why_without_raising(tmp_path):
     ok = _Tracker(str(tmp_path / "job.json"), [], {"mode": "x"}, [])
     assert ok.check() is None
     ok.flush()
+
+
+def test_a_short_rule_stays_a_truncation_whatever_its_times(src):
+    d, X = src
+    (shard,), _ = plan([testing.uri(d / "s0.npy")])
+    testing.inject(d / "s0.npy", after=npy_byte(250) + 5, times=1, kind="short")
+    for _ in range(2):  # a truncation does not heal after its first firing
+        rows, V, errs, stop = read(shard)
+        assert stop is None and rows.tolist() == list(range(250))
+        assert [e["row"] for e in errs] == [250]
+    assert testing.fired(d / "s0.npy") == 2  # each read that the cut stopped

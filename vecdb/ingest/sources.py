@@ -19,8 +19,8 @@ Validation confines a problem to its shard (a bad shard or row never stops the o
   raised when it is opened) and reported; the other shards go on;
 - non-finite rows -> those rows are skipped and reported (``BatchError`` entries: file, row, why);
 - a truncated file -> the complete rows before the cut are read, the cut is reported at its row
-  (also when a remote object turns out shorter than its header promised part-way through: a data
-  error, not retried);
+  (also when a remote object turns out shorter than its header promised part-way through, as
+  its current size confirms: a data error, not retried);
 - a read error that is not known to be permanent (``is_permanent``; a transient one,
   ``is_transient``: a connection error, a timeout, a storage service's throttling, 5xx or
   network error; or an unknown one: another library's network error, a bug) -> retried at the
