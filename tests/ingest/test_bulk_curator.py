@@ -286,3 +286,47 @@ def test_bench_curator_smoke(tmp_path):
     s = doc["summary"]
     assert {r["system"] for r in doc["rows"]} == {"serial upsert", "bulk"}
     assert s["bulk"]["recall"][-1]["recall"] >= s["serial"]["recall"][-1]["recall"] - 0.02
+
+
+def test_route_batch_result_is_small_and_its_leaf_counts_file_is_exact(ray_local, tmp_path,
+                                                                       monkeypatch):
+    """A route batch over many leaves returns a few KB: its leaf counts go to
+    ``parts/hist-<tag>.npy`` (not into the result, which would leave Ray's inline limit for the
+    object store the driver maps); the file equals the batch's leaves file's counts and the driver
+    deletes it once added."""
+    import os
+    import pickle
+
+    import vecdb.ingest.bulk_curator as bc
+
+    X = np.concatenate(list(clustered_stream(12_000, 16, chunk=6_000, seed=4)))
+    np.save(tmp_path / "a.npy", X)
+    seen = []
+    real = bc.map_shards
+
+    def map_shards(*a, on_result=None, **kw):
+        def spy(r):
+            h = np.load(r["leaf_hist"]) if "leaf_hist" in r else None
+            leaves = np.load(os.path.join(tmp_path / "out" / "parts", r["part"]["leaves"])) \
+                if "part" in r else None
+            seen.append((len(pickle.dumps(r)), h, leaves))
+            path = r.get("leaf_hist")
+            out = on_result(r)
+            assert path is None or not os.path.exists(path)
+            return out
+        return real(*a, on_result=spy, **kw)
+
+    monkeypatch.setattr(bc, "map_shards", map_shards)
+    man = bulk_build_curator(str(tmp_path / "a.npy"), str(tmp_path / "out"), tenant="t",
+                             params={"train_sample": 12_000, "leaf_size": 8,
+                                     "background_retrain": False},
+                             batch_rows=12_000, progress=False)
+    assert seen and all(h is not None for _, h, _ in seen)
+    assert max(h.shape[1] for _, h, _ in seen) > 1_000  # leaves in one batch: old result > 16 KB
+    assert max(s for s, _, _ in seen) < 16 << 10, [s for s, _, _ in seen]
+    for _, h, lv in seen:
+        ids, n = np.unique(lv["leaves"], return_counts=True)
+        assert np.array_equal(h[0], ids) and np.array_equal(h[1], n)
+    assert sum(int(h[1].sum()) for _, h, _ in seen) == man["rows"] == len(X)
+    assert man["stages"]["route"]["leaves_used"] == len(np.unique(np.concatenate(
+        [lv["leaves"] for _, _, lv in seen])))
