@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     from bench.bulk import write_shards
     from vecdb.ingest import cpu
     from vecdb.ingest.bulk import (
+        _fold_hist,
         _map_block,
         _spann_config,
         sample_rows_for,
@@ -169,8 +170,10 @@ def main(argv: list[str] | None = None) -> None:
                                           "offsets": [s.offset for s in shards]},
                                          batch_rows=a.batch)
                     hist = np.zeros(len(heads), np.int64)
+                    prim = np.zeros(len(heads), np.int64)
                     for r in res:
-                        np.add.at(hist, r["hist"][0], r["hist"][1])
+                        if "hist" in r:  # the batch's histogram file (empty batches have none)
+                            _fold_hist(r["hist"], hist, prim)
                     extra = {"operators": rd["operators"], "fused": rd["fused"],
                              "batches": len(res)}
                 else:
