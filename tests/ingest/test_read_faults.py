@@ -714,6 +714,29 @@ def test_planning_retries_an_unknown_error_and_rejects_a_data_error(monkeypatch,
         ("s1.npy", "bad header field")]
 
 
+def test_planning_rejects_a_permanent_pyarrow_error_that_is_neither_oserror_nor_valueerror(
+        monkeypatch, src):
+    """pyarrow's non-I/O errors (ArrowNotImplementedError, ArrowTypeError, ...) are permanent:
+    the shard is rejected at planning like a bad header, not raised out of the job."""
+    import pyarrow as pa
+
+    from vecdb.ingest import sources
+
+    d, _ = src
+    real = sources._shard_info
+
+    def info(path, columns):
+        if path.endswith("s2.npy"):
+            raise pa.ArrowNotImplementedError("unsupported column type")
+        return real(path, columns)
+
+    monkeypatch.setattr(sources, "_shard_info", info)
+    shards, rejected = plan(discover(str(d)), retry=RETRY)
+    assert [os.path.basename(s.path) for s in shards] == ["s0.npy", "s1.npy", "s3.npy"]
+    assert [(os.path.basename(r["file"]), r["row"], r["error"]) for r in rejected] == [
+        ("s2.npy", 0, "unsupported column type")]
+
+
 def test_a_transient_listing_error_is_not_an_invalid_source(monkeypatch):
     from vecdb.ingest import sources
 

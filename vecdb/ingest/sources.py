@@ -628,8 +628,8 @@ def plan(files: Sequence[str], columns: Columns = Columns(), retry: Retry = DEFA
                 raise StorageUnavailable(p, str(e)) from None
             rejected.append({"file": p, "row": 0, "error": str(e)})
             continue
-        except (ShardError, OSError, ValueError) as e:
-            rejected.append({"file": p, "row": 0, "error": str(e)})
+        except Exception as e:  # noqa: BLE001 - _with_retry raises only permanent errors here
+            rejected.append({"file": p, "row": 0, "error": str(e) or type(e).__name__})
             continue
         shards.append(Shard(p, kind, rows, off, dim, size))
         off += rows
