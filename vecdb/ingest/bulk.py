@@ -890,14 +890,14 @@ def _save_hist(path: str, lid: np.ndarray, sec: np.ndarray) -> int:
     return len(ids)
 
 
-def _fold_hist(path: str, hist: np.ndarray, prim: np.ndarray, remove: bool = True) -> None:
-    """Add a batch's histogram file (``_save_hist``) into the driver's per-list totals and
-    delete it (a retried batch rewrites it under the same name; leftovers go with ``runs/``)."""
+def _fold_hist(path: str, *totals: np.ndarray) -> None:
+    """Add a batch's histogram file (row 0 the ids, row ``i + 1`` the counts for ``totals[i]``:
+    ``_save_hist``'s lists, the Curator route's leaves) into the driver's totals and delete it
+    (a retried batch rewrites it under the same name; leftovers go with their folder)."""
     h = np.load(path)
-    np.add.at(hist, h[0], h[1])
-    np.add.at(prim, h[0], h[2])
-    if remove:
-        os.unlink(path)
+    for i, total in enumerate(totals):
+        np.add.at(total, h[0], h[i + 1])
+    os.unlink(path)
 
 
 def _map_block(piece: Any, *, offsets: list[int], dim: int, metric: str, cfg: dict[str, Any],

@@ -43,6 +43,7 @@ import numpy as np
 from vecdb.errors import FailedPrecondition, InvalidArgument
 from vecdb.ingest import cpu
 from vecdb.ingest.bulk import (
+    _fold_hist,
     _rss,
     _SstSink,
     check_unique_ids,
@@ -232,9 +233,7 @@ def bulk_build_curator(source: str | Sequence[str], out: str, *, dim: int | None
         its list histogram) and keep only its small metadata."""
         leaf_hist = r.pop("leaf_hist", None)  # the file _route_block wrote; deleted once added
         if leaf_hist is not None:
-            h = np.load(leaf_hist)
-            np.add.at(hist, h[0], h[1])
-            os.unlink(leaf_hist)
+            _fold_hist(leaf_hist, hist)
         return r
 
     res, rd = map_shards(todo, dim, _route_block, {
